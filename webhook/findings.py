@@ -1,0 +1,189 @@
+"""Findings (ECS field names, nested) and the sinks that deliver them.
+
+A finding is emitted once when its window opens and, if more refusals followed, once more when
+the window closes, with the same ``event.id`` and the totals. Sinks may therefore see an id
+twice; the later copy supersedes the earlier one.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import IO, Any, Literal, Protocol
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "RULES",
+    "THREAT",
+    "Finding",
+    "FindingEvent",
+    "JsonLinesSink",
+    "Rule",
+    "Severity",
+    "Sink",
+    "dumps",
+]
+
+Severity = Literal["low", "medium", "high", "critical"]
+RISK_SCORE: dict[Severity, int] = {"low": 21, "medium": 47, "high": 73, "critical": 99}
+
+RULES: dict[str, str] = {
+    "unusual-agent-forbidden": (
+        "A request from a user agent that is not on the cluster's allowlist was refused by "
+        "authorization (403, decision forbid): the signature of recon tooling probing RBAC."
+    ),
+}
+
+THREAT: list[dict[str, Any]] = [
+    {
+        "framework": "MITRE ATT&CK",
+        "tactic": {
+            "id": "TA0002",
+            "name": "Execution",
+            "reference": "https://attack.mitre.org/tactics/TA0002/",
+        },
+        "technique": [
+            {
+                "id": "T1613",
+                "name": "Container and Resource Discovery",
+                "reference": "https://attack.mitre.org/techniques/T1613/",
+            }
+        ],
+    },
+    {
+        "framework": "MITRE ATT&CK",
+        "tactic": {
+            "id": "TA0007",
+            "name": "Discovery",
+            "reference": "https://attack.mitre.org/tactics/TA0007/",
+        },
+        "technique": [
+            {
+                "id": "T1613",
+                "name": "Container and Resource Discovery",
+                "reference": "https://attack.mitre.org/techniques/T1613/",
+            }
+        ],
+    },
+]
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, frozen=True)
+
+
+class FindingEvent(_Out):
+    kind: Literal["alert"] = "alert"
+    category: list[str] = Field(default_factory=lambda: ["api", "iam"])
+    type: list[str] = Field(default_factory=lambda: ["denied"])
+    outcome: Literal["failure", "success", "unknown"] = "failure"
+    module: str = "ua-sentinel"
+    dataset: str = "kubernetes.audit_logs"
+    id: str
+    severity: int
+    risk_score: int
+    count: int
+    start: str
+    end: str
+    sequence: int = Field(description="1 for the first emission of this id, 2 for the window total")
+
+
+class Rule(_Out):
+    name: str
+    description: str
+    ruleset: str = "ua-sentinel"
+
+
+class UserGroup(_Out):
+    name: list[str] = Field(default_factory=list)
+
+
+class EffectiveUser(_Out):
+    name: str
+    id: str = ""
+
+
+class User(_Out):
+    name: str
+    id: str = ""
+    group: UserGroup = Field(default_factory=UserGroup)
+    effective: EffectiveUser | None = None
+
+
+class UserAgentField(_Out):
+    original: str | None = Field(description="the raw agent, attacker-controlled: never print it")
+    display: str = Field(description="control, bidi and zero-width characters escaped; length capped")
+    name: str | None = None
+    version: str | None = None
+
+
+class Source(_Out):
+    ip: str | None = None
+
+
+class Verdict(_Out):
+    verdict: Literal["listed", "unlisted", "denied"]
+    entry: str | None = None
+    reason: str = ""
+    allowlist_hash: str = ""
+
+
+class Aggregate(_Out):
+    verbs: list[str]
+    resources: list[str]
+    audit_ids: list[str]
+    truncated: bool = Field(description="more distinct values were seen than are listed")
+
+
+class Finding(_Out):
+    """One alert. Serialise with :func:`dumps`."""
+
+    timestamp: str = Field(alias="@timestamp")
+    event: FindingEvent
+    rule: Rule
+    user: User
+    user_agent: UserAgentField
+    source: Source
+    kubernetes: dict[str, Any]
+    threat: list[dict[str, Any]] = Field(default_factory=lambda: THREAT)
+    ua_sentinel: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return self.event.id
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+
+def dumps(finding: Finding) -> bytes:
+    """One JSON line (no trailing newline)."""
+    return orjson.dumps(finding.to_dict())
+
+
+class Sink(Protocol):
+    """Where findings go. ``deliver`` returns once the finding is durably handed over."""
+
+    def deliver(self, finding: Finding) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class JsonLinesSink:
+    """JSON lines to a stream (stdout by default), one finding per line, flushed per finding."""
+
+    def __init__(self, stream: IO[bytes] | None = None) -> None:
+        self._stream = stream if stream is not None else sys.stdout.buffer
+        self._lock = threading.Lock()
+
+    def deliver(self, finding: Finding) -> None:
+        line = dumps(finding) + b"\n"
+        with self._lock:
+            self._stream.write(line)
+            self._stream.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._stream.flush()

@@ -1,0 +1,243 @@
+"""User-Agent strings: RFC 9110 product tokens, client-go's shape, and display-safe escaping.
+
+User agents are attacker input. Parsing here never raises and never uses a backtracking regex;
+``display`` is the only form that may reach a terminal, a log line or an admission warning.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+from functools import lru_cache
+
+__all__ = [
+    "DISPLAY_MAX",
+    "TRUNCATION_MARK",
+    "ClientGo",
+    "Product",
+    "UserAgent",
+    "display",
+    "has_unsafe_chars",
+    "parse",
+    "version_tuple",
+]
+
+DISPLAY_MAX = 256
+"""Default cap, in characters, on a displayed agent (after escaping)."""
+
+TRUNCATION_MARK = "...TRUNCATED"
+"""What kube-apiserver appends after cutting an agent at 1024 characters."""
+
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+# RFC 9110 tchar: the characters a token (product name or version) may hold.
+_TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_MAX_PARSE = 4096
+
+
+def _is_unsafe(ch: str) -> bool:
+    """Characters that change how text looks or behaves on screen: controls, bidi, zero-width."""
+    if ch == " ":
+        return False
+    category = unicodedata.category(ch)
+    return category in _UNSAFE_CATEGORIES or category == "Zs"
+
+
+def has_unsafe_chars(agent: str) -> bool:
+    """True when the agent holds control, format (bidi, zero-width) or odd space characters.
+
+    Such an agent is display spoofing (``kubectl/v1.30.0 \\u202e(evil)``) and is never listed.
+    """
+    return any(_is_unsafe(ch) for ch in agent)
+
+
+def _escape_char(ch: str) -> str:
+    code = ord(ch)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def display(agent: str | None, max_len: int = DISPLAY_MAX) -> str:
+    """Render an agent so that it is inert in terminals, logs and kubectl warnings.
+
+    Control, bidi, zero-width and other invisible characters become ``\\xNN`` / ``\\uNNNN``;
+    backslash and double quote are escaped so a quoted agent cannot close its quotes; the result
+    is at most ``max_len`` characters, ending in ``...`` when cut. A missing agent is ``<none>``.
+    """
+    if agent is None:
+        return "<none>"
+    out: list[str] = []
+    size = 0
+    for ch in agent:
+        if ch == "\\":
+            piece = "\\\\"
+        elif ch == '"':
+            piece = '\\"'
+        elif _is_unsafe(ch):
+            piece = _escape_char(ch)
+        else:
+            piece = ch
+        if size + len(piece) > max_len:
+            keep = max(0, max_len - 3)
+            text = "".join(out)[:keep]
+            return text + "..."[: max_len - len(text)]
+        out.append(piece)
+        size += len(piece)
+    return "".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Product:
+    """One RFC 9110 product token: ``name[/version]``."""
+
+    name: str
+    version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientGo:
+    """The fields of client-go's default agent: ``<binary>/<version> (<os>/<arch>) kubernetes/<commit>``."""
+
+    binary: str
+    version: str
+    os: str
+    arch: str
+    commit: str
+
+    @property
+    def unversioned(self) -> bool:
+        """Built without version ldflags (``v0.0.0`` / ``$Format``): typical of ad-hoc tooling."""
+        return self.commit == "$Format" or self.version == "v0.0.0"
+
+
+@dataclass(frozen=True, slots=True)
+class UserAgent:
+    """A parsed agent. ``products`` and ``comments`` keep their order of appearance."""
+
+    raw: str
+    products: tuple[Product, ...] = ()
+    comments: tuple[str, ...] = ()
+    truncated: bool = False
+    client_go: ClientGo | None = None
+    well_formed: bool = True
+
+    @property
+    def primary(self) -> Product | None:
+        """The first product: the client's own name and version."""
+        return self.products[0] if self.products else None
+
+
+def _read_comment(text: str, start: int) -> tuple[str, int, bool]:
+    """Read a (possibly nested) comment starting at ``(``; return body, next index, closed?"""
+    depth = 0
+    i = start
+    body: list[str] = []
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text):
+            body.append(text[i + 1])
+            i += 2
+            continue
+        if ch == "(":
+            depth += 1
+            if depth > 1:
+                body.append(ch)
+        elif ch == ")":
+            depth -= 1
+            if depth == 0:
+                return "".join(body), i + 1, True
+            body.append(ch)
+        else:
+            body.append(ch)
+        i += 1
+    return "".join(body), i, False
+
+
+def _read_token(text: str, start: int) -> tuple[str, int]:
+    i = start
+    while i < len(text) and text[i] in _TCHAR:
+        i += 1
+    return text[start:i], i
+
+
+@lru_cache(maxsize=4096)
+def parse(agent: str) -> UserAgent:
+    """Parse an agent into product tokens and comments, leniently.
+
+    Anything that is not a token or comment marks the agent ``well_formed=False`` and is skipped;
+    parsing never raises. Only the first 4096 characters are examined.
+    """
+    truncated = agent.endswith(TRUNCATION_MARK)
+    text = agent[:_MAX_PARSE]
+    products: list[Product] = []
+    comments: list[str] = []
+    order: list[str] = []
+    well_formed = True
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch in " \t":
+            i += 1
+            continue
+        if ch == "(":
+            body, i, closed = _read_comment(text, i)
+            well_formed = well_formed and closed
+            comments.append(body)
+            order.append("c")
+            continue
+        name, j = _read_token(text, i)
+        if not name:
+            well_formed = False
+            i += 1
+            continue
+        version: str | None = None
+        if j < len(text) and text[j] == "/":
+            version, j = _read_token(text, j + 1)
+            if not version:
+                well_formed = False
+        products.append(Product(name, version))
+        order.append("p")
+        i = j
+    client_go = _client_go(products, comments, order) if well_formed else None
+    return UserAgent(
+        raw=agent,
+        products=tuple(products),
+        comments=tuple(comments),
+        truncated=truncated,
+        client_go=client_go,
+        well_formed=well_formed,
+    )
+
+
+def _client_go(products: list[Product], comments: list[str], order: list[str]) -> ClientGo | None:
+    if order != ["p", "c", "p"] or products[1].name != "kubernetes":
+        return None
+    binary, version = products[0].name, products[0].version
+    commit = products[1].version
+    os_name, sep, arch = comments[0].partition("/")
+    if not (version and commit and sep and os_name and arch):
+        return None
+    return ClientGo(binary=binary, version=version, os=os_name, arch=arch, commit=commit)
+
+
+def version_tuple(version: str) -> tuple[int, ...] | None:
+    """``v1.30.2`` → ``(1, 30, 2)``; ``2.31.0-rc1`` → ``(2, 31, 0)``; no leading number → None.
+
+    Pre-release and build suffixes are ignored: bounds compare release numbers only.
+    """
+    text = version[1:] if version[:1] in ("v", "V") else version
+    parts: list[int] = []
+    for piece in text.split("."):
+        digits = ""
+        for ch in piece:
+            if not ch.isascii() or not ch.isdigit():
+                break
+            digits += ch
+        if not digits:
+            break
+        parts.append(int(digits[:18]))
+        if len(digits) != len(piece):
+            break
+    return tuple(parts) if parts else None
