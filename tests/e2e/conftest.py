@@ -16,6 +16,7 @@ import pytest
 
 from .harness import ControlPlane
 from .tools import Binaries, ToolError, ensure_binaries, ensure_helm
+from .webhooks import WebhookTLS, make_webhook_tls
 
 ControlPlaneFactory = Callable[..., ControlPlane]
 
@@ -71,3 +72,9 @@ def control_plane_factory(
     yield make
     for cp in started:
         cp.stop()
+
+
+@pytest.fixture(scope="session")
+def webhook_tls(tmp_path_factory: pytest.TempPathFactory) -> WebhookTLS:
+    """Serving certificates for 127.0.0.1 (`ua-sentinel certs`) plus the apiserver's client certificate."""
+    return make_webhook_tls(tmp_path_factory.mktemp("webhook-tls"))

@@ -25,7 +25,7 @@ import ssl
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ import httpx
 import yaml
 
 from .auditlog import AuditEvent, audit_log_files, read_audit_events
-from .pki import CertificateAuthority, KeyPair, write_service_account_keys
+from .pki import KeyPair, issue, make_ca, write_keypair, write_service_account_keys
 from .procs import ManagedProcess, ProcessDied, free_port, wait_until
 from .tools import Binaries
 
@@ -298,30 +298,21 @@ class ControlPlane:
     # ---- internals -------------------------------------------------------------------------
     def _make_pki(self) -> None:
         pki = self.workdir / "pki"
-        cluster_ca = CertificateAuthority("e2e-cluster-ca")
-        cluster_ca.write(self.ca_cert)
-        self._serving = cluster_ca.issue(
-            pki,
-            "apiserver",
-            common_name="kube-apiserver",
+        cluster_ca = make_ca("e2e cluster CA", days=2)
+        write_keypair(cluster_ca, pki, "cluster-ca")
+        serving = issue(
+            cluster_ca,
+            "kube-apiserver",
             dns=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"),
             ips=("127.0.0.1", "10.0.0.1"),
-            server=True,
+            days=2,
         )
-        client_ca = CertificateAuthority("e2e-client-ca")
-        self.client_ca_cert = client_ca.write(pki / "client-ca.crt")
-        self._client_ca = client_ca
+        self._serving = write_keypair(serving, pki, "apiserver")
+        self.client_ca_cert = write_keypair(make_ca("e2e client CA", days=2), pki, "client-ca").cert
         self._sa = write_service_account_keys(pki)
         lines = [f'{self.tokens[u.name]},{u.name},{u.uid},"{",".join(u.groups)}"' for u in USERS.values()]
         (self.workdir / "config" / "tokens.csv").write_text("\n".join(lines) + "\n")
         (self.workdir / "config" / "audit-policy.yaml").write_text(yaml.safe_dump(AUDIT_POLICY))
-
-    def issue_client_cert(self, name: str, *, groups: Iterable[str] = ()) -> KeyPair:
-        """A client certificate the apiserver accepts (--client-ca-file) for user `name`."""
-        org = ",".join(groups) or None
-        return self._client_ca.issue(
-            self.workdir / "pki", f"client-{name}", common_name=name, organization=org, client=True
-        )
 
     def _write_kubeconfigs(self) -> None:
         for user in USERS:
