@@ -18,8 +18,8 @@ run: $(STAMP)
 	$(BIN)/ua-sentinel replay tests/data/audit/audit-2026-11-27T18-10-45.450.log tests/data/audit/audit.log
 
 lint: $(STAMP)
-	$(BIN)/ruff check webhook tests bench
-	$(BIN)/ruff format --check webhook tests bench
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

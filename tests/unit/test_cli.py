@@ -1,0 +1,134 @@
+"""The ua-sentinel command as a user runs it: a real child process, real files."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from cryptography import x509
+
+from tests.conftest import AUDIT_LOGS
+from tests.unit.test_detect import EXPECTED
+
+
+def cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "webhook", *args], input=stdin, capture_output=True, timeout=120, check=False
+    )
+
+
+def allowlist(tmp_path: Path) -> str:
+    path = tmp_path / "allowlist.yaml"
+    path.write_text('agents:\n  - "kubectl/*"\n  - "kube-*"\n')
+    return str(path)
+
+
+def findings(stdout: bytes) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+def test_replay_of_recorded_logs_prints_the_expected_findings(tmp_path: Path) -> None:
+    result = cli("replay", "--allowlist", allowlist(tmp_path), *map(str, AUDIT_LOGS))
+    assert result.returncode == 0, result.stderr
+    got = {(f["user"]["name"], f["user_agent"].get("original")) for f in findings(result.stdout)}  # type: ignore[index, union-attr]
+    assert got == EXPECTED
+    assert (
+        b"1630 lines" in result.stderr and b"0 malformed" in result.stderr and b"9 findings" in result.stderr
+    )
+
+
+def test_replay_reads_gzip_and_stdin(tmp_path: Path) -> None:
+    rotated = tmp_path / "audit-2026-11-27T18-10-45.450.log.gz"
+    rotated.write_bytes(gzip.compress(AUDIT_LOGS[0].read_bytes()))
+    result = cli(
+        "replay", "--allowlist", allowlist(tmp_path), str(rotated), "-", stdin=AUDIT_LOGS[1].read_bytes()
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(findings(result.stdout)) == len(EXPECTED)
+
+
+def test_malformed_lines_are_counted_with_line_numbers_and_skipped(tmp_path: Path) -> None:
+    good = [line for path in AUDIT_LOGS for line in path.read_bytes().splitlines()]
+    forbid = next(line for line in good if b'"forbid"' in line and b"python-requests/2.25.1" in line)
+    log = tmp_path / "audit.log"
+    log.write_bytes(
+        b"\n".join(
+            [
+                good[0],
+                good[1][: len(good[1]) // 2],  # truncated JSON
+                b"\x00\x01\xfe\xffbinary junk 403",
+                b'{"padding":"' + b"x" * (5 * 1024 * 1024) + b'"}',  # a 5 MB line
+                forbid,
+                b"",
+            ]
+        )
+    )
+    empty = tmp_path / "empty.log"
+    empty.write_bytes(b"")
+    result = cli("replay", "--allowlist", allowlist(tmp_path), str(empty), str(log))
+    assert result.returncode == 0, result.stderr
+    assert [f["user_agent"]["original"] for f in findings(result.stdout)] == ["python-requests/2.25.1"]  # type: ignore[index]
+    err = result.stderr.decode()
+    assert "3 malformed skipped" in err
+    assert f"{log}:2: " in err and f"{log}:3: " in err and f"{log}:4: " in err
+    assert "Traceback" not in err
+
+
+def test_replay_of_a_missing_file_is_a_one_line_error(tmp_path: Path) -> None:
+    result = cli("replay", str(tmp_path / "nope.log"))
+    assert result.returncode == 1
+    assert result.stderr.decode().count("\n") == 1
+    assert "nope.log" in result.stderr.decode() and "Traceback" not in result.stderr.decode()
+
+
+def test_replay_with_a_broken_allowlist_names_the_entry(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text('agents:\n  - "kubectl/*"\n  - regex: "(unclosed"\n')
+    result = cli("replay", "--allowlist", str(bad), str(AUDIT_LOGS[1]))
+    assert result.returncode == 1
+    assert "agents[1]: regex '(unclosed' is not valid RE2 syntax" in result.stderr.decode()
+
+
+def test_replay_with_default_allowlist_marks_scripting_clients_high(tmp_path: Path) -> None:
+    result = cli("replay", *map(str, AUDIT_LOGS))
+    assert result.returncode == 0, result.stderr
+    by_agent = {f["user_agent"].get("original"): f for f in findings(result.stdout)}  # type: ignore[union-attr]
+    assert by_agent["python-requests/2.34.2"]["ua_sentinel"]["severity"] == "high"  # type: ignore[index]
+    assert (
+        by_agent["kc-renamed/v1.32.4 (linux/amd64) kubernetes/4cb5f07"]["ua_sentinel"]["severity"] == "medium"
+    )  # type: ignore[index]
+
+
+def test_check_prints_verdict_and_deciding_entry(tmp_path: Path) -> None:
+    result = cli(
+        "check", "--allowlist", allowlist(tmp_path), "kubectl/v1.30.2 (linux/amd64) kubernetes/3968350"
+    )
+    out = result.stdout.decode()
+    assert result.returncode == 0
+    assert "verdict:   listed" in out and "agents[0] (glob 'kubectl/*')" in out
+    spoof = cli("check", "--allowlist", allowlist(tmp_path), "kubectl/v1.30.0 \u202e(evil)").stdout.decode()
+    assert "verdict:   unlisted" in spoof and "\\u202e" in spoof and "\u202e" not in spoof
+    denied = cli("check", "peirates/v0.0.0 (linux/amd64) kubernetes/$Format").stdout.decode()
+    assert "verdict:   denied" in denied and "product 'peirates'" in denied
+
+
+def test_certs_writes_a_ca_and_serving_pair_with_private_keys(tmp_path: Path) -> None:
+    out = tmp_path / "certs"
+    result = cli("certs", "--out", str(out), "--dns", "ua-sentinel.svc", "--ip", "127.0.0.1")
+    assert result.returncode == 0, result.stderr
+    assert (out / "tls.key").stat().st_mode & 0o777 == 0o600
+    assert (out / "ca.key").stat().st_mode & 0o777 == 0o600
+    ca = x509.load_pem_x509_certificate((out / "ca.crt").read_bytes())
+    leaf = x509.load_pem_x509_certificate((out / "tls.crt").read_bytes())
+    leaf.verify_directly_issued_by(ca)
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == ["ua-sentinel.svc"]
+    assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+
+
+def test_usage_errors_exit_2() -> None:
+    assert cli("replay").returncode == 2
+    assert cli("no-such-command").returncode == 2

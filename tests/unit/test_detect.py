@@ -1,0 +1,158 @@
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import orjson
+
+from webhook.allowlist import Allowlist
+from webhook.audit import parse_event
+from webhook.detect import Detector, DetectorConfig, might_matter
+from webhook.findings import Finding
+
+ACCEPTANCE_ALLOWLIST = Allowlist.from_yaml('agents: ["kubectl/*", "kube-*"]')
+
+EXPECTED = {
+    ("mallory", "python-requests/2.34.2"),
+    ("mallory", "python-requests/2.25.1"),
+    ("mallory", "curl/7.88.1"),
+    ("mallory", "peirates/v0.0.0 (linux/amd64) kubernetes/$Format"),
+    ("mallory", None),
+    ("mallory", "A" * 1024 + "...TRUNCATED"),
+    ("mallory", "kubectl/v1.30.0 \u202e(evil) \u200b"),
+    ("system:anonymous", "curl/7.88.1"),
+    ("dev-alice", "kc-renamed/v1.32.4 (linux/amd64) kubernetes/4cb5f07"),
+}
+
+
+def run(lines: list[bytes], allowlist: Allowlist = ACCEPTANCE_ALLOWLIST, **config: Any) -> list[Finding]:
+    detector = Detector(allowlist, config=DetectorConfig(**config))
+    out: list[Finding] = []
+    for line in lines:
+        out.extend(detector.process(parse_event(line)))
+    out.extend(detector.flush())
+    return out
+
+
+def test_recorded_traffic_gives_exactly_the_expected_findings(audit_lines: list[bytes]) -> None:
+    findings = run(audit_lines)
+    assert {(f.user.name, f.user_agent.original) for f in findings} == EXPECTED
+    assert len(findings) == len(EXPECTED)
+    assert all(f.rule.name == "unusual-agent-forbidden" for f in findings)
+
+
+def test_genuine_kubectl_refusals_give_nothing_even_impersonated(audit_lines: list[bytes]) -> None:
+    kubectl = "kubectl/v1.32.4 (linux/amd64) kubernetes/4cb5f07"
+    assert [f for f in run(audit_lines) if f.user_agent.original == kubectl] == []
+
+
+def test_finding_carries_ecs_fields_and_threat(audit_lines: list[bytes]) -> None:
+    (finding,) = [f for f in run(audit_lines) if f.user_agent.original == "python-requests/2.34.2"]
+    doc = json.loads(orjson.dumps(finding.to_dict()))
+    assert doc["event"]["kind"] == "alert"
+    assert doc["rule"]["name"] == "unusual-agent-forbidden"
+    assert doc["user"]["name"] == "mallory"
+    assert doc["source"]["ip"] == "127.0.0.1"
+    assert doc["kubernetes"]["audit"]["verb"] == "list"
+    assert doc["kubernetes"]["audit"]["objectRef"]["resource"] == "secrets"
+    assert doc["kubernetes"]["audit"]["annotations"]["authorization.k8s.io/decision"] == "forbid"
+    assert {t["tactic"]["id"] for t in doc["threat"]} == {"TA0002", "TA0007"}
+    assert all(t["technique"][0]["id"] == "T1613" for t in doc["threat"])
+    assert doc["event"]["count"] == 1 and doc["event"]["start"] == doc["event"]["end"] == doc["@timestamp"]
+    assert doc["event"]["severity"] == 47 and doc["ua_sentinel"]["severity"] == "medium"
+
+
+def test_display_form_of_a_bidi_agent_is_escaped(audit_lines: list[bytes]) -> None:
+    (finding,) = [f for f in run(audit_lines) if f.user_agent.original and "\u202e" in f.user_agent.original]
+    assert finding.user_agent.display == "kubectl/v1.30.0 \\u202e(evil) \\u200b"
+    assert finding.ua_sentinel["verdict"]["reason"] == "agent holds control, bidi or zero-width characters"
+
+
+def test_denied_agent_is_high_severity(audit_lines: list[bytes]) -> None:
+    allow = Allowlist.from_yaml('agents: ["kubectl/*"]\ndenied: [{product: peirates}]')
+    (finding,) = [f for f in run(audit_lines, allow) if f.user_agent.name == "peirates"]
+    assert finding.ua_sentinel["severity"] == "high"
+    assert finding.event.severity == 73
+    assert finding.ua_sentinel["verdict"]["entry"] == "denied[0] (product 'peirates')"
+
+
+def _forbidden_template(audit_lines: list[bytes], agent: str) -> dict[str, Any]:
+    for line in audit_lines:
+        raw: dict[str, Any] = json.loads(line)
+        if (
+            raw.get("userAgent") == agent
+            and raw["stage"] == "ResponseComplete"
+            and raw.get("responseStatus", {}).get("code") == 403
+        ):
+            return raw
+    raise AssertionError(agent)
+
+
+def _scan(template: dict[str, Any], n: int, start: dt.datetime, step: dt.timedelta) -> list[bytes]:
+    out = []
+    for i in range(n):
+        raw = json.loads(json.dumps(template))
+        raw["auditID"] = f"scan-{i:05d}"
+        raw["objectRef"] = {"resource": f"res{i % 7}", "apiVersion": "v1"}
+        raw["stageTimestamp"] = (start + i * step).isoformat().replace("+00:00", "Z")
+        out.append(orjson.dumps(raw))
+    return out
+
+
+def test_a_scanner_is_one_finding_then_one_total(audit_lines: list[bytes]) -> None:
+    template = _forbidden_template(audit_lines, "python-requests/2.34.2")
+    start = dt.datetime(2026, 11, 27, 12, tzinfo=dt.UTC)
+    lines = _scan(template, 500, start, dt.timedelta(milliseconds=100))
+    findings = run(lines)
+    assert [f.event.sequence for f in findings] == [1, 2]
+    first, total = findings
+    assert first.id == total.id
+    assert first.event.count == 1 and total.event.count == 500
+    assert total.event.start == "2026-11-27T12:00:00Z"
+    assert len(total.ua_sentinel["aggregate"]["resources"]) == 7
+    assert len(total.ua_sentinel["aggregate"]["audit_ids"]) == 20
+    assert total.ua_sentinel["aggregate"]["truncated"]
+
+
+def test_a_new_window_opens_after_the_window_ends(audit_lines: list[bytes]) -> None:
+    template = _forbidden_template(audit_lines, "curl/7.88.1")
+    start = dt.datetime(2026, 11, 27, 12, tzinfo=dt.UTC)
+    lines = _scan(template, 4, start, dt.timedelta(minutes=4))  # 0, 4, 8, 12 min
+    findings = run(lines, window=dt.timedelta(minutes=10))
+    assert [(f.event.sequence, f.event.count) for f in findings] == [(1, 1), (2, 3), (1, 1)]
+    assert findings[0].id == findings[1].id != findings[2].id
+
+
+def test_window_bound_evicts_the_oldest_and_counts_it(audit_lines: list[bytes]) -> None:
+    template = _forbidden_template(audit_lines, "curl/7.88.1")
+    detector = Detector(ACCEPTANCE_ALLOWLIST, config=DetectorConfig(max_windows=10))
+    for i in range(25):
+        raw = dict(template, auditID=f"a{i}", userAgent=f"scanner-{i}/1.0")
+        detector.process(parse_event(raw))
+    assert detector.open_windows == 10
+    assert detector.stats.windows_evicted == 15
+    assert detector.stats.findings == 25
+
+
+def test_finding_ids_are_stable_across_snapshot_and_restore(audit_lines: list[bytes]) -> None:
+    template = _forbidden_template(audit_lines, "python-requests/2.25.1")
+    start = dt.datetime(2026, 11, 27, 12, tzinfo=dt.UTC)
+    lines = _scan(template, 10, start, dt.timedelta(seconds=1))
+    whole = run(lines)
+    first = Detector(ACCEPTANCE_ALLOWLIST)
+    part = [f for line in lines[:4] for f in first.process(parse_event(line))]
+    state = json.loads(json.dumps(first.snapshot()))
+    second = Detector(ACCEPTANCE_ALLOWLIST)
+    second.restore(state)
+    part += [f for line in lines[4:] for f in second.process(parse_event(line))]
+    part += second.flush()
+    assert [(f.id, f.event.count, f.event.sequence) for f in part] == [
+        (f.id, f.event.count, f.event.sequence) for f in whole
+    ]
+
+
+def test_prefilter_keeps_every_line_that_gives_a_finding(audit_lines: list[bytes]) -> None:
+    kept = [line for line in audit_lines if might_matter(line)]
+    assert len(kept) < len(audit_lines) / 5
+    assert run(kept) == run(audit_lines)
