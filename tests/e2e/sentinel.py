@@ -1,0 +1,187 @@
+"""ua-sentinel as a real subprocess (serve, tail, replay) for scenario tests.
+
+Findings are JSON lines on the process's stdout (`rule.name`, `user.name`, `user_agent.original`);
+its logs go to stderr. Both land in files under the process's work directory.
+
+    server = SentinelServer(workdir, tls, allowlist=write_allowlist(path, ["kubectl/*"]))
+    cp = control_plane_factory(audit_webhook_url=server.audit_url, webhook_ca=tls.ca,
+                               client_cert=tls.apiserver_client)   # the port is picked up front
+    server.start()
+    server.wait_for_finding(lambda f: f["user"]["name"] == "mallory")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import yaml
+
+from .procs import ManagedProcess, free_port, wait_until
+from .webhooks import SENTINEL, WebhookTLS
+
+__all__ = ["Finding", "Sentinel", "SentinelServer", "parse_findings", "run_replay", "write_allowlist"]
+
+Finding = dict[str, Any]
+Mode = Literal["observe", "warn", "enforce"]
+START_TIMEOUT_S = 30.0
+
+
+def write_allowlist(path: Path, agents: Sequence[str], denied: Sequence[str] = ()) -> Path:
+    """An allowlist file (`agents:` globs, optional `denied:` globs)."""
+    doc: dict[str, list[str]] = {"agents": list(agents)}
+    if denied:
+        doc["denied"] = list(denied)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def parse_findings(text: str) -> list[Finding]:
+    """Complete JSON lines of `text`; a trailing partial line is ignored, anything else must parse."""
+    complete, _, _partial = text.rpartition("\n")
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
+
+
+def run_replay(allowlist: Path, logs: Sequence[Path], timeout: float = 120.0) -> list[Finding]:
+    """`ua-sentinel replay --allowlist FILE LOG...`; raises with stderr when it fails."""
+    done = subprocess.run(
+        [SENTINEL, "replay", "--allowlist", str(allowlist), *map(str, logs)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"ua-sentinel replay exited {done.returncode}:\n{done.stderr}")
+    return parse_findings(done.stdout)
+
+
+class Sentinel:
+    """`ua-sentinel <args>` in its own process group; a context manager."""
+
+    def __init__(self, workdir: Path, args: Sequence[str], *, env: Mapping[str, str] | None = None) -> None:
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.process = ManagedProcess(
+            f"ua-sentinel {args[0]}",
+            [str(SENTINEL), *args],
+            stdout_path=workdir / "stdout.jsonl",
+            stderr_path=workdir / "stderr.log",
+            env=env,
+        )
+
+    def __enter__(self) -> Sentinel:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> Sentinel:
+        self.process.start()
+        return self
+
+    def stop(self) -> int | None:
+        return self.process.stop()
+
+    @property
+    def stderr(self) -> str:
+        path = self.process.stderr_path
+        return path.read_text(errors="replace") if path is not None and path.exists() else ""
+
+    def findings(self) -> list[Finding]:
+        path = self.process.stdout_path
+        return parse_findings(path.read_text()) if path.exists() else []
+
+    def wait_for_finding(
+        self, predicate: Callable[[Finding], bool], *, timeout: float = 15.0, what: str = "a finding"
+    ) -> Finding:
+        def probe() -> Finding | None:
+            return next((f for f in self.findings() if predicate(f)), None)
+
+        return wait_until(probe, timeout=timeout, what=what, interval=0.1, alive=self.process.check_alive)
+
+
+class SentinelServer(Sentinel):
+    """`ua-sentinel serve` on 127.0.0.1 with TLS; its port is chosen when it is constructed.
+
+    With `client_auth`, /validate and /audit require the apiserver's client certificate
+    (`--client-ca` and `--audit-client-ca` = tls.client_ca).
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        tls: WebhookTLS,
+        *,
+        allowlist: Path | None = None,
+        allowlist_configmap: str | None = None,  # NS/NAME; then pass `kubeconfig`
+        mode: Mode | None = None,
+        client_auth: bool = True,
+        join_wait: float | None = None,
+        kubeconfig: Path | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        if (allowlist is None) == (allowlist_configmap is None):
+            raise ValueError("give exactly one of allowlist= and allowlist_configmap=")
+        self.tls = tls
+        self.port = free_port()
+        args = ["serve", "--tls-cert", str(tls.serving.cert), "--tls-key", str(tls.serving.key)]
+        args += ["--host", "127.0.0.1", "--port", str(self.port)]
+        if allowlist is not None:
+            args += ["--allowlist", str(allowlist)]
+        else:
+            args += ["--allowlist-configmap", str(allowlist_configmap)]
+        if client_auth:
+            args += ["--client-ca", str(tls.client_ca), "--audit-client-ca", str(tls.client_ca)]
+        if mode is not None:
+            args += ["--mode", mode]
+        if join_wait is not None:
+            args += ["--join-wait", str(join_wait)]
+        env = None if kubeconfig is None else {**os.environ, "KUBECONFIG": str(kubeconfig)}
+        super().__init__(workdir, [*args, *extra_args], env=env)
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def validate_url(self) -> str:
+        return f"{self.url}/validate"
+
+    @property
+    def audit_url(self) -> str:
+        return f"{self.url}/audit"
+
+    def client(self) -> httpx.Client:
+        """An HTTPS client that trusts the server and presents the apiserver's client certificate."""
+        context = ssl.create_default_context(cafile=str(self.tls.ca))
+        context.load_cert_chain(self.tls.apiserver_client.cert, self.tls.apiserver_client.key)
+        return httpx.Client(base_url=self.url, verify=context, timeout=10.0)
+
+    def start(self) -> SentinelServer:
+        """Starts the process and waits until it answers HTTPS (any status) on its port."""
+        super().start()
+
+        def answers() -> bool:
+            try:
+                with self.client() as c:
+                    c.get("/")
+                return True
+            except httpx.HTTPError:
+                return False
+
+        try:
+            wait_until(
+                answers, timeout=START_TIMEOUT_S, what="ua-sentinel serve", alive=self.process.check_alive
+            )
+        except BaseException:
+            self.stop()
+            raise
+        return self
