@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from .harness import ControlPlane
+from .sentinel import SentinelLauncher
 from .tools import Binaries, ToolError, ensure_binaries, ensure_helm
 from .webhooks import WebhookTLS, make_webhook_tls
 
@@ -78,3 +79,11 @@ def control_plane_factory(
 def webhook_tls(tmp_path_factory: pytest.TempPathFactory) -> WebhookTLS:
     """Serving certificates for 127.0.0.1 (`ua-sentinel certs`) plus the apiserver's client certificate."""
     return make_webhook_tls(tmp_path_factory.mktemp("webhook-tls"))
+
+
+@pytest.fixture
+def sentinels(tmp_path: Path, webhook_tls: WebhookTLS) -> Iterator[SentinelLauncher]:
+    """Starts real `ua-sentinel serve` / `tail` processes for one test; all stopped afterwards."""
+    launcher = SentinelLauncher(tmp_path / "sentinel", webhook_tls)
+    yield launcher
+    launcher.stop_all()

@@ -363,7 +363,8 @@ class ControlPlane:
 
     def _etcd_healthy(self) -> bool:
         try:
-            return httpx.get(f"{self.etcd_url}/health", timeout=2).json().get("health") == "true"
+            health: object = httpx.get(f"{self.etcd_url}/health", timeout=2).json().get("health")
+            return health == "true"
         except (httpx.HTTPError, ValueError):
             return False
 

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
 from .procs import wait_until
 from .webhooks import WebhookTLS
 
@@ -78,9 +81,7 @@ class Recorder:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"null")
-                peer = self.connection.getpeercert() if isinstance(self.connection, ssl.SSLSocket) else None
-                subject = dict(pair[0] for pair in peer["subject"]) if peer else {}
-                recorder._record(Recorded(self.path, dict(self.headers), body, subject.get("commonName")))
+                recorder._record(Recorded(self.path, dict(self.headers), body, self._client_cn()))
                 reply: dict[str, Any] = {}
                 if self.path.startswith("/validate"):
                     uid = body["request"]["uid"]
@@ -95,6 +96,19 @@ class Recorder:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+
+            def _client_cn(self) -> str | None:
+                der = (
+                    self.connection.getpeercert(binary_form=True)
+                    if isinstance(self.connection, ssl.SSLSocket)
+                    else None
+                )
+                if not der:
+                    return None
+                names = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(
+                    NameOID.COMMON_NAME
+                )
+                return str(names[0].value) if names else None
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

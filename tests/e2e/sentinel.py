@@ -26,7 +26,15 @@ import yaml
 from .procs import ManagedProcess, free_port, wait_until
 from .webhooks import SENTINEL, WebhookTLS
 
-__all__ = ["Finding", "Sentinel", "SentinelServer", "parse_findings", "run_replay", "write_allowlist"]
+__all__ = [
+    "Finding",
+    "Sentinel",
+    "SentinelLauncher",
+    "SentinelServer",
+    "parse_findings",
+    "run_replay",
+    "write_allowlist",
+]
 
 Finding = dict[str, Any]
 Mode = Literal["observe", "warn", "enforce"]
@@ -185,3 +193,36 @@ class SentinelServer(Sentinel):
             self.stop()
             raise
         return self
+
+
+class SentinelLauncher:
+    """Starts ua-sentinel processes in numbered work directories and stops them all at the end."""
+
+    def __init__(self, base: Path, tls: WebhookTLS) -> None:
+        self.base = base
+        self.tls = tls
+        self._started: list[Sentinel] = []
+
+    def _workdir(self, kind: str) -> Path:
+        return self.base / f"{kind}-{len(self._started)}"
+
+    def server(self, *, start: bool = True, **options: Any) -> SentinelServer:
+        """A SentinelServer (see its options); `start=False` to wire the apiserver to it first."""
+        server = SentinelServer(self._workdir("serve"), self.tls, **options)
+        self._started.append(server)
+        return server.start() if start else server
+
+    def tail(
+        self, allowlist: Path, audit_log: Path, *, from_start: bool = True, extra_args: Sequence[str] = ()
+    ) -> Sentinel:
+        """`ua-sentinel tail --allowlist F --state DIR AUDIT_LOG --sink stdout [--from-start]`, started."""
+        workdir = self._workdir("tail")
+        args = ["tail", "--allowlist", str(allowlist), "--state", str(workdir / "state"), str(audit_log)]
+        args += ["--sink", "stdout", *(["--from-start"] if from_start else []), *extra_args]
+        tail = Sentinel(workdir, args)
+        self._started.append(tail)
+        return tail.start()
+
+    def stop_all(self) -> None:
+        for proc in self._started:
+            proc.stop()

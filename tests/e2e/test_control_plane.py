@@ -12,7 +12,7 @@ PYTHON_REQUESTS = "python-requests/2.34.2"
 
 
 def _completed(event: AuditEvent) -> bool:
-    return event["stage"] == "ResponseComplete"
+    return bool(event["stage"] == "ResponseComplete")
 
 
 def test_apiserver_is_up(control_plane: ControlPlane) -> None:
