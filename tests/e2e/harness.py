@@ -33,64 +33,26 @@ from typing import Any
 import httpx
 import yaml
 
+from .apiserver_config import (
+    AUDIT_POLICY,
+    RBAC_MANIFESTS,
+    TEAM_NAMESPACE,
+    USERS,
+    admission_configuration,
+    client_cert_credentials,
+    kubeconfig,
+    token_file,
+    webhook_client_kubeconfig,
+    write_yaml,
+)
 from .auditlog import AuditEvent, audit_log_files, read_audit_events
 from .pki import KeyPair, issue, make_ca, write_keypair, write_service_account_keys
 from .procs import ManagedProcess, ProcessDied, free_port, wait_until
 from .tools import Binaries
 
-__all__ = ["USERS", "ControlPlane", "ControlPlaneOptions", "KubectlError", "User"]
+__all__ = ["USERS", "ControlPlane", "ControlPlaneOptions", "KubectlError"]
 
 READY_TIMEOUT_S = 90.0
-AUDIT_POLICY = {"apiVersion": "audit.k8s.io/v1", "kind": "Policy", "rules": [{"level": "Metadata"}]}
-TEAM_NAMESPACE = "team"
-
-
-@dataclass(frozen=True)
-class User:
-    name: str
-    uid: str
-    groups: tuple[str, ...]
-
-
-USERS: Mapping[str, User] = {
-    u.name: u
-    for u in (
-        User("admin", "1001", ("system:masters",)),
-        User("dev-alice", "1003", ("devs",)),
-        User("mallory", "1002", ("devs",)),  # same identities as the recorded fixtures
-    )
-}
-
-RBAC_MANIFESTS: list[dict[str, Any]] = [
-    {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": TEAM_NAMESPACE}},
-    {  # no controller-manager runs, so nothing would create it; no token controller either
-        "apiVersion": "v1",
-        "kind": "ServiceAccount",
-        "metadata": {"name": "default", "namespace": TEAM_NAMESPACE},
-        "automountServiceAccountToken": False,
-    },
-    {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "Role",
-        "metadata": {"name": "cm-editor", "namespace": TEAM_NAMESPACE},
-        "rules": [
-            {
-                "apiGroups": [""],
-                "resources": ["configmaps"],
-                "verbs": ["get", "list", "watch", "create", "update", "delete"],
-            },
-            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "delete"]},
-            {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create", "get"]},
-        ],
-    },
-    {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "RoleBinding",
-        "metadata": {"name": "alice-cm", "namespace": TEAM_NAMESPACE},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "cm-editor"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "dev-alice"}],
-    },
-]
 
 
 class KubectlError(RuntimeError):
@@ -297,7 +259,7 @@ class ControlPlane:
 
     # ---- internals -------------------------------------------------------------------------
     def _make_pki(self) -> None:
-        pki = self.workdir / "pki"
+        pki, cfg = self.workdir / "pki", self.workdir / "config"
         cluster_ca = make_ca("e2e cluster CA", days=2)
         write_keypair(cluster_ca, pki, "cluster-ca")
         serving = issue(
@@ -310,26 +272,14 @@ class ControlPlane:
         self._serving = write_keypair(serving, pki, "apiserver")
         self.client_ca_cert = write_keypair(make_ca("e2e client CA", days=2), pki, "client-ca").cert
         self._sa = write_service_account_keys(pki)
-        lines = [f'{self.tokens[u.name]},{u.name},{u.uid},"{",".join(u.groups)}"' for u in USERS.values()]
-        (self.workdir / "config" / "tokens.csv").write_text("\n".join(lines) + "\n")
-        (self.workdir / "config" / "audit-policy.yaml").write_text(yaml.safe_dump(AUDIT_POLICY))
+        (cfg / "tokens.csv").write_text(token_file(self.tokens))
+        write_yaml(cfg / "audit-policy.yaml", AUDIT_POLICY)
 
     def _write_kubeconfigs(self) -> None:
         for user in USERS:
-            config = {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [
-                    {
-                        "name": "e2e",
-                        "cluster": {"server": self.url, "certificate-authority": str(self.ca_cert)},
-                    }
-                ],
-                "users": [{"name": user, "user": {"token": self.tokens[user]}}],
-                "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": user}}],
-                "current-context": "e2e",
-            }
-            self.kubeconfig(user).write_text(yaml.safe_dump(config, sort_keys=False))
+            write_yaml(
+                self.kubeconfig(user), kubeconfig(self.url, self.ca_cert, user, {"token": self.tokens[user]})
+            )
 
     def _start_etcd(self) -> None:
         base = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else self.workdir  # fast fsync
@@ -395,65 +345,27 @@ class ControlPlane:
             f"--audit-log-maxbackup={o.audit_log_maxbackup}",
         ]
         if o.audit_webhook_url is not None:
+            audit_kubeconfig = write_yaml(
+                cfg / "audit-webhook.kubeconfig",
+                kubeconfig(
+                    o.audit_webhook_url, o.webhook_ca, "apiserver", client_cert_credentials(o.client_cert)
+                ),
+            )
             argv += [
-                f"--audit-webhook-config-file={self._write_audit_webhook_kubeconfig()}",
+                f"--audit-webhook-config-file={audit_kubeconfig}",
                 "--audit-webhook-mode=batch",  # never blocking: it stalls the apiserver if we are down
                 f"--audit-webhook-batch-max-wait={o.audit_webhook_batch_max_wait}",
                 "--audit-webhook-batch-throttle-enable=false",
             ]
         admission = o.admission_control_config_file
-        if admission is None and o.client_cert is not None:
-            admission = self._write_admission_config(o.client_cert)
+        if admission is None and o.client_cert is not None:  # present it to every admission webhook
+            clients = write_yaml(
+                cfg / "admission-webhooks.kubeconfig", webhook_client_kubeconfig(o.client_cert)
+            )
+            admission = write_yaml(cfg / "admission-config.yaml", admission_configuration(clients))
         if admission is not None:
             argv.append(f"--admission-control-config-file={admission}")
         return argv + list(o.extra_args)
-
-    def _write_audit_webhook_kubeconfig(self) -> Path:
-        o = self.options
-        cluster: dict[str, str] = {"server": str(o.audit_webhook_url)}
-        if o.webhook_ca is not None:
-            cluster["certificate-authority"] = str(o.webhook_ca)
-        user: dict[str, str] = {}
-        if o.client_cert is not None:
-            user = {"client-certificate": str(o.client_cert.cert), "client-key": str(o.client_cert.key)}
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "audit-sink", "cluster": cluster}],
-            "users": [{"name": "apiserver", "user": user}],
-            "contexts": [{"name": "default", "context": {"cluster": "audit-sink", "user": "apiserver"}}],
-            "current-context": "default",
-        }
-        path = self.workdir / "config" / "audit-webhook.kubeconfig"
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
-        return path
-
-    def _write_admission_config(self, client_cert: KeyPair) -> Path:
-        """Makes the apiserver present `client_cert` to every admission webhook ('*' matches all)."""
-        kubeconfig = self.workdir / "config" / "admission-webhooks.kubeconfig"
-        users = [
-            {
-                "name": "*",
-                "user": {"client-certificate": str(client_cert.cert), "client-key": str(client_cert.key)},
-            }
-        ]
-        kubeconfig.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Config", "users": users}))
-        plugin_config = {
-            "apiVersion": "apiserver.config.k8s.io/v1",
-            "kind": "WebhookAdmissionConfiguration",
-            "kubeConfigFile": str(kubeconfig),
-        }
-        config = {
-            "apiVersion": "apiserver.config.k8s.io/v1",
-            "kind": "AdmissionConfiguration",
-            "plugins": [
-                {"name": name, "configuration": plugin_config}
-                for name in ("ValidatingAdmissionWebhook", "MutatingAdmissionWebhook")
-            ],
-        }
-        path = self.workdir / "config" / "admission-config.yaml"
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
-        return path
 
     def _start_apiserver(self) -> None:
         keep_port = self.port != 0
