@@ -39,7 +39,14 @@ from webhook.findings import (
     Verdict,
 )
 
-__all__ = ["DEFAULT_CONFIG", "Detector", "DetectorConfig", "DetectorStats", "might_matter"]
+__all__ = [
+    "DEFAULT_CONFIG",
+    "PREFILTER_NEEDLES",
+    "Detector",
+    "DetectorConfig",
+    "DetectorStats",
+    "might_matter",
+]
 
 RULE_UNUSUAL_AGENT_FORBIDDEN = "unusual-agent-forbidden"
 
@@ -95,12 +102,20 @@ class _Window:
     truncated: bool = False
 
 
+PREFILTER_NEEDLES: tuple[bytes, ...] = (b"403",)
+"""Byte strings of which every line that can give a finding holds at least one.
+
+Readers search whole blocks for these (C speed) and decode only the lines around a hit; any
+rule added to the Detector must keep this a superset of the lines it needs.
+"""
+
+
 def might_matter(line: bytes) -> bool:
-    """Cheap pre-filter: False only for lines that cannot produce a finding (no ``403``).
+    """Cheap pre-filter: False only for lines that cannot produce a finding.
 
     Most audit lines are successful requests; skipping their JSON parse is the replay fast path.
     """
-    return b"403" in line
+    return any(needle in line for needle in PREFILTER_NEEDLES)
 
 
 def _timestamp(event: Event) -> tuple[str, float | None]:
