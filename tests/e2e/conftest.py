@@ -7,19 +7,17 @@ helm; a failure there fails the suite with the reason. Nothing here ever skips.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .harness import ControlPlane
+from .harness import ControlPlane, ControlPlaneFactory
 from .sentinel import SentinelLauncher
 from .tools import Binaries, ToolError, ensure_binaries, ensure_helm
 from .webhooks import WebhookTLS, make_webhook_tls
-
-ControlPlaneFactory = Callable[..., ControlPlane]
 
 
 def _uncaptured(config: pytest.Config) -> AbstractContextManager[Any]:

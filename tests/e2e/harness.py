@@ -50,7 +50,7 @@ from .pki import KeyPair, issue, make_ca, write_keypair, write_service_account_k
 from .procs import ManagedProcess, ProcessDied, free_port, wait_until
 from .tools import Binaries
 
-__all__ = ["USERS", "ControlPlane", "ControlPlaneOptions", "KubectlError"]
+__all__ = ["USERS", "ControlPlane", "ControlPlaneFactory", "ControlPlaneOptions", "KubectlError"]
 
 READY_TIMEOUT_S = 90.0
 
@@ -414,3 +414,7 @@ class ControlPlane:
             interval=0.1,
         )
         self._bootstrapped = True
+
+
+ControlPlaneFactory = Callable[..., ControlPlane]
+"""What the `control_plane_factory` fixture yields: `make(**ControlPlaneOptions fields)`, started."""

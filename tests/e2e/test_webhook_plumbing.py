@@ -9,7 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from .harness import ControlPlane
+from .harness import ControlPlane, ControlPlaneFactory
+from .procs import free_port
 from .recorder import WARNING, Recorded, Recorder
 from .tools import Binaries
 from .webhooks import WebhookTLS, validating_webhook_configuration
@@ -87,3 +88,28 @@ def test_validating_webhook_gets_client_cert_and_kubectl_prints_its_warning(
         )
     )
     assert event["userAgent"].startswith("kubectl/v1.20.2 ")
+
+
+def test_apiserver_keeps_serving_when_both_webhooks_are_down(
+    control_plane_factory: ControlPlaneFactory, webhook_tls: WebhookTLS
+) -> None:
+    """The wiring we recommend (audit webhook in batch mode, failurePolicy Ignore) survives an
+    outage of the endpoint: nothing listens on its port, yet requests keep succeeding and the
+    file backend keeps auditing them."""
+    down = f"https://127.0.0.1:{free_port()}"
+    cp = control_plane_factory(
+        audit_webhook_url=f"{down}/audit", webhook_ca=webhook_tls.ca, client_cert=webhook_tls.apiserver_client
+    )
+    cp.apply_yaml(validating_webhook_configuration("down", f"{down}/validate", webhook_tls.ca_bundle))
+
+    names = [f"outage-{uuid.uuid4().hex[:8]}-{i}" for i in range(10)]
+    for name in names:
+        result = cp.kubectl("dev-alice", "create", "configmap", name, "-n", "team")
+        assert "Warning" not in result.stderr
+    listed = cp.kubectl("dev-alice", "get", "configmaps", "-n", "team", "-o", "name").stdout.split()
+    assert {f"configmap/{n}" for n in names} <= set(listed)
+    cp.wait_for_audit(
+        lambda e: e["stage"] == "ResponseComplete" and e.get("objectRef", {}).get("name") == names[-1],
+        what="the last create in the audit log",
+    )
+    cp.apiserver.check_alive()
