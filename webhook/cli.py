@@ -140,6 +140,90 @@ def _run_certs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_apiserver_config(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "apiserver-config",
+        help="print the audit policy, audit webhook kubeconfig and flags for the kube-apiserver",
+        description="Print (or write with --out-dir) the audit policy and the audit webhook kubeconfig "
+        "to put next to the kube-apiserver, then the flags that use them. Certificates: --certs-dir DIR "
+        "reads DIR/ca.crt (serving CA) and DIR/audit-client.crt/.key, issuing the client pair from "
+        "DIR/ca.key when it is missing; --ca/--client-cert/--client-key override single files.",
+    )
+    parser.add_argument("--service-ip", required=True, metavar="IP", help="the Service's ClusterIP")
+    parser.add_argument("--port", type=int, default=443, help="the Service's port (default: %(default)s)")
+    parser.add_argument(
+        "--tls-server-name",
+        metavar="NAME",
+        help="name to check the serving certificate against (e.g. NAME.NAMESPACE.svc) when it has no IP SAN",
+    )
+    parser.add_argument("--certs-dir", metavar="DIR")
+    parser.add_argument("--ca", metavar="FILE", help="CA of the serving certificate")
+    parser.add_argument("--client-cert", metavar="FILE", help="the apiserver's audit client certificate")
+    parser.add_argument("--client-key", metavar="FILE", help="its key")
+    parser.add_argument(
+        "--config-dir",
+        default="/etc/kubernetes/ua-sentinel",
+        metavar="DIR",
+        help="where the apiserver will read the files (default: %(default)s)",
+    )
+    parser.add_argument("--audit-log-path", metavar="PATH", help="also print the log backend flags (tailer)")
+    parser.add_argument("--out-dir", metavar="DIR", help="write the two files here instead of printing them")
+    parser.set_defaults(run=_run_apiserver_config)
+
+
+def _run_apiserver_config(args: argparse.Namespace) -> int:
+    import os
+
+    from webhook import apiserverconfig, certs
+
+    base = Path(args.certs_dir) if args.certs_dir else None
+    given = {"--ca": args.ca, "--client-cert": args.client_cert, "--client-key": args.client_key}
+    paths = {flag: Path(path) for flag, path in given.items() if path}
+    if base is not None:
+        defaults = {"--ca": "ca.crt", "--client-cert": "audit-client.crt", "--client-key": "audit-client.key"}
+        paths = {flag: paths.get(flag, base / name) for flag, name in defaults.items()}
+    if missing := [flag for flag in given if flag not in paths]:
+        raise CliError(f"give --certs-dir or {', '.join(missing)}")
+    cert_path, key_path = paths["--client-cert"], paths["--client-key"]
+    try:
+        if (
+            base is not None
+            and not args.client_cert
+            and not cert_path.exists()
+            and (base / "ca.key").exists()
+        ):
+            ca = (base / "ca.crt").read_bytes(), (base / "ca.key").read_bytes()
+            certs.write_pair(apiserverconfig.issue_audit_client(*ca), cert_path, key_path)
+            print(f"issued {cert_path} and {key_path} (signed by {base / 'ca.crt'})", file=sys.stderr)
+        config = apiserverconfig.build(
+            service_ip=args.service_ip,
+            port=args.port,
+            tls_server_name=args.tls_server_name,
+            ca_pem=paths["--ca"].read_bytes(),
+            client_cert_pem=cert_path.read_bytes(),
+            client_key_pem=key_path.read_bytes(),
+            config_dir=args.config_dir,
+            audit_log_path=args.audit_log_path,
+        )
+        if args.out_dir is None:
+            sys.stdout.write(config.render())
+            return 0
+        out = Path(args.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / apiserverconfig.POLICY_FILE).write_text(config.policy)
+        fd = os.open(out / apiserverconfig.KUBECONFIG_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:  # holds the client key: owner-only
+            os.fchmod(fd, 0o600)
+            handle.write(config.kubeconfig)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}") from None
+    print(f"wrote {out}/{apiserverconfig.POLICY_FILE} and {apiserverconfig.KUBECONFIG_FILE}", file=sys.stderr)
+    sys.stdout.write("".join(f"{flag}\n" for flag in config.flags))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ua-sentinel",
@@ -147,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ua-sentinel {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_replay, _add_check, _add_certs):
+    for add in (_add_replay, _add_check, _add_certs, _add_apiserver_config):
         add(sub)
     return parser
 
