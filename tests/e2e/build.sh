@@ -57,17 +57,24 @@ retry() { # retry transient failures (apt mirrors, network)
     done
 }
 
-SRC_LIST=/etc/apt/sources.list.d/debian-src.sources
-if [ ! -f "$SRC_LIST" ]; then
-    [ -f /etc/apt/sources.list.d/debian.sources ] || die "no /etc/apt/sources.list.d/debian.sources to derive deb-src from"
-    log "adding deb-src entries ($SRC_LIST)"
-    sed 's/^Types: deb$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources >"$SRC_LIST"
+# deb-src entries mirroring the deb ones (deb822 format on bookworm, one-line format on older images).
+if ! grep -rqsE '^(Types: .*deb-src|deb-src )' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+        log "adding deb-src entries (/etc/apt/sources.list.d/debian-src.sources)"
+        sed 's/^Types: deb$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources \
+            >/etc/apt/sources.list.d/debian-src.sources
+    elif grep -qs '^deb ' /etc/apt/sources.list; then
+        log "adding deb-src entries (/etc/apt/sources.list.d/debian-src.list)"
+        sed -n 's/^deb /deb-src /p' /etc/apt/sources.list >/etc/apt/sources.list.d/debian-src.list
+    else
+        die "no Debian apt sources to derive deb-src entries from"
+    fi
 fi
 
 log "apt-get update"
-retry apt-get update -q >&2 || die "apt-get update"
+retry apt-get update -qq >&2 || die "apt-get update"
 log "apt-get install golang-go etcd-server rsync make"
-retry apt-get install -y -q --no-install-recommends golang-go etcd-server rsync make >&2 \
+retry apt-get install -y -qq --no-install-recommends golang-go etcd-server rsync make >&2 \
     || die "apt-get install golang-go etcd-server rsync make"
 command -v etcd >/dev/null || die "etcd-server installed but no etcd binary on PATH"
 
