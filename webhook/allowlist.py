@@ -272,10 +272,11 @@ class Allowlist:
             raise AllowlistError(f"{path}: cannot read: {exc}") from None
         return cls.from_yaml(text, source=str(path))
 
-    def _match_agent(self, agent: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    def _match_agent(self, agent: str) -> tuple[tuple[int, ...], tuple[int, ...], bool]:
+        """Entries whose pattern matches ``agent`` (scopes aside), and whether it is spoofed."""
         denied = tuple(i for i, c in enumerate(self.denied) if c.matches_agent(agent))
         agents = tuple(i for i, c in enumerate(self.agents) if c.matches_agent(agent))
-        return denied, agents
+        return denied, agents, useragent.has_unsafe_chars(agent)
 
     def decide(
         self,
@@ -290,7 +291,7 @@ class Allowlist:
         if not agent:
             return Decision("unlisted", None, "no user agent")
         day = today or dt.date.today()
-        denied_idx, agent_idx = self._candidates(agent)
+        denied_idx, agent_idx, spoofed = self._candidates(agent)
         expired: list[str] = []
         for i in denied_idx:
             entry = self.denied[i]
@@ -298,7 +299,7 @@ class Allowlist:
                 expired.append(entry.label)
             elif entry.scope.admits(user, groups, namespace):
                 return Decision("denied", entry.label, "known-bad agent", tuple(expired))
-        if useragent.has_unsafe_chars(agent):
+        if spoofed:
             return Decision(
                 "unlisted", None, "agent holds control, bidi or zero-width characters", tuple(expired)
             )

@@ -8,6 +8,7 @@ Each subcommand is an ``_add_<name>`` function that registers its parser and a `
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -58,6 +59,13 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         metavar="SECONDS",
         help="aggregate refusals of one user+agent+source over this long (default: %(default)s)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="processes scanning a large plain file (default: %(default)s, the CPU count)",
+    )
     parser.add_argument("logs", nargs="+", metavar="AUDIT_LOG")
     parser.set_defaults(run=_run_replay)
 
@@ -70,11 +78,13 @@ def _run_replay(args: argparse.Namespace) -> int:
 
     if args.window <= 0:
         raise CliError("--window must be positive")
+    if args.workers < 1:
+        raise CliError("--workers must be at least 1")
     allowlist = load_allowlist(args.allowlist)
     detector = Detector(allowlist, config=DetectorConfig(window=dt.timedelta(seconds=args.window)))
     sink = JsonLinesSink()
     try:
-        report = replay(args.logs, detector, sink)
+        report = replay(args.logs, detector, sink, workers=args.workers)
     except OSError as exc:
         raise CliError(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}") from None
     finally:

@@ -1,22 +1,25 @@
-"""Read audit log files (plain, gzip or stdin) line by line and feed them to a Detector.
+"""Read audit log files (plain, gzip or stdin) and feed them to a Detector, in order.
 
-Only lines that could matter (see :func:`webhook.detect.might_matter`) are decoded and
-validated; the rest are checked for shape (one JSON object per line) so junk is still counted.
+:mod:`webhook.scan` finds the lines that can matter; only those are decoded and validated.
+Every line is still checked for shape, so junk is counted with its line number.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import sys
-from collections.abc import Iterable, Iterator
+import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import IO
 
-from webhook.audit import MAX_LINE_BYTES, MalformedEvent, parse_event
-from webhook.detect import Detector, might_matter
+from webhook.audit import MalformedEvent, parse_event
+from webhook.detect import Detector
 from webhook.findings import Sink
+from webhook.scan import scan_file
 
-__all__ = ["MalformedLine", "ReplayReport", "open_log", "read_lines", "replay"]
+__all__ = ["MalformedLine", "ReplayReport", "open_log", "replay"]
 
 MAX_REPORTED_MALFORMED = 20
 
@@ -57,30 +60,11 @@ def open_log(path: str) -> IO[bytes]:
     return raw
 
 
-def read_lines(stream: IO[bytes]) -> Iterator[bytes]:
-    """Lines without their newline; an over-long line is yielded cut (and then rejected)."""
-    while True:
-        line = stream.readline(MAX_LINE_BYTES + 1)
-        if not line:
-            return
-        if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
-            while True:  # drain the rest of the over-long line, keeping memory bounded
-                rest = stream.readline(1 << 20)
-                if not rest or rest.endswith(b"\n"):
-                    break
-            yield line
-            continue
-        yield line.rstrip(b"\r\n")
-
-
-def _shape_ok(line: bytes) -> bool:
-    return line[:1] == b"{" and line[-1:] == b"}"
-
-
-def replay(paths: Iterable[str], detector: Detector, sink: Sink) -> ReplayReport:
+def replay(paths: Iterable[str], detector: Detector, sink: Sink, *, workers: int = 1) -> ReplayReport:
     """Feed every line of ``paths`` (in order) through ``detector``; findings go to ``sink``.
 
-    Raises OSError when a file cannot be opened or read; malformed lines never raise.
+    Raises OSError when a file cannot be opened or read; malformed lines never raise. With
+    ``workers`` > 1 a large plain file is scanned by that many processes (same results).
     """
     report = ReplayReport()
     samples = report.malformed_samples
@@ -94,27 +78,23 @@ def replay(paths: Iterable[str], detector: Detector, sink: Sink) -> ReplayReport
         source = "<stdin>" if path == "-" else path
         stream = open_log(path)
         try:
-            for number, line in enumerate(read_lines(stream), start=1):
-                report.lines += 1
-                report.bytes += len(line) + 1
-                if not line.strip():
-                    continue
-                if len(line) > MAX_LINE_BYTES:
-                    bad(source, number, f"line longer than {MAX_LINE_BYTES} bytes")
-                    continue
-                if not might_matter(line):
-                    if not _shape_ok(line):
-                        bad(source, number, "not a JSON object line")
-                    continue
-                try:
-                    event = parse_event(line)
-                except MalformedEvent as exc:
-                    bad(source, number, str(exc))
-                    continue
-                for finding in detector.process(event):
-                    sink.deliver(finding)
-                    report.findings += 1
-        except (EOFError, gzip.BadGzipFile) as exc:
+            plain = isinstance(stream, io.BufferedReader) and path != "-"
+            for result in scan_file(path, stream, workers=workers if plain else 1):
+                base = report.lines
+                report.lines += result.lines
+                report.bytes += result.size
+                for number, reason in result.malformed:
+                    bad(source, base + number, reason)
+                for number, line in result.hits:
+                    try:
+                        event = parse_event(line)
+                    except MalformedEvent as exc:
+                        bad(source, base + number, str(exc))
+                        continue
+                    for finding in detector.process(event):
+                        sink.deliver(finding)
+                        report.findings += 1
+        except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
             raise OSError(f"{source}: corrupt gzip data: {exc}") from None
         finally:
             if stream is not sys.stdin.buffer:

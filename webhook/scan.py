@@ -1,0 +1,223 @@
+"""Find the few audit lines that can matter, at C speed, in one process or several.
+
+Most lines of an audit log are successful requests that can give no finding. A scan reads
+~1 MiB blocks, counts lines, checks their shape block-wise (every line one JSON object) and
+cuts out only the lines holding a pre-filter needle (:data:`webhook.detect.PREFILTER_NEEDLES`).
+Decoding and detection stay with the caller, in order. A large regular file is split at line
+boundaries into pieces scanned by worker processes (ordered results, bounded memory): the scan
+is the cost that grows with the log, the detector's share is small.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO
+
+from webhook.audit import MAX_LINE_BYTES
+from webhook.detect import PREFILTER_NEEDLES, might_matter
+
+__all__ = ["BLOCK_BYTES", "Block", "ScanResult", "read_blocks", "scan_block", "scan_file", "scan_stream"]
+
+BLOCK_BYTES = 1024 * 1024
+PIECE_BYTES = 32 * 1024 * 1024
+PARALLEL_MIN_BYTES = 64 * 1024 * 1024
+
+Block = tuple[bytes, int, int]
+"""``(buffer, start, end)``: ``buffer[start:end]`` is a run of complete lines (no copy made)."""
+
+
+@dataclass(slots=True)
+class ScanResult:
+    """What a run of lines holds. Line numbers count from 1 within the run."""
+
+    lines: int = 0
+    size: int = 0
+    hits: list[tuple[int, bytes]] = field(default_factory=list)
+    malformed: list[tuple[int, str]] = field(default_factory=list)
+
+
+def _overlong(carry: bytes) -> Block:
+    cut = carry[: MAX_LINE_BYTES + 1] + b"\n"
+    return cut, 0, len(cut)
+
+
+def read_blocks(stream: IO[bytes], limit: int | None = None) -> Iterator[Block]:
+    """Runs of complete lines, about 1 MiB each, every one ending in a newline.
+
+    Reads at most ``limit`` bytes when given. A line longer than ``MAX_LINE_BYTES`` comes as
+    its own block, cut to ``MAX_LINE_BYTES + 1`` bytes plus a newline (so it is rejected), and
+    the rest of it is skipped: memory stays bounded. A last line without a newline gets one.
+    """
+    carry = b""
+    skipping = False
+    remaining = limit
+    while True:
+        size = BLOCK_BYTES if remaining is None else min(BLOCK_BYTES, remaining)
+        chunk = stream.read(size) if size else b""
+        if remaining is not None:
+            remaining -= len(chunk)
+        if not chunk:
+            if carry and not skipping:
+                last = carry + b"\n"
+                yield last, 0, len(last)
+            return
+        start = 0
+        if skipping:
+            start = chunk.find(b"\n") + 1
+            if not start:
+                continue
+            skipping = False
+        if carry:
+            newline = chunk.find(b"\n", start)
+            if newline < 0:
+                carry += chunk[start:]
+                if len(carry) > MAX_LINE_BYTES:
+                    yield _overlong(carry)
+                    carry, skipping = b"", True
+                continue
+            head = carry + chunk[start : newline + 1]
+            carry = b""
+            yield _overlong(head) if len(head) > MAX_LINE_BYTES + 1 else (head, 0, len(head))
+            start = newline + 1
+        cut = chunk.rfind(b"\n", start) + 1
+        if cut > start:
+            yield chunk, start, cut
+        else:
+            cut = start
+        carry = chunk[cut:]
+        if len(carry) > MAX_LINE_BYTES:
+            yield _overlong(carry)
+            carry, skipping = b"", True
+
+
+def _hit_spans(buf: bytes, start: int, end: int) -> list[tuple[int, int]]:
+    """(start, end) of each line in the block holding a needle, in order, once each.
+
+    A file is written by one encoder: when the block's first line is compact JSON (no ``": ``),
+    the needles spelled with a space are not searched for.
+    """
+    first_end = buf.find(b"\n", start, end)
+    spaced = buf.find(b'": ', start, first_end) >= 0
+    spans: set[tuple[int, int]] = set()
+    for needle in PREFILTER_NEEDLES:
+        if not spaced and b": " in needle:
+            continue
+        pos = buf.find(needle, start, end)
+        while pos >= 0:
+            line_start = buf.rfind(b"\n", start, pos) + 1 or start
+            line_end = buf.find(b"\n", pos, end)
+            spans.add((line_start, line_end))
+            pos = buf.find(needle, line_end, end)
+    return sorted(spans)
+
+
+def _careful(block: bytes, result: ScanResult, base: int) -> None:
+    lines = block.split(b"\n")
+    lines.pop()
+    for i, raw in enumerate(lines, start=base + 1):
+        line = raw.rstrip(b"\r")
+        if not line.strip():
+            continue
+        if len(line) > MAX_LINE_BYTES:
+            result.malformed.append((i, f"line longer than {MAX_LINE_BYTES} bytes"))
+        elif line[:1] != b"{" or line[-1:] != b"}":
+            result.malformed.append((i, "not a JSON object line"))
+        elif might_matter(line):
+            result.hits.append((i, line))
+
+
+PREFIX_BYTES = 32
+
+
+def scan_block(block: Block, result: ScanResult) -> None:
+    """Add one block's lines, hits and malformed lines to ``result``.
+
+    Fast path: every line starts like the block's first line (32 bytes, ``{"kind":"Event",...``
+    for kube-apiserver) and every line before it ends in ``}``, checked with one search for a
+    long needle. Any other block is checked line by line.
+    """
+    buf, start, end = block
+    base = result.lines
+    result.size += end - start
+    prefix = buf[start : min(start + PREFIX_BYTES, buf.find(b"\n", start, end))]
+    lines = buf.count(b"}\n" + prefix, start, end) + 1
+    if (
+        end - start > MAX_LINE_BYTES
+        or prefix[:1] != b"{"
+        or buf[end - 2 : end - 1] != b"}"
+        or (lines > 1 and len(prefix) < PREFIX_BYTES)
+    ):
+        result.lines += buf.count(b"\n", start, end)
+        _careful(buf[start:end], result, base)
+        return
+    counted, number = start, base
+    hits: list[tuple[int, bytes]] = []
+    for line_start, line_end in _hit_spans(buf, start, end):
+        number += buf.count(b"\n", counted, line_start) + 1
+        counted = line_end + 1
+        hits.append((number, buf[line_start:line_end]))
+    total = number - base + buf.count(b"\n", counted, end)
+    if total != lines:
+        result.lines += total
+        _careful(buf[start:end], result, base)
+        return
+    result.lines += total
+    result.hits.extend(hits)
+
+
+def scan_stream(stream: IO[bytes], limit: int | None = None) -> Iterator[ScanResult]:
+    """Scan a stream block by block (one result per block, memory bounded by the block)."""
+    for block in read_blocks(stream, limit):
+        result = ScanResult()
+        scan_block(block, result)
+        yield result
+
+
+def _scan_piece(piece: tuple[str, int, int]) -> ScanResult:
+    path, start, end = piece
+    result = ScanResult()
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        for block in read_blocks(handle, end - start):
+            scan_block(block, result)
+    return result
+
+
+def _pieces(path: str, size: int) -> list[tuple[str, int, int]]:
+    """Split ``path`` into ~32 MiB pieces that start right after a newline."""
+    bounds = [0]
+    with open(path, "rb") as handle:
+        offset = PIECE_BYTES
+        while offset < size:
+            handle.seek(offset)
+            handle.readline()
+            position = handle.tell()
+            if position >= size:
+                break
+            if position > bounds[-1]:
+                bounds.append(position)
+            offset = position + PIECE_BYTES
+    bounds.append(size)
+    return [(path, a, b) for a, b in itertools.pairwise(bounds)]
+
+
+def scan_file(path: str, stream: IO[bytes], *, workers: int | None = None) -> Iterator[ScanResult]:
+    """Scan an opened log; a large regular, uncompressed file is scanned by worker processes.
+
+    ``stream`` is the caller's open handle (plain or decompressing); it is read directly unless
+    the file is split. Results come in file order either way.
+    """
+    count = workers if workers is not None else (os.cpu_count() or 1)
+    plain = path != "-" and getattr(stream, "raw", None) is not None and os.path.isfile(path)
+    size = os.path.getsize(path) if plain else 0
+    if count < 2 or size < PARALLEL_MIN_BYTES:
+        yield from scan_stream(stream)
+        return
+    pieces = _pieces(path, size)
+    context = multiprocessing.get_context("fork")
+    with context.Pool(min(count, len(pieces))) as pool:
+        yield from pool.imap(_scan_piece, pieces)
