@@ -1,4 +1,7 @@
-"""What the e2e apiserver is configured with: users, RBAC objects, audit policy, kubeconfigs.
+"""What the e2e apiserver is configured with: users, RBAC objects, kubeconfigs, admission config.
+
+The audit policy, audit webhook kubeconfig and audit flags are the product's own
+(`webhook.apiserverconfig`, i.e. `ua-sentinel apiserver-config`), so e2e runs check them too.
 
 Pure data and builders (no processes); `harness.ControlPlane` writes them to files.
 """
@@ -15,7 +18,6 @@ import yaml
 from .pki import KeyPair
 
 __all__ = [
-    "AUDIT_POLICY",
     "RBAC_MANIFESTS",
     "TEAM_NAMESPACE",
     "USERS",
@@ -28,7 +30,6 @@ __all__ = [
     "write_yaml",
 ]
 
-AUDIT_POLICY = {"apiVersion": "audit.k8s.io/v1", "kind": "Policy", "rules": [{"level": "Metadata"}]}
 TEAM_NAMESPACE = "team"
 
 
@@ -91,7 +92,7 @@ def client_cert_credentials(pair: KeyPair | None) -> dict[str, str]:
 
 
 def kubeconfig(server: str, ca: Path | None, user: str, credentials: Mapping[str, str]) -> dict[str, Any]:
-    """A one-cluster, one-user kubeconfig (also the format of --audit-webhook-config-file)."""
+    """A one-cluster, one-user kubeconfig."""
     cluster: dict[str, str] = {"server": server}
     if ca is not None:
         cluster["certificate-authority"] = str(ca)

@@ -10,9 +10,11 @@ Users (static bearer tokens), the identities of the recorded fixtures in tests/d
 namespace `team` through Role `cm-editor` / RoleBinding `alice-cm`, but has no `patch` verb) and
 `mallory` (uid 1002, group `devs` too, which is bound to nothing: no rights).
 
-The audit file backend is always on (JSON, small `--audit-log-maxsize` so rotation happens). The
-audit webhook backend (batch mode, never blocking) and a client certificate the apiserver presents
-to webhooks are optional, and `restart(**changes)` swaps flags while etcd and its data stay.
+Audit: the product's own policy, webhook kubeconfig and flags (`webhook.apiserverconfig`, what
+`ua-sentinel apiserver-config` prints), so every run checks them on a real apiserver. The file
+backend is always on (JSON, small `--audit-log-maxsize` so rotation happens); the webhook backend
+(batch mode, never blocking) and a client certificate the apiserver presents to webhooks are
+optional, and `restart(**changes)` swaps flags while etcd and its data stay.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import ssl
 import subprocess
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,13 +36,13 @@ from typing import Any
 import httpx
 import yaml
 
+from webhook import apiserverconfig
+
 from .apiserver_config import (
-    AUDIT_POLICY,
     RBAC_MANIFESTS,
     TEAM_NAMESPACE,
     USERS,
     admission_configuration,
-    client_cert_credentials,
     kubeconfig,
     token_file,
     webhook_client_kubeconfig,
@@ -70,13 +73,12 @@ class KubectlError(RuntimeError):
 class ControlPlaneOptions:
     """The knobs of one kube-apiserver start; `ControlPlane.restart(**changes)` replaces some."""
 
-    audit_webhook_url: str | None = None  # e.g. https://127.0.0.1:PORT/audit (our server)
+    audit_webhook_url: str | None = None  # https://127.0.0.1:PORT/audit (needs webhook_ca, client_cert)
     webhook_ca: Path | None = None  # CA that signed the audit webhook's serving certificate
     client_cert: KeyPair | None = None  # presented to the audit webhook and admission webhooks
     admission_control_config_file: Path | None = None  # default: generated when client_cert is set
     audit_log_maxsize_mb: int = 1
     audit_log_maxbackup: int = 10
-    audit_webhook_batch_max_wait: str = "20ms"
     extra_args: tuple[str, ...] = ()
 
 
@@ -273,7 +275,7 @@ class ControlPlane:
         self.client_ca_cert = write_keypair(make_ca("e2e client CA", days=2), pki, "client-ca").cert
         self._sa = write_service_account_keys(pki)
         (cfg / "tokens.csv").write_text(token_file(self.tokens))
-        write_yaml(cfg / "audit-policy.yaml", AUDIT_POLICY)
+        (cfg / apiserverconfig.POLICY_FILE).write_text(apiserverconfig.AUDIT_POLICY)
 
     def _write_kubeconfigs(self) -> None:
         for user in USERS:
@@ -338,34 +340,48 @@ class ControlPlane:
             f"--service-account-key-file={self._sa.cert}",
             f"--service-account-signing-key-file={self._sa.key}",
             "--endpoint-reconciler-type=none",  # a loopback address is not a valid endpoint
-            f"--audit-policy-file={cfg / 'audit-policy.yaml'}",
-            f"--audit-log-path={self.audit_log}",
-            "--audit-log-format=json",
-            f"--audit-log-maxsize={o.audit_log_maxsize_mb}",
-            f"--audit-log-maxbackup={o.audit_log_maxbackup}",
         ]
-        if o.audit_webhook_url is not None:
-            audit_kubeconfig = write_yaml(
-                cfg / "audit-webhook.kubeconfig",
-                kubeconfig(
-                    o.audit_webhook_url, o.webhook_ca, "apiserver", client_cert_credentials(o.client_cert)
-                ),
+        return argv + self._audit_flags() + self._admission_flags() + list(o.extra_args)
+
+    def _audit_flags(self) -> list[str]:
+        """The product's own audit setup (`ua-sentinel apiserver-config`: policy, webhook kubeconfig,
+        batch-mode flags) with a small log size so rotation really happens."""
+        cfg, o = self.workdir / "config", self.options
+        flags = apiserverconfig.apiserver_flags(config_dir=str(cfg), audit_log_path=str(self.audit_log))
+        overrides = {
+            "--audit-log-maxsize": str(o.audit_log_maxsize_mb),
+            "--audit-log-maxbackup": str(o.audit_log_maxbackup),
+        }
+        names = [f.partition("=")[0] for f in flags]
+        flags = [f"{n}={overrides[n]}" if n in overrides else f for f, n in zip(flags, names, strict=True)]
+        if o.audit_webhook_url is None:
+            return [f for f in flags if not f.startswith("--audit-webhook-")]
+        if o.webhook_ca is None or o.client_cert is None:
+            raise ValueError(
+                "audit_webhook_url needs webhook_ca and client_cert (/audit requires a client cert)"
             )
-            argv += [
-                f"--audit-webhook-config-file={audit_kubeconfig}",
-                "--audit-webhook-mode=batch",  # never blocking: it stalls the apiserver if we are down
-                f"--audit-webhook-batch-max-wait={o.audit_webhook_batch_max_wait}",
-                "--audit-webhook-batch-throttle-enable=false",
-            ]
+        url = urllib.parse.urlsplit(o.audit_webhook_url)
+        if url.scheme != "https" or url.path != "/audit" or url.hostname is None or url.port is None:
+            raise ValueError(f"audit_webhook_url must be https://IP:PORT/audit, not {o.audit_webhook_url}")
+        text = apiserverconfig.audit_webhook_kubeconfig(
+            service_ip=url.hostname,
+            port=url.port,
+            ca_pem=o.webhook_ca.read_bytes(),
+            client_cert_pem=o.client_cert.cert.read_bytes(),
+            client_key_pem=o.client_cert.key.read_bytes(),
+        )
+        (cfg / apiserverconfig.KUBECONFIG_FILE).write_text(text)
+        return flags
+
+    def _admission_flags(self) -> list[str]:
+        cfg, o = self.workdir / "config", self.options
         admission = o.admission_control_config_file
         if admission is None and o.client_cert is not None:  # present it to every admission webhook
             clients = write_yaml(
                 cfg / "admission-webhooks.kubeconfig", webhook_client_kubeconfig(o.client_cert)
             )
             admission = write_yaml(cfg / "admission-config.yaml", admission_configuration(clients))
-        if admission is not None:
-            argv.append(f"--admission-control-config-file={admission}")
-        return argv + list(o.extra_args)
+        return [] if admission is None else [f"--admission-control-config-file={admission}"]
 
     def _start_apiserver(self) -> None:
         keep_port = self.port != 0
@@ -373,10 +389,12 @@ class ControlPlane:
             if not keep_port:
                 self.port = free_port()
             self._write_kubeconfigs()
+            argv = self._apiserver_argv()
+            (self.workdir / "logs" / "kube-apiserver.argv").write_text("\n".join(argv) + "\n")
             began = time.monotonic()
             self._apiserver = ManagedProcess(
                 "kube-apiserver",
-                self._apiserver_argv(),
+                argv,
                 stdout_path=self.workdir / "logs" / "kube-apiserver.log",
             ).start()
             try:

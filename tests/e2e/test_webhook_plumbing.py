@@ -1,6 +1,7 @@
 """The wiring scenario tests rely on, checked against the real apiserver with a recording endpoint:
-audit webhook in batch mode with a client certificate, and the ValidatingWebhookConfiguration
-builder with the admission client certificate; kubectl prints the webhook's warning."""
+the audit webhook kubeconfig and flags of `webhook.apiserverconfig` (batch mode, client
+certificate), and the ValidatingWebhookConfiguration builder with the admission client
+certificate; kubectl prints the webhook's warning."""
 
 from __future__ import annotations
 
