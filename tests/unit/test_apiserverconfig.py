@@ -84,15 +84,14 @@ def test_swapped_or_wrong_certificates_are_refused(pki: dict[str, bytes]) -> Non
     other = certs.make_ca("other")
     serving_only = certs.issue(other, "server", dns=["x"])  # serverAuth only
     cases = [
-        ({"ca_pem": b"not a cert"}, "CA is not a PEM certificate"),
-        ({"client_key_pem": other.key_pem}, "does not belong"),
-        ({"client_key_pem": b"junk"}, "not an unencrypted PEM private key"),
-        ({"client_cert_pem": serving_only.cert_pem, "client_key_pem": serving_only.key_pem}, "clientAuth"),
+        ({"ca": b"not a cert"}, "CA is not a PEM certificate"),
+        ({"key": other.key_pem}, "does not belong"),
+        ({"key": b"junk"}, "not an unencrypted PEM private key"),
+        ({"cert": serving_only.cert_pem, "key": serving_only.key_pem}, "clientAuth"),
     ]
     for override, message in cases:
-        args = {"ca_pem": pki["ca"], "client_cert_pem": pki["cert"], "client_key_pem": pki["key"]} | override
         with pytest.raises(ValueError, match=message):
-            ac.audit_webhook_kubeconfig(service_ip="10.0.0.1", **args)
+            kubeconfig(pki | override, service_ip="10.0.0.1")
 
 
 def test_flags_are_batch_mode_never_blocking() -> None:
