@@ -74,6 +74,7 @@ class ControlPlaneOptions:
     """The knobs of one kube-apiserver start; `ControlPlane.restart(**changes)` replaces some."""
 
     audit_webhook_url: str | None = None  # https://127.0.0.1:PORT/audit (needs webhook_ca, client_cert)
+    audit_webhook_kubeconfig: Path | None = None  # or a ready file (`ua-sentinel apiserver-config`)
     webhook_ca: Path | None = None  # CA that signed the audit webhook's serving certificate
     client_cert: KeyPair | None = None  # presented to the audit webhook and admission webhooks
     admission_control_config_file: Path | None = None  # default: generated when client_cert is set
@@ -346,32 +347,45 @@ class ControlPlane:
     def _audit_flags(self) -> list[str]:
         """The product's own audit setup (`ua-sentinel apiserver-config`: policy, webhook kubeconfig,
         batch-mode flags) with a small log size so rotation really happens."""
-        cfg, o = self.workdir / "config", self.options
-        flags = apiserverconfig.apiserver_flags(config_dir=str(cfg), audit_log_path=str(self.audit_log))
+        o = self.options
         overrides = {
             "--audit-log-maxsize": str(o.audit_log_maxsize_mb),
             "--audit-log-maxbackup": str(o.audit_log_maxbackup),
         }
+        if o.audit_webhook_kubeconfig is not None:
+            if o.audit_webhook_url is not None:
+                raise ValueError("give audit_webhook_url or audit_webhook_kubeconfig, not both")
+            overrides["--audit-webhook-config-file"] = str(o.audit_webhook_kubeconfig)
+        elif o.audit_webhook_url is not None:
+            overrides["--audit-webhook-config-file"] = str(
+                self._write_audit_webhook_kubeconfig(o.audit_webhook_url)
+            )
+        flags = apiserverconfig.apiserver_flags(
+            config_dir=str(self.workdir / "config"), audit_log_path=str(self.audit_log)
+        )
         names = [f.partition("=")[0] for f in flags]
         flags = [f"{n}={overrides[n]}" if n in overrides else f for f, n in zip(flags, names, strict=True)]
-        if o.audit_webhook_url is None:
-            return [f for f in flags if not f.startswith("--audit-webhook-")]
+        if "--audit-webhook-config-file" not in overrides:
+            flags = [f for f in flags if not f.startswith("--audit-webhook-")]
+        return flags
+
+    def _write_audit_webhook_kubeconfig(self, url: str) -> Path:
+        o = self.options
         if o.webhook_ca is None or o.client_cert is None:
-            raise ValueError(
-                "audit_webhook_url needs webhook_ca and client_cert (/audit requires a client cert)"
-            )
-        url = urllib.parse.urlsplit(o.audit_webhook_url)
-        if url.scheme != "https" or url.path != "/audit" or url.hostname is None or url.port is None:
-            raise ValueError(f"audit_webhook_url must be https://IP:PORT/audit, not {o.audit_webhook_url}")
+            raise ValueError("audit_webhook_url needs webhook_ca and client_cert (/audit requires one)")
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "https" or parts.path != "/audit" or parts.hostname is None or parts.port is None:
+            raise ValueError(f"audit_webhook_url must be https://IP:PORT/audit, not {url}")
+        path = self.workdir / "config" / apiserverconfig.KUBECONFIG_FILE
         text = apiserverconfig.audit_webhook_kubeconfig(
-            service_ip=url.hostname,
-            port=url.port,
+            service_ip=parts.hostname,
+            port=parts.port,
             ca_pem=o.webhook_ca.read_bytes(),
             client_cert_pem=o.client_cert.cert.read_bytes(),
             client_key_pem=o.client_cert.key.read_bytes(),
         )
-        (cfg / apiserverconfig.KUBECONFIG_FILE).write_text(text)
-        return flags
+        path.write_text(text)
+        return path
 
     def _admission_flags(self) -> list[str]:
         cfg, o = self.workdir / "config", self.options
