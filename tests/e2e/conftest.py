@@ -6,10 +6,13 @@ helm; a failure there fails the suite with the reason. Nothing here ever skips.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import pytest
@@ -24,6 +27,29 @@ def _uncaptured(config: pytest.Config) -> AbstractContextManager[Any]:
     """Lets build progress reach the terminal while pytest captures output."""
     capman = config.pluginmanager.getplugin("capturemanager")
     return capman.global_and_fixture_disabled() if capman is not None else nullcontext()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _sigterm_stops_children() -> Iterator[None]:
+    """SIGTERM (a CI timeout) becomes KeyboardInterrupt, so finalizers stop etcd/apiserver/servers.
+
+    The children run in their own process groups and would otherwise outlive a terminated pytest.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) not in (
+        signal.SIG_DFL,
+        None,
+    ):
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.fixture(scope="session")
