@@ -213,11 +213,21 @@ class SentinelLauncher:
         return server.start() if start else server
 
     def tail(
-        self, allowlist: Path, audit_log: Path, *, from_start: bool = True, extra_args: Sequence[str] = ()
+        self,
+        allowlist: Path,
+        audit_log: Path,
+        *,
+        state: Path | None = None,
+        from_start: bool = True,
+        extra_args: Sequence[str] = (),
     ) -> Sentinel:
-        """`ua-sentinel tail --allowlist F --state DIR AUDIT_LOG --sink stdout [--from-start]`, started."""
+        """`ua-sentinel tail --allowlist F --state DIR AUDIT_LOG --sink stdout [--from-start]`, started.
+
+        Pass the `state` of an earlier tail to resume from its checkpoint.
+        """
         workdir = self._workdir("tail")
-        args = ["tail", "--allowlist", str(allowlist), "--state", str(workdir / "state"), str(audit_log)]
+        state = state if state is not None else workdir / "state"
+        args = ["tail", "--allowlist", str(allowlist), "--state", str(state), str(audit_log)]
         args += ["--sink", "stdout", *(["--from-start"] if from_start else []), *extra_args]
         tail = Sentinel(workdir, args)
         self._started.append(tail)
