@@ -23,21 +23,11 @@ __all__ = [
     "SENTINEL",
     "WebhookTLS",
     "make_webhook_tls",
-    "sentinel_supports",
     "validating_webhook_configuration",
 ]
 
 SENTINEL = Path(sys.executable).with_name("ua-sentinel")
 ALL_OPERATIONS: tuple[str, ...] = ("CREATE", "UPDATE", "DELETE", "CONNECT")
-
-
-def sentinel_supports(command: str) -> bool:
-    """True when `ua-sentinel <command> --help` works in this checkout (the command exists)."""
-    try:
-        done = subprocess.run([SENTINEL, command, "--help"], capture_output=True, timeout=60)
-    except OSError:
-        return False
-    return done.returncode == 0
 
 
 @dataclass(frozen=True)
