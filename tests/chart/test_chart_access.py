@@ -55,7 +55,11 @@ def test_role_is_bound_to_the_service_accounts_the_pods_use(render: Render) -> N
 
 
 def test_test_pod_has_no_api_token(render: Render) -> None:
-    assert render().one("Pod")["spec"]["automountServiceAccountToken"] is False
+    rendered = render()
+    pod = rendered.one("Pod")["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    # the chart's account, not the namespace's "default" one (which may not exist yet)
+    assert pod["serviceAccountName"] == rendered.one("ServiceAccount")["metadata"]["name"]
 
 
 # --- NetworkPolicy ---------------------------------------------------------------------------

@@ -76,7 +76,11 @@ def as_nobody(*cmd: str) -> list[str]:
 
 def base_python() -> Path:
     """A Python 3.11 with venv that uid 65532 can run: the stand-in for the image's python."""
-    candidates = [Path("/usr/local/bin/python3.11"), Path("/usr/bin/python3.11"), Path(sys._base_executable)]
+    candidates = [
+        Path("/usr/local/bin/python3.11"),
+        Path("/usr/bin/python3.11"),
+        Path(getattr(sys, "_base_executable", sys.executable)),
+    ]
     for python in candidates:
         check = as_nobody(str(python), "-c", PYTHON_CHECK)
         if python.exists() and subprocess.run(check, capture_output=True, timeout=60).returncode == 0:
