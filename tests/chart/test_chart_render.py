@@ -152,3 +152,10 @@ def test_image_defaults_to_app_version_and_digest_wins(render: Render) -> None:
     digest = "sha256:" + "ab" * 32
     pinned = render({"image": {"digest": digest}}).one("Deployment")
     assert pinned["spec"]["template"]["spec"]["containers"][0]["image"].endswith("@" + digest)
+
+
+def test_long_names_stay_within_kubernetes_limits(render: Render) -> None:
+    rendered = render({"fullnameOverride": "a-very-long-release-name-that-someone-might-choose-x" * 2})
+    names = [o["metadata"]["name"] for o in rendered.objects]
+    assert all(len(n) <= 63 and not n.endswith("-") for n in names), names
+    assert rendered.one("Deployment")["metadata"]["name"] == "a-very-long-release-name-that-someone-mi"
