@@ -101,9 +101,9 @@ class Image:
 def _copy_context(target: Path) -> None:
     """The build context `docker build .` would send: the working tree minus .dockerignore."""
     patterns = parse_ignore((ROOT / ".dockerignore").read_text())
+    reincluded = [r.pattern for excludes, r in patterns if not excludes]
     for dirpath, dirnames, filenames in os.walk(ROOT):
         rel = Path(dirpath).relative_to(ROOT)
-        reincluded = [r.pattern for excludes, r in patterns if not excludes]
         dirnames[:] = [
             d
             for d in dirnames
