@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit venv clean
+.PHONY: run test lint typecheck unit venv clean fuzz bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,14 @@ unit: $(STAMP)
 
 test: lint typecheck
 	$(BIN)/pytest -q
+
+# Long coverage-guided runs (the suite runs each target briefly). FUZZ_SECONDS per target.
+FUZZ_SECONDS ?= 600
+fuzz: $(STAMP)
+	for t in useragent allowlist audit_line admission; do \
+		$(BIN)/python -m tests.fuzz.run_atheris $$t -max_total_time=$(FUZZ_SECONDS) -max_len=8192 \
+			-artifact_prefix=tests/fuzz/ tests/fuzz/corpus/$$t || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -248,6 +248,9 @@ class Allowlist:
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             problem = getattr(exc, "problem", None) or str(exc)
             raise AllowlistError(f"{source}: not valid YAML{where}: {problem}") from None
+        except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+            # PyYAML's constructors raise these for values like 2026-02-31.
+            raise AllowlistError(f"{source}: not valid YAML: {exc}") from None
         if doc is None:
             doc = {}
         if not isinstance(doc, dict):
@@ -274,9 +277,13 @@ class Allowlist:
 
     def _match_agent(self, agent: str) -> tuple[tuple[int, ...], tuple[int, ...], bool]:
         """Entries whose pattern matches ``agent`` (scopes aside), and whether it is spoofed."""
+        spoofed = useragent.has_unsafe_chars(agent)
+        if spoofed and not agent.isascii():
+            # RE2 needs valid UTF-8: lone surrogates (undecodable bytes) are matched as U+FFFD.
+            agent = agent.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
         denied = tuple(i for i, c in enumerate(self.denied) if c.matches_agent(agent))
         agents = tuple(i for i, c in enumerate(self.agents) if c.matches_agent(agent))
-        return denied, agents, useragent.has_unsafe_chars(agent)
+        return denied, agents, spoofed
 
     def decide(
         self,

@@ -35,9 +35,12 @@ _MAX_PARSE = 4096
 
 
 def _is_unsafe(ch: str) -> bool:
-    """Characters that change how text looks or behaves on screen: controls, bidi, zero-width."""
+    """Characters that change how text looks or behaves on screen (controls, bidi, zero-width)
+    or stand for bytes that were not text (lone surrogates, U+FFFD)."""
     if ch == " ":
         return False
+    if ch == "\ufffd":
+        return True  # what encoders put in place of invalid bytes: the agent was not text
     category = unicodedata.category(ch)
     return category in _UNSAFE_CATEGORIES or category == "Zs"
 

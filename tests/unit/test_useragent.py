@@ -86,6 +86,7 @@ def test_display_is_always_inert_and_bounded(agent: str, cap: int) -> None:
     shown = useragent.display(agent, max_len=cap)
     assert len(shown) <= cap
     for ch in shown:
+        assert ch != "\ufffd"
         assert ch == " " or unicodedata.category(ch) not in {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"}
 
 
