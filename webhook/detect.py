@@ -1,42 +1,48 @@
 """The Detector: audit events in, findings out. No I/O; replay, the tailer and /audit share it.
 
-**unusual-agent-forbidden**: a ``ResponseComplete`` refused by authorization (decision
-``forbid``; a 403 ``Forbidden`` when the annotation is missing) whose agent is not listed
-(a missing agent is unlisted). Refusals are aggregated per (user, impersonated user, agent,
-source IP) over a window measured in *event* time, so replaying a log and tailing it give the
-same findings: the first refusal is emitted at once (``event.sequence`` 1) and, when more
-followed, the window's totals are emitted on close with the same ``event.id`` (sequence 2).
-Open windows are bounded; the oldest is closed early (and counted) when the bound is reached.
+Rules (see :mod:`webhook.rules`), all in *event* time (``stageTimestamp``) so that replaying a
+log and tailing it give the same finding ids:
+
+- **unusual-agent-forbidden**: a ``ResponseComplete`` refused by authorization (decision
+  ``forbid``; a 403 ``Forbidden`` when the annotation is missing) whose agent is not listed (a
+  missing agent is unlisted). Aggregated per (user, impersonated user, agent, source IP) over
+  ``window``: the first refusal is emitted at once (``event.sequence`` 1) and, when more
+  followed, the window's totals on close, same ``event.id`` (sequence 2).
+- **known-bad-agent**: a request from a ``denied:`` agent that *succeeded* (status < 400),
+  aggregated the same way.
+- **forbidden-burst**: one (user, impersonated user, agent) refused on at least
+  ``burst_threshold`` distinct URIs within ``burst_window`` (enumeration), whatever the verdict.
+- **new-agent-forbidden**: with a :class:`~webhook.baseline.Baseline`, a refusal from an agent
+  family not refused in the baseline's N days before it.
+
+Findings about a (user, agent) the admission webhook flagged carry ``ua_sentinel.related``
+(:mod:`webhook.correlation`); an unlisted agent that both changed objects and was refused is
+escalated one severity level. Open windows are bounded; the oldest is closed early (counted).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
-import orjson
-
-from webhook import useragent
 from webhook.allowlist import Allowlist, Decision
 from webhook.audit import Event
-from webhook.findings import (
-    RISK_SCORE,
-    RULES,
-    Aggregate,
-    EffectiveUser,
-    Finding,
-    FindingEvent,
-    Rule,
-    Severity,
-    Source,
-    User,
-    UserAgentField,
-    UserGroup,
-    Verdict,
+from webhook.baseline import Baseline, family
+from webhook.correlation import Correlation
+from webhook.findings import Finding
+from webhook.prefilter import STATIC_NEEDLES, Prefilter
+from webhook.rules import (
+    FORBIDDEN_BURST,
+    KNOWN_BAD_AGENT,
+    NEW_AGENT_FORBIDDEN,
+    UNUSUAL_AGENT_FORBIDDEN,
+    Window,
+    audit_fields,
+    build_finding,
+    finding_id,
 )
 
 __all__ = [
@@ -48,18 +54,26 @@ __all__ = [
     "might_matter",
 ]
 
-RULE_UNUSUAL_AGENT_FORBIDDEN = "unusual-agent-forbidden"
+RULE_UNUSUAL_AGENT_FORBIDDEN = UNUSUAL_AGENT_FORBIDDEN
+SNAPSHOT_VERSION = 2
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DetectorConfig:
     window: dt.timedelta = dt.timedelta(minutes=10)
-    """How long refusals of one (user, agent, source) fold into one finding."""
+    """How long refusals (or denied-agent successes) of one user+agent+source fold together."""
     max_windows: int = 10_000
     """Open windows kept; past this the oldest is closed early and counted as evicted."""
     max_audit_ids: int = 20
     max_distinct: int = 32
     """Distinct verbs / resources listed per finding (more are counted, not listed)."""
+    burst_threshold: int = 10
+    """forbidden-burst: distinct refused URIs of one user+agent that make an enumeration."""
+    burst_window: dt.timedelta = dt.timedelta(seconds=60)
+    max_bursts: int = 10_000
+    related_ttl: dt.timedelta = dt.timedelta(hours=1)
+    max_related: int = 4096
+    """Principals whose webhook-flagged requests are remembered (correlation)."""
 
 
 DEFAULT_CONFIG = DetectorConfig()
@@ -71,50 +85,24 @@ class DetectorStats:
     forbidden: int = 0
     findings: int = 0
     windows_evicted: int = 0
+    bursts_evicted: int = 0
+    known_bad: int = 0
+    flagged: int = 0
+    new_agents: int = 0
 
 
-@dataclass(slots=True)
-class _Window:
-    """An open aggregation window. Only JSON-able fields: it is checkpointed by the tailer."""
+PREFILTER_NEEDLES: tuple[bytes, ...] = STATIC_NEEDLES
+"""Byte strings of which every line that can give a finding holds one, *except* known-bad-agent.
 
-    rule: str
-    finding_id: str
-    verdict: str
-    entry: str | None
-    reason: str
-    allowlist_hash: str
-    username: str
-    uid: str
-    groups: list[str]
-    effective_user: str | None
-    effective_uid: str
-    agent: str | None
-    source_ip: str
-    first_audit: dict[str, Any]
-    start: str
-    end: str
-    start_epoch: float
-    count: int = 0
-    emitted: int = 0
-    verbs: list[str] = field(default_factory=list)
-    resources: list[str] = field(default_factory=list)
-    audit_ids: list[str] = field(default_factory=list)
-    truncated: bool = False
-
-
-PREFILTER_NEEDLES: tuple[bytes, ...] = (b"403",)
-"""Byte strings of which every line that can give a finding holds at least one.
-
-Readers search whole blocks for these (C speed) and decode only the lines around a hit; any
-rule added to the Detector must keep this a superset of the lines it needs.
+A refusal's ``responseStatus.code`` is written ``"code":403`` by kube-apiserver (compact JSON)
+and ``"code": 403`` by re-serialisers such as Python's json; the webhook's verdict annotation
+is ``<name>/user-agent-verdict``. known-bad-agent also needs lines whose agent may be denied,
+which depends on the allowlist: use :attr:`Detector.prefilter` for the full superset.
 """
 
 
 def might_matter(line: bytes) -> bool:
-    """Cheap pre-filter: False only for lines that cannot produce a finding.
-
-    Most audit lines are successful requests; skipping their JSON parse is the replay fast path.
-    """
+    """Allowlist-independent pre-filter (see :data:`PREFILTER_NEEDLES`)."""
     return any(needle in line for needle in PREFILTER_NEEDLES)
 
 
@@ -126,32 +114,9 @@ def _timestamp(event: Event) -> tuple[str, float | None]:
         return text, None
 
 
-def _audit_fields(event: Event) -> dict[str, Any]:
-    """The ``kubernetes.audit`` part of a finding: the first refused request, as audited."""
-    out: dict[str, Any] = {
-        "auditID": event.audit_id,
-        "stage": event.stage,
-        "verb": event.verb,
-        "requestURI": event.request_uri,
-        "user": event.user.model_dump(),
-        "sourceIPs": list(event.source_ips),
-        "responseStatus": {"code": event.code, "reason": event.response_status.reason}
-        if event.response_status
-        else None,
-        "annotations": dict(event.annotations),
-        "requestReceivedTimestamp": event.request_received_timestamp,
-        "stageTimestamp": event.stage_timestamp,
-    }
-    if event.object_ref is not None:
-        out["objectRef"] = event.object_ref.model_dump(by_alias=True, exclude_defaults=True)
-    if event.impersonated_user is not None:
-        out["impersonatedUser"] = event.impersonated_user.model_dump()
-    return out
-
-
-def _finding_id(rule: str, key: tuple[Any, ...], first_audit_id: str) -> str:
-    material = orjson.dumps([rule, *key, first_audit_id])
-    return hashlib.sha256(material).hexdigest()[:32]
+def _target(event: Event) -> str:
+    path = event.request_uri.split("?", 1)[0]
+    return path or event.resource_label
 
 
 class Detector:
@@ -162,16 +127,38 @@ class Detector:
         allowlist: Allowlist | Callable[[], Allowlist],
         *,
         config: DetectorConfig = DEFAULT_CONFIG,
+        baseline: Baseline | None = None,
     ) -> None:
         self._allowlist = allowlist if callable(allowlist) else (lambda: allowlist)
         self.config = config
+        self.baseline = baseline
         self.stats = DetectorStats()
-        self._windows: OrderedDict[tuple[Any, ...], _Window] = OrderedDict()
+        self.correlation = Correlation(
+            max_principals=config.max_related, ttl=config.related_ttl.total_seconds()
+        )
+        self._windows: OrderedDict[tuple[Any, ...], Window] = OrderedDict()
+        self._bursts: OrderedDict[tuple[Any, ...], Window] = OrderedDict()
         self._watermark: float = float("-inf")
+        self._pruned: float = float("-inf")
+        self._prefilter: tuple[str, Prefilter] | None = None
 
     @property
     def open_windows(self) -> int:
+        """Aggregation windows of unusual-agent-forbidden and known-bad-agent findings."""
         return len(self._windows)
+
+    @property
+    def watermark(self) -> float | None:
+        """The newest event time seen (epoch seconds), None before the first event."""
+        return self._watermark if self._watermark != float("-inf") else None
+
+    @property
+    def prefilter(self) -> Prefilter:
+        """The raw-line pre-filter for the current allowlist (a superset for every rule)."""
+        allowlist = self._allowlist()
+        if self._prefilter is None or self._prefilter[0] != allowlist.hash:
+            self._prefilter = (allowlist.hash, Prefilter(allowlist))
+        return self._prefilter[1]
 
     def process(self, event: Event) -> list[Finding]:
         """Findings caused by ``event``: new ones, and totals of windows it closed."""
@@ -180,9 +167,14 @@ class Detector:
         if epoch is not None and epoch > self._watermark:
             self._watermark = epoch
         out = self.close_expired(self._watermark)
-        if not event.forbidden_by_authorization:
+        if event.stage != "ResponseComplete":
             return out
-        self.stats.forbidden += 1
+        if self.correlation.observe(event, text, epoch):
+            self.stats.flagged += 1
+        forbidden = event.forbidden_by_authorization
+        code = event.code or 0
+        if not forbidden and not 100 <= code < 400:
+            return out
         allowlist = self._allowlist()
         day = dt.datetime.fromtimestamp(epoch, dt.UTC).date() if epoch is not None else None
         decision = allowlist.decide(
@@ -192,10 +184,50 @@ class Detector:
             namespace=event.namespace,
             today=day,
         )
-        if decision.verdict == "listed":
+        if not forbidden:
+            if decision.verdict == "denied":
+                self.stats.known_bad += 1
+                out.extend(self._fold(KNOWN_BAD_AGENT, event, decision, allowlist.hash, text, epoch))
             return out
-        out.extend(self._fold(RULE_UNUSUAL_AGENT_FORBIDDEN, event, decision, allowlist.hash, text, epoch))
+        self.stats.forbidden += 1
+        if decision.verdict != "listed":
+            out.extend(self._fold(UNUSUAL_AGENT_FORBIDDEN, event, decision, allowlist.hash, text, epoch))
+        out.extend(self._burst(event, decision, allowlist.hash, text, epoch))
+        if self.baseline is not None and epoch is not None:
+            out.extend(self._new_agent(event, decision, allowlist.hash, text, epoch))
         return out
+
+    def _open(
+        self,
+        rule: str,
+        key: tuple[Any, ...],
+        event: Event,
+        decision: Decision,
+        allowlist_hash: str,
+        text: str,
+        epoch: float | None,
+    ) -> Window:
+        effective = event.impersonated_user
+        return Window(
+            rule=rule,
+            key=list(key),
+            finding_id=finding_id(rule, key, event.audit_id),
+            verdict=decision.verdict,
+            entry=decision.entry,
+            reason=decision.reason,
+            allowlist_hash=allowlist_hash,
+            username=event.user.username,
+            uid=event.user.uid,
+            groups=list(event.user.groups),
+            effective_user=effective.username if effective else None,
+            effective_uid=effective.uid if effective else "",
+            agent=event.user_agent,
+            source_ip=event.source_ip,
+            first_audit=audit_fields(event),
+            start=text,
+            end=text,
+            start_epoch=epoch if epoch is not None else self._watermark,
+        )
 
     def _fold(
         self,
@@ -221,25 +253,7 @@ class Detector:
                 _, oldest = self._windows.popitem(last=False)
                 self.stats.windows_evicted += 1
                 out.extend(self._close(oldest))
-            window = _Window(
-                rule=rule,
-                finding_id=_finding_id(rule, key, event.audit_id),
-                verdict=decision.verdict,
-                entry=decision.entry,
-                reason=decision.reason,
-                allowlist_hash=allowlist_hash,
-                username=event.user.username,
-                uid=event.user.uid,
-                groups=list(event.user.groups),
-                effective_user=effective.username if effective else None,
-                effective_uid=effective.uid if effective else "",
-                agent=event.user_agent,
-                source_ip=event.source_ip,
-                first_audit=_audit_fields(event),
-                start=text,
-                end=text,
-                start_epoch=epoch if epoch is not None else self._watermark,
-            )
+            window = self._open(rule, key, event, decision, allowlist_hash, text, epoch)
             self._windows[key] = window
         self._add(window, event, text)
         if window.emitted == 0:
@@ -247,7 +261,62 @@ class Detector:
             out.append(self._finding(window, sequence=1))
         return out
 
-    def _add(self, window: _Window, event: Event, text: str) -> None:
+    def _burst(
+        self, event: Event, decision: Decision, allowlist_hash: str, text: str, epoch: float | None
+    ) -> list[Finding]:
+        out: list[Finding] = []
+        effective = event.impersonated_user
+        key = (
+            FORBIDDEN_BURST,
+            event.user.username,
+            effective.username if effective else None,
+            event.user_agent,
+        )
+        window = self._bursts.get(key)
+        if window is None:
+            if len(self._bursts) >= self.config.max_bursts:
+                _, oldest = self._bursts.popitem(last=False)
+                self.stats.bursts_evicted += 1
+                out.extend(self._close(oldest))
+            window = self._open(FORBIDDEN_BURST, key, event, decision, allowlist_hash, text, epoch)
+            window.fired = False
+            window.extra = {
+                "burst": {
+                    "threshold": self.config.burst_threshold,
+                    "window_seconds": self.config.burst_window.total_seconds(),
+                }
+            }
+            self._bursts[key] = window
+        self._add(window, event, text)
+        target = _target(event)
+        if target not in window.targets:
+            if len(window.targets) < max(self.config.burst_threshold, self.config.max_distinct):
+                window.targets.append(target)
+            else:
+                window.truncated = True
+        if not window.fired and len(window.targets) >= self.config.burst_threshold:
+            window.fired = True
+            window.emitted = window.count
+            out.append(self._finding(window, sequence=1))
+        return out
+
+    def _new_agent(
+        self, event: Event, decision: Decision, allowlist_hash: str, text: str, epoch: float
+    ) -> list[Finding]:
+        assert self.baseline is not None
+        fam = family(event.user_agent)
+        new = not self.baseline.seen_before(fam, epoch)
+        self.baseline.record(fam, epoch)
+        if not new:
+            return []
+        self.stats.new_agents += 1
+        window = self._open(NEW_AGENT_FORBIDDEN, (fam,), event, decision, allowlist_hash, text, epoch)
+        window.extra = {"baseline": {"family": fam, "days": self.baseline.days}}
+        self._add(window, event, text)
+        window.emitted = window.count
+        return [self._finding(window, sequence=1)]
+
+    def _add(self, window: Window, event: Event, text: str) -> None:
         window.count += 1
         window.end = text or window.end
         limit = self.config.max_distinct
@@ -263,102 +332,79 @@ class Detector:
             window.truncated = True
 
     def close_expired(self, now: float) -> list[Finding]:
-        """Close windows opened more than ``config.window`` before ``now`` (epoch seconds)."""
+        """Close windows opened more than their span before ``now`` (epoch seconds)."""
         out: list[Finding] = []
-        span = self.config.window.total_seconds()
-        while self._windows:
-            key, window = next(iter(self._windows.items()))
-            if window.start_epoch + span > now:
-                break
-            del self._windows[key]
-            out.extend(self._close(window))
+        for windows, span in (
+            (self._windows, self.config.window.total_seconds()),
+            (self._bursts, self.config.burst_window.total_seconds()),
+        ):
+            while windows:
+                key, window = next(iter(windows.items()))
+                if window.start_epoch + span > now:
+                    break
+                del windows[key]
+                out.extend(self._close(window))
+        if now - self._pruned > 60:
+            self.correlation.prune(now)
+            self._pruned = now
         return out
 
     def flush(self) -> list[Finding]:
         """Close every open window (end of a replay, or shutdown)."""
         out: list[Finding] = []
-        while self._windows:
-            _, window = self._windows.popitem(last=False)
-            out.extend(self._close(window))
+        for windows in (self._windows, self._bursts):
+            while windows:
+                _, window = windows.popitem(last=False)
+                out.extend(self._close(window))
         return out
 
-    def _close(self, window: _Window) -> list[Finding]:
-        if window.count <= window.emitted:
+    def _close(self, window: Window) -> list[Finding]:
+        if not window.fired:
+            return []
+        related = self.correlation.related(window.username, window.agent, self._watermark)
+        grew = related is not None and related.count > window.related_emitted
+        if window.count <= window.emitted and not grew:
             return []
         window.emitted = window.count
         return [self._finding(window, sequence=2)]
 
-    def _finding(self, window: _Window, *, sequence: int) -> Finding:
+    def _finding(self, window: Window, *, sequence: int) -> Finding:
         self.stats.findings += 1
-        severity: Severity = "high" if window.verdict == "denied" else "medium"
-        primary = useragent.parse(window.agent).primary if window.agent else None
-        effective = (
-            EffectiveUser(name=window.effective_user, id=window.effective_uid)
-            if window.effective_user is not None
-            else None
-        )
-        return Finding(
-            timestamp=window.end,
-            event=FindingEvent(
-                id=window.finding_id,
-                severity=RISK_SCORE[severity],
-                risk_score=RISK_SCORE[severity],
-                count=window.count,
-                start=window.start,
-                end=window.end,
-                sequence=sequence,
-            ),
-            rule=Rule(name=window.rule, description=RULES[window.rule]),
-            user=User(
-                name=window.username,
-                id=window.uid,
-                group=UserGroup(name=window.groups),
-                effective=effective,
-            ),
-            user_agent=UserAgentField(
-                original=window.agent,
-                display=useragent.display(window.agent),
-                name=primary.name if primary else None,
-                version=primary.version if primary else None,
-            ),
-            source=Source(ip=window.source_ip or None),
-            kubernetes={"audit": window.first_audit},
-            ua_sentinel={
-                "severity": severity,
-                "verdict": Verdict(
-                    verdict=window.verdict,
-                    entry=window.entry,
-                    reason=window.reason,
-                    allowlist_hash=window.allowlist_hash,
-                ).model_dump(),
-                "aggregate": Aggregate(
-                    verbs=list(window.verbs),
-                    resources=list(window.resources),
-                    audit_ids=list(window.audit_ids),
-                    truncated=window.truncated,
-                ).model_dump(),
-            },
-        )
+        related = self.correlation.related(window.username, window.agent, self._watermark)
+        if related is not None:
+            window.related_emitted = related.count
+        return build_finding(window, sequence=sequence, related=related)
 
     def snapshot(self) -> dict[str, Any]:
-        """Open windows and the watermark, JSON-able, for a checkpoint."""
+        """Open windows, burst trackers, correlation memory and the watermark, JSON-able."""
         return {
-            "watermark": self._watermark if self._watermark != float("-inf") else None,
+            "version": SNAPSHOT_VERSION,
+            "watermark": self.watermark,
             "windows": [asdict(w) for w in self._windows.values()],
+            "bursts": [asdict(w) for w in self._bursts.values()],
+            "correlation": self.correlation.snapshot(),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         """Reload what :meth:`snapshot` returned (replaces any open windows)."""
         self._windows.clear()
+        self._bursts.clear()
         watermark = state.get("watermark")
         self._watermark = float(watermark) if watermark is not None else float("-inf")
-        for raw in state.get("windows", []):
-            window = _Window(**raw)
-            key = (
-                window.rule,
-                window.username,
-                window.effective_user,
-                window.agent,
-                window.source_ip,
-            )
-            self._windows[key] = window
+        for target, items in (
+            (self._windows, state.get("windows", [])),
+            (self._bursts, state.get("bursts", [])),
+        ):
+            for raw in items:
+                fields = dict(raw)
+                if "key" not in fields:  # version 1: unusual-agent-forbidden windows only
+                    fields["key"] = [
+                        fields["rule"],
+                        fields["username"],
+                        fields["effective_user"],
+                        fields["agent"],
+                        fields["source_ip"],
+                    ]
+                window = Window(**fields)
+                target[tuple(window.key)] = window
+        self.correlation.restore(state.get("correlation", []))

@@ -34,6 +34,18 @@ RULES: dict[str, str] = {
         "A request from a user agent that is not on the cluster's allowlist was refused by "
         "authorization (403, decision forbid): the signature of recon tooling probing RBAC."
     ),
+    "forbidden-burst": (
+        "One principal and agent were refused on many distinct resources or URIs in a short "
+        "window: permission enumeration (kubectl auth can-i loops, peirates, kdigger)."
+    ),
+    "known-bad-agent": (
+        "A request from an agent on the allowlist's denied list (attack tools, scripting HTTP "
+        "clients) succeeded: it was not only probing, it got an answer or changed something."
+    ),
+    "new-agent-forbidden": (
+        "A request was refused from an agent family (product and major version) not refused in "
+        "the baseline window before it (default 7 days), whether or not the allowlist lists it."
+    ),
 }
 
 THREAT: list[dict[str, Any]] = [

@@ -79,7 +79,9 @@ def replay(paths: Iterable[str], detector: Detector, sink: Sink, *, workers: int
         stream = open_log(path)
         try:
             plain = isinstance(stream, io.BufferedReader) and path != "-"
-            for result in scan_file(path, stream, workers=workers if plain else 1):
+            for result in scan_file(
+                path, stream, workers=workers if plain else 1, prefilter=detector.prefilter
+            ):
                 base = report.lines
                 report.lines += result.lines
                 report.bytes += result.size

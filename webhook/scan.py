@@ -2,7 +2,8 @@
 
 Most lines of an audit log are successful requests that can give no finding. A scan reads
 ~1 MiB blocks, counts lines, checks their shape block-wise (every line one JSON object) and
-cuts out only the lines holding a pre-filter needle (:data:`webhook.detect.PREFILTER_NEEDLES`).
+cuts out only the lines a :class:`webhook.prefilter.Prefilter` says can matter (the Detector's
+``prefilter``: refusals, webhook verdicts, agents that may be denied).
 Decoding and detection stay with the caller, in order. A large regular file is split at line
 boundaries into pieces scanned by worker processes (ordered results, bounded memory): the scan
 is the cost that grows with the log, the detector's share is small.
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from webhook.audit import MAX_LINE_BYTES
-from webhook.detect import PREFILTER_NEEDLES, might_matter
+from webhook.prefilter import Prefilter
 
 __all__ = ["BLOCK_BYTES", "Block", "ScanResult", "read_blocks", "scan_block", "scan_file", "scan_stream"]
 
@@ -94,28 +95,21 @@ def read_blocks(stream: IO[bytes], limit: int | None = None) -> Iterator[Block]:
             carry, skipping = b"", True
 
 
-def _hit_spans(buf: bytes, start: int, end: int) -> list[tuple[int, int]]:
-    """(start, end) of each line in the block holding a needle, in order, once each.
+_STATIC = Prefilter()
+
+
+def _hit_spans(buf: bytes, start: int, end: int, prefilter: Prefilter) -> list[tuple[int, int]]:
+    """(start, end) of each line in the block that can matter, in order, once each.
 
     A file is written by one encoder: when the block's first line is compact JSON (no ``": ``),
     the needles spelled with a space are not searched for.
     """
     first_end = buf.find(b"\n", start, end)
     spaced = buf.find(b'": ', start, first_end) >= 0
-    spans: set[tuple[int, int]] = set()
-    for needle in PREFILTER_NEEDLES:
-        if not spaced and b": " in needle:
-            continue
-        pos = buf.find(needle, start, end)
-        while pos >= 0:
-            line_start = buf.rfind(b"\n", start, pos) + 1 or start
-            line_end = buf.find(b"\n", pos, end)
-            spans.add((line_start, line_end))
-            pos = buf.find(needle, line_end, end)
-    return sorted(spans)
+    return prefilter.hit_spans(buf, start, end, spaced=spaced)
 
 
-def _careful(block: bytes, result: ScanResult, base: int) -> None:
+def _careful(block: bytes, result: ScanResult, base: int, prefilter: Prefilter) -> None:
     lines = block.split(b"\n")
     lines.pop()
     for i, raw in enumerate(lines, start=base + 1):
@@ -126,14 +120,14 @@ def _careful(block: bytes, result: ScanResult, base: int) -> None:
             result.malformed.append((i, f"line longer than {MAX_LINE_BYTES} bytes"))
         elif line[:1] != b"{" or line[-1:] != b"}":
             result.malformed.append((i, "not a JSON object line"))
-        elif might_matter(line):
+        elif prefilter.matches(line):
             result.hits.append((i, line))
 
 
 PREFIX_BYTES = 32
 
 
-def scan_block(block: Block, result: ScanResult) -> None:
+def scan_block(block: Block, result: ScanResult, prefilter: Prefilter = _STATIC) -> None:
     """Add one block's lines, hits and malformed lines to ``result``.
 
     Fast path: every line starts like the block's first line (32 bytes, ``{"kind":"Event",...``
@@ -152,38 +146,40 @@ def scan_block(block: Block, result: ScanResult) -> None:
         or (lines > 1 and len(prefix) < PREFIX_BYTES)
     ):
         result.lines += buf.count(b"\n", start, end)
-        _careful(buf[start:end], result, base)
+        _careful(buf[start:end], result, base, prefilter)
         return
     counted, number = start, base
     hits: list[tuple[int, bytes]] = []
-    for line_start, line_end in _hit_spans(buf, start, end):
+    for line_start, line_end in _hit_spans(buf, start, end, prefilter):
         number += buf.count(b"\n", counted, line_start) + 1
         counted = line_end + 1
         hits.append((number, buf[line_start:line_end]))
     total = number - base + buf.count(b"\n", counted, end)
     if total != lines:
         result.lines += total
-        _careful(buf[start:end], result, base)
+        _careful(buf[start:end], result, base, prefilter)
         return
     result.lines += total
     result.hits.extend(hits)
 
 
-def scan_stream(stream: IO[bytes], limit: int | None = None) -> Iterator[ScanResult]:
+def scan_stream(
+    stream: IO[bytes], limit: int | None = None, prefilter: Prefilter = _STATIC
+) -> Iterator[ScanResult]:
     """Scan a stream block by block (one result per block, memory bounded by the block)."""
     for block in read_blocks(stream, limit):
         result = ScanResult()
-        scan_block(block, result)
+        scan_block(block, result, prefilter)
         yield result
 
 
-def _scan_piece(piece: tuple[str, int, int]) -> ScanResult:
-    path, start, end = piece
+def _scan_piece(piece: tuple[str, int, int, Prefilter]) -> ScanResult:
+    path, start, end, prefilter = piece
     result = ScanResult()
     with open(path, "rb") as handle:
         handle.seek(start)
         for block in read_blocks(handle, end - start):
-            scan_block(block, result)
+            scan_block(block, result, prefilter)
     return result
 
 
@@ -205,19 +201,22 @@ def _pieces(path: str, size: int) -> list[tuple[str, int, int]]:
     return [(path, a, b) for a, b in itertools.pairwise(bounds)]
 
 
-def scan_file(path: str, stream: IO[bytes], *, workers: int | None = None) -> Iterator[ScanResult]:
+def scan_file(
+    path: str, stream: IO[bytes], *, workers: int | None = None, prefilter: Prefilter = _STATIC
+) -> Iterator[ScanResult]:
     """Scan an opened log; a large regular, uncompressed file is scanned by worker processes.
 
     ``stream`` is the caller's open handle (plain or decompressing); it is read directly unless
-    the file is split. Results come in file order either way.
+    the file is split. Results come in file order either way. ``prefilter`` (the Detector's)
+    decides which lines are hits; the default knows no allowlist (no known-bad-agent lines).
     """
     count = workers if workers is not None else (os.cpu_count() or 1)
     plain = path != "-" and getattr(stream, "raw", None) is not None and os.path.isfile(path)
     size = os.path.getsize(path) if plain else 0
     if count < 2 or size < PARALLEL_MIN_BYTES:
-        yield from scan_stream(stream)
+        yield from scan_stream(stream, prefilter=prefilter)
         return
-    pieces = _pieces(path, size)
+    pieces = [(*piece, prefilter) for piece in _pieces(path, size)]
     context = multiprocessing.get_context("fork")
     with context.Pool(min(count, len(pieces))) as pool:
         yield from pool.imap(_scan_piece, pieces)
