@@ -10,14 +10,15 @@ import gzip
 import io
 import sys
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 
 from webhook.audit import MalformedEvent, parse_event
 from webhook.detect import Detector
 from webhook.findings import Sink
-from webhook.scan import scan_file
+from webhook.formats import Format, decode
+from webhook.scan import ScanResult, read_blocks, scan_file
 
 __all__ = ["MalformedLine", "ReplayReport", "open_log", "replay"]
 
@@ -60,11 +61,29 @@ def open_log(path: str) -> IO[bytes]:
     return raw
 
 
-def replay(paths: Iterable[str], detector: Detector, sink: Sink, *, workers: int = 1) -> ReplayReport:
+def _decode_lines(stream: IO[bytes], fmt: Format) -> Iterator[ScanResult]:
+    """Other input shapes (:mod:`webhook.formats`): every line is decoded, no fast path."""
+    for buf, start, end in read_blocks(stream):
+        result = ScanResult()
+        for number, line in enumerate(buf[start:end].split(b"\n")[:-1], start=1):
+            result.lines += 1
+            result.size += len(line) + 1
+            if not line.strip():
+                continue
+            decoded = decode(fmt, line)
+            result.malformed.extend((number, error) for error in decoded.errors)
+            result.events.extend((number, event) for event in decoded.events)
+        yield result
+
+
+def replay(
+    paths: Iterable[str], detector: Detector, sink: Sink, *, workers: int = 1, fmt: Format = "k8s"
+) -> ReplayReport:
     """Feed every line of ``paths`` (in order) through ``detector``; findings go to ``sink``.
 
     Raises OSError when a file cannot be opened or read; malformed lines never raise. With
     ``workers`` > 1 a large plain file is scanned by that many processes (same results).
+    ``fmt`` selects the input shape (:mod:`webhook.formats`); ``k8s`` is the apiserver's own.
     """
     report = ReplayReport()
     samples = report.malformed_samples
@@ -79,15 +98,19 @@ def replay(paths: Iterable[str], detector: Detector, sink: Sink, *, workers: int
         stream = open_log(path)
         try:
             plain = isinstance(stream, io.BufferedReader) and path != "-"
-            for result in scan_file(
-                path, stream, workers=workers if plain else 1, prefilter=detector.prefilter
-            ):
+            results = (
+                scan_file(path, stream, workers=workers if plain else 1, prefilter=detector.prefilter)
+                if fmt == "k8s"
+                else _decode_lines(stream, fmt)
+            )
+            for result in results:
                 base = report.lines
                 report.lines += result.lines
                 report.bytes += result.size
                 for number, reason in result.malformed:
                     bad(source, base + number, reason)
-                for number, line in result.hits:
+                items: list[tuple[int, bytes | dict[str, Any]]] = [*result.hits, *result.events]
+                for number, line in items:
                     try:
                         event = parse_event(line)
                     except MalformedEvent as exc:

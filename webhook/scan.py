@@ -16,7 +16,7 @@ import multiprocessing
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 
 from webhook.audit import MAX_LINE_BYTES
 from webhook.prefilter import Prefilter
@@ -39,6 +39,8 @@ class ScanResult:
     size: int = 0
     hits: list[tuple[int, bytes]] = field(default_factory=list)
     malformed: list[tuple[int, str]] = field(default_factory=list)
+    events: list[tuple[int, bytes | dict[str, Any]]] = field(default_factory=list)
+    """Already decoded events (input shapes other than the apiserver's, see webhook.formats)."""
 
 
 def _overlong(carry: bytes) -> Block:
