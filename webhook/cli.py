@@ -44,6 +44,53 @@ def _allowlist_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _rule_args(parser: argparse.ArgumentParser) -> None:
+    """Input shape and rule tuning shared by replay and tail (so both find the same)."""
+    parser.add_argument(
+        "--format",
+        choices=("k8s", "eks", "gke", "aks"),
+        default="k8s",
+        help="input shape: k8s (apiserver JSON lines), eks (CloudWatch), gke (Cloud Audit Logs), "
+        "aks (diagnostic records) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--burst-threshold",
+        type=int,
+        default=DetectorConfig().burst_threshold,
+        metavar="N",
+        help="forbidden-burst: distinct refused URIs of one user+agent (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--burst-window",
+        type=float,
+        default=DetectorConfig().burst_window.total_seconds(),
+        metavar="SECONDS",
+        help="forbidden-burst: within this long (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--baseline-days",
+        type=int,
+        default=7,
+        metavar="N",
+        help="new-agent-forbidden: an agent family not refused in the N days before is new; 0 turns "
+        "the rule off (default: %(default)s)",
+    )
+
+
+def _detector_config(args: argparse.Namespace) -> DetectorConfig:
+    import datetime as dt
+
+    if args.window <= 0 or args.burst_window <= 0:
+        raise CliError("--window and --burst-window must be positive")
+    if args.burst_threshold < 1 or args.baseline_days < 0:
+        raise CliError("--burst-threshold must be at least 1 and --baseline-days not negative")
+    return DetectorConfig(
+        window=dt.timedelta(seconds=args.window),
+        burst_threshold=args.burst_threshold,
+        burst_window=dt.timedelta(seconds=args.burst_window),
+    )
+
+
 def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "replay",
@@ -66,29 +113,39 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         metavar="N",
         help="processes scanning a large plain file (default: %(default)s, the CPU count)",
     )
+    _rule_args(parser)
+    parser.add_argument(
+        "--baseline",
+        metavar="FILE",
+        help="SQLite baseline for new-agent-forbidden (created if missing; the rule is off without it)",
+    )
     parser.add_argument("logs", nargs="+", metavar="AUDIT_LOG")
     parser.set_defaults(run=_run_replay)
 
 
 def _run_replay(args: argparse.Namespace) -> int:
-    import datetime as dt
-
     from webhook.findings import JsonLinesSink
     from webhook.replay import replay
 
-    if args.window <= 0:
-        raise CliError("--window must be positive")
     if args.workers < 1:
         raise CliError("--workers must be at least 1")
+    config = _detector_config(args)
     allowlist = load_allowlist(args.allowlist)
-    detector = Detector(allowlist, config=DetectorConfig(window=dt.timedelta(seconds=args.window)))
+    baseline = None
+    if args.baseline and args.baseline_days:
+        from webhook.baseline import Baseline
+
+        baseline = Baseline(args.baseline, days=args.baseline_days)
+    detector = Detector(allowlist, config=config, baseline=baseline)
     sink = JsonLinesSink()
     try:
-        report = replay(args.logs, detector, sink, workers=args.workers)
+        report = replay(args.logs, detector, sink, workers=args.workers, fmt=args.format)
     except OSError as exc:
         raise CliError(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}") from None
     finally:
         sink.close()
+        if baseline is not None:
+            baseline.close()
     print(report.summary(), file=sys.stderr)
     return 0
 
@@ -234,6 +291,222 @@ def _run_apiserver_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from webhook.logs import LOG_LEVELS
+
+    parser = sub.add_parser(
+        "serve",
+        help="run the admission webhook and audit webhook endpoint (HTTPS)",
+        description="Serve POST /validate (AdmissionReview), POST /audit (audit EventList, batch mode), "
+        "/healthz, /readyz and /metrics over TLS. Findings go to stdout as JSON lines, logs to stderr. "
+        "Certificate and allowlist files are re-read when they change.",
+    )
+    parser.add_argument("--tls-cert", required=True, metavar="FILE", help="serving certificate (PEM)")
+    parser.add_argument("--tls-key", required=True, metavar="FILE", help="its private key (PEM)")
+    parser.add_argument(
+        "--client-ca", metavar="FILE", help="/validate and /audit need a client cert signed by it"
+    )
+    parser.add_argument("--audit-client-ca", metavar="FILE", help="/audit needs a client cert signed by it")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--allowlist", metavar="FILE", help="allowlist YAML, re-read on change (default: built-in)"
+    )
+    source.add_argument(
+        "--allowlist-configmap", metavar="NS/NAME", help="watch key allowlist.yaml of this ConfigMap"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8443, help="port (default: %(default)s; 0: any free)")
+    parser.add_argument("--mode", choices=("observe", "warn", "enforce"), default="warn")
+    parser.add_argument(
+        "--join-wait",
+        type=float,
+        default=0.05,
+        metavar="SECONDS",
+        help="how long /validate awaits a late RequestReceived audit event (default: %(default)s)",
+    )
+    parser.add_argument("--exempt-user", action="append", metavar="USER", help="never denied (repeatable)")
+    parser.add_argument(
+        "--exempt-group",
+        action="append",
+        metavar="GROUP",
+        help="never denied (repeatable; replaces the default system:masters, system:nodes, "
+        "system:serviceaccounts:kube-system)",
+    )
+    parser.add_argument("--webhook-name", default="ua-sentinel", metavar="NAME", help="for logs")
+    parser.add_argument("--max-body-bytes", type=int, default=3 * 1024 * 1024, metavar="N")
+    parser.add_argument("--cert-reload-interval", type=float, default=5.0, metavar="SECONDS")
+    parser.add_argument("--allowlist-reload-interval", type=float, default=2.0, metavar="SECONDS")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    parser.set_defaults(run=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from webhook import logs, serve
+
+    logs.configure(args.log_level)
+    try:
+        settings = serve.build_settings(
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            client_ca=args.client_ca,
+            audit_client_ca=args.audit_client_ca,
+            allowlist=args.allowlist,
+            allowlist_configmap=args.allowlist_configmap,
+            host=args.host,
+            port=args.port,
+            mode=args.mode,
+            join_wait=args.join_wait,
+            exempt_users=args.exempt_user,
+            exempt_groups=args.exempt_group,
+            webhook_name=args.webhook_name,
+            max_body_bytes=args.max_body_bytes,
+            cert_interval=args.cert_reload_interval,
+            allowlist_interval=args.allowlist_reload_interval,
+        )
+        serve.serve(settings)
+    except serve.SettingsError as exc:
+        raise CliError(str(exc)) from None
+    return 0
+
+
+def _add_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "tail",
+        help="follow the apiserver's audit log across rotations and report findings",
+        description="Follow PATH (and its rotations: rename, gzip, copy-truncate) with a durable "
+        "checkpoint in --state; findings go to every --sink at least once (a repeat carries the same "
+        "event.id and event.sequence). Without a checkpoint it starts at the end of PATH.",
+    )
+    allowlist = parser.add_mutually_exclusive_group()
+    allowlist.add_argument("--allowlist", metavar="FILE", help="allowlist YAML, re-read when it changes")
+    allowlist.add_argument(
+        "--allowlist-configmap", metavar="NS/NAME", help="watch key allowlist.yaml of this ConfigMap"
+    )
+    parser.add_argument("--state", required=True, metavar="DIR", help="checkpoint and baseline directory")
+    parser.add_argument(
+        "--sink",
+        action="append",
+        metavar="SINK",
+        help="stdout (default) | file:PATH | k8s-events[:NAMESPACE] | http:URL | slack:URL; repeatable",
+    )
+    parser.add_argument(
+        "--from-start",
+        action="store_true",
+        help="without a checkpoint, read the rotated backups and PATH from their start",
+    )
+    parser.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics here")
+    parser.add_argument(
+        "--window",
+        type=float,
+        default=DetectorConfig().window.total_seconds(),
+        metavar="SECONDS",
+        help="aggregate refusals of one user+agent+source over this long (default: %(default)s)",
+    )
+    _rule_args(parser)
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="when live, close windows this long after they end by the wall clock (default: %(default)s)",
+    )
+    parser.add_argument("--poll-interval", type=float, default=0.2, metavar="SECONDS", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--checkpoint-interval", type=float, default=1.0, metavar="SECONDS", help=argparse.SUPPRESS
+    )
+    parser.add_argument(
+        "--max-backlog",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="undelivered findings kept per sink before the oldest are dropped (default: %(default)s)",
+    )
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    parser.add_argument(
+        "path", metavar="PATH", help="the live audit log (/var/log/kubernetes/audit/audit.log)"
+    )
+    parser.set_defaults(run=_run_tail)
+
+
+def _run_tail(args: argparse.Namespace) -> int:
+    from webhook.logs import configure
+    from webhook.tailcmd import TailOptions, TailSetupError, run_tail
+
+    configure(args.log_level)
+    config = _detector_config(args)
+    options = TailOptions(
+        path=args.path,
+        state=args.state,
+        allowlist=args.allowlist,
+        allowlist_configmap=args.allowlist_configmap,
+        sinks=args.sink or ["stdout"],
+        fmt=args.format,
+        from_start=args.from_start,
+        metrics_port=args.metrics_port,
+        window=config.window.total_seconds(),
+        burst_threshold=config.burst_threshold,
+        burst_window=config.burst_window.total_seconds(),
+        baseline_days=args.baseline_days,
+        grace=args.grace,
+        poll_interval=args.poll_interval,
+        checkpoint_interval=args.checkpoint_interval,
+        max_backlog=args.max_backlog,
+    )
+    try:
+        return run_tail(options)
+    except TailSetupError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _add_suggest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "suggest",
+        help="list every agent in audit logs and propose an allowlist",
+        description="Count every agent in the audit logs (grouped by product: requests, users, allowed "
+        "and forbidden) and propose an allowlist.yaml covering what is common and benign. Known-bad "
+        "agents are never proposed. Agents are shown escaped.",
+    )
+    _allowlist_arg(parser)
+    parser.add_argument(
+        "--audit-log", action="append", required=True, metavar="FILE", help="repeatable; - for stdin"
+    )
+    parser.add_argument("--days", type=int, metavar="N", help="only the last N days before the newest event")
+    parser.add_argument("--format", choices=("k8s", "eks", "gke", "aks"), default="k8s")
+    parser.add_argument("--min-requests", type=int, default=20, metavar="N", help="(default: %(default)s)")
+    parser.add_argument(
+        "--max-forbidden-share", type=float, default=0.25, metavar="F", help="(default: %(default)s)"
+    )
+    parser.add_argument("--write", metavar="FILE", help="also write the proposed allowlist.yaml here")
+    parser.set_defaults(run=_run_suggest)
+
+
+def _run_suggest(args: argparse.Namespace) -> int:
+    from webhook.replay import open_log
+    from webhook.suggest import propose, render_report, render_yaml, survey
+
+    if args.days is not None and args.days < 1:
+        raise CliError("--days must be at least 1")
+    allowlist = load_allowlist(args.allowlist)
+    try:
+        result = survey([open_log(path) for path in args.audit_log], args.format)
+    except OSError as exc:
+        raise CliError(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}") from None
+    agents = result.agents(args.days)
+    proposal = propose(
+        agents, allowlist, min_requests=args.min_requests, max_forbidden_share=args.max_forbidden_share
+    )
+    text = render_yaml(proposal, allowlist)
+    print(render_report(result, agents, proposal, allowlist))
+    print("\n--- proposed allowlist.yaml ---")
+    print(text, end="")
+    if args.write:
+        try:
+            Path(args.write).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise CliError(f"{args.write}: {exc.strerror or exc}") from None
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ua-sentinel",
@@ -241,7 +514,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ua-sentinel {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_replay, _add_check, _add_certs, _add_apiserver_config):
+    for add in (
+        _add_replay,
+        _add_check,
+        _add_certs,
+        _add_apiserver_config,
+        _add_serve,
+        _add_tail,
+        _add_suggest,
+    ):
         add(sub)
     return parser
 

@@ -1,0 +1,247 @@
+"""FastAPI routes for ``serve``: read bodies, call the protocol modules, map errors to status codes.
+
+==================  =====================================================================
+route               answers
+==================  =====================================================================
+POST /validate      AdmissionReview (v1 / v1beta1) decided by :mod:`webhook.admission`;
+                    400 bad review, 413 too large, 403 missing client certificate
+POST /audit         EventList into the RequestIndex and the Detector; 200 fast,
+                    400 unparseable body (never 5xx for bad input: the apiserver retries)
+GET  /healthz       200 while the process runs
+GET  /readyz        200 when the certificate and an allowlist are loaded, details as JSON
+GET  /metrics       Prometheus text
+==================  =====================================================================
+
+No decision is made here, and no request body or raw user agent is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from webhook import admission, useragent
+from webhook.correlate import RequestIndex
+from webhook.feed import AuditBodyError, DetectorFeed, parse_event_list
+from webhook.logs import fields
+from webhook.metrics import CONTENT_TYPE, Metrics
+from webhook.reload import LiveAllowlist
+from webhook.server import PEER_ROLES_KEY, PeerRole
+
+__all__ = [
+    "DEFAULT_JOIN_WAIT",
+    "DEFAULT_MAX_AUDIT_BODY_BYTES",
+    "DEFAULT_MAX_BODY_BYTES",
+    "AppState",
+    "create_app",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_JOIN_WAIT: Final = 0.05
+DEFAULT_MAX_BODY_BYTES: Final = 3 * 1024 * 1024
+"""kube-apiserver's own request size limit: no genuine AdmissionReview is larger."""
+DEFAULT_MAX_AUDIT_BODY_BYTES: Final = 32 * 1024 * 1024
+"""A batch of up to 400 events (the apiserver's default batch size), generously sized."""
+_DRAIN_FACTOR: Final = 4
+JSON: Final = "application/json"
+
+
+@dataclass(kw_only=True, slots=True)
+class AppState:
+    """Everything the routes use; built by :mod:`webhook.serve`."""
+
+    policy: admission.Policy
+    index: RequestIndex
+    allowlist: LiveAllowlist
+    feed: DetectorFeed
+    metrics: Metrics
+    certificate: Callable[[], dict[str, Any]]
+    join_wait: float = DEFAULT_JOIN_WAIT
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_audit_body_bytes: int = DEFAULT_MAX_AUDIT_BODY_BYTES
+    validate_requires: PeerRole | None = None
+    audit_requires: PeerRole | None = None
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _status(code: int, message: str) -> Response:
+    """A metav1.Status body: client-go (the apiserver) puts its message into its error."""
+    reason = {400: "BadRequest", 403: "Forbidden", 413: "RequestEntityTooLarge"}.get(code, "BadRequest")
+    body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": reason}
+    return Response(orjson.dumps({**body, "code": code}), status_code=code, media_type=JSON)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, or :class:`_TooLarge`. An oversized body is read on (not kept) up to a bound,
+    so the client sees the 413 instead of a reset connection."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit * _DRAIN_FACTOR:
+        raise _TooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit * _DRAIN_FACTOR:
+            raise _TooLarge
+        if size <= limit:
+            chunks.append(chunk)
+    if size > limit:
+        raise _TooLarge
+    return b"".join(chunks)
+
+
+def _peer_ok(request: Request, required: PeerRole | None) -> bool:
+    if required is None:
+        return True
+    roles: frozenset[str] = request.scope.get(PEER_ROLES_KEY, frozenset())
+    return required in roles
+
+
+def create_app(
+    state: AppState,
+    *,
+    on_startup: Callable[[], Awaitable[None]] | None = None,
+    on_shutdown: Callable[[], Awaitable[None]] | None = None,
+) -> FastAPI:
+    """The ASGI app. ``on_startup``/``on_shutdown`` run in its lifespan (background workers)."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if on_startup is not None:
+            await on_startup()
+        try:
+            yield
+        finally:
+            if on_shutdown is not None:
+                await on_shutdown()
+
+    app = FastAPI(title="ua-sentinel", openapi_url=None, docs_url=None, redoc_url=None, lifespan=lifespan)
+    metrics = state.metrics
+    mode = state.policy.mode
+
+    @app.post("/validate")
+    async def validate(request: Request) -> Response:
+        started = time.perf_counter()
+        if not _peer_ok(request, state.validate_requires):
+            metrics.review_errors.labels("client_cert").inc()
+            return _status(403, "a client certificate signed by --client-ca is required")
+        try:
+            body = await _read_body(request, state.max_body_bytes)
+        except _TooLarge:
+            metrics.review_errors.labels("too_large").inc()
+            return _status(413, f"AdmissionReview larger than {state.max_body_bytes} bytes")
+        try:
+            review = admission.parse_review(body)
+        except admission.ReviewError as exc:
+            metrics.review_errors.labels("bad_request").inc()
+            logger.info("bad AdmissionReview", **fields(reason=str(exc)))
+            return _status(400, str(exc))
+        req = review.request
+        allowlist = state.allowlist.current()
+        try:
+            if allowlist is None:
+                outcome = admission.decide(req, None, None, state.policy)
+            else:
+                joined_at = time.perf_counter()
+                join = await state.index.join(admission.lookup_of(req), state.join_wait)
+                metrics.join_wait.observe(time.perf_counter() - joined_at)
+                outcome = admission.decide(req, join, allowlist, state.policy)
+        except Exception:
+            metrics.review_errors.labels("internal").inc()
+            logger.exception("verdict failed; answering unknown", **fields(uid=req.uid))
+            outcome = admission.unknown(allowlist.hash if allowlist else None, reason="internal error")
+        payload = admission.render(review.api_version, req.uid, outcome)
+        metrics.reviews.labels(outcome.verdict, mode, "true" if outcome.allowed else "false").inc()
+        if outcome.verdict not in ("listed", "unknown") or logger.isEnabledFor(logging.DEBUG):
+            logger.log(
+                logging.DEBUG if outcome.verdict in ("listed", "unknown") else logging.INFO,
+                "admission verdict",
+                **fields(
+                    uid=req.uid,
+                    verdict=outcome.verdict,
+                    allowed=outcome.allowed,
+                    agent=useragent.display(outcome.agent) if outcome.verdict != "unknown" else None,
+                    user=req.user_info.username,
+                    operation=req.operation,
+                    resource=req.resource.resource,
+                    subresource=req.sub_resource or None,
+                    namespace=req.namespace or None,
+                    name=req.name or None,
+                    dryRun=req.dry_run,
+                    ambiguous=outcome.ambiguous or None,
+                    exempt=outcome.exempt or None,
+                ),
+            )
+        metrics.latency.labels("validate").observe(time.perf_counter() - started)
+        return Response(payload, media_type=JSON)
+
+    @app.post("/audit")
+    async def audit(request: Request) -> Response:
+        started = time.perf_counter()
+        if not _peer_ok(request, state.audit_requires):
+            metrics.audit_requests.labels("client_cert").inc()
+            return _status(403, "a client certificate signed by --audit-client-ca is required")
+        try:
+            body = await _read_body(request, state.max_audit_body_bytes)
+        except _TooLarge:
+            metrics.audit_requests.labels("too_large").inc()
+            return _status(413, f"EventList larger than {state.max_audit_body_bytes} bytes")
+        try:
+            batch = parse_event_list(body)
+        except AuditBodyError as exc:
+            metrics.audit_requests.labels("bad_request").inc()
+            logger.info("bad audit EventList", **fields(reason=str(exc)))
+            return _status(400, str(exc))
+        state.index.observe_all(batch.events)
+        queued = state.feed.submit(batch.events)
+        metrics.audit_events.inc(len(batch.events))
+        if batch.skipped:
+            metrics.audit_malformed.inc(batch.skipped)
+            logger.warning("audit events skipped", **fields(skipped=batch.skipped, reasons=batch.reasons))
+        metrics.audit_requests.labels("ok").inc()
+        metrics.latency.labels("audit").observe(time.perf_counter() - started)
+        answer: dict[str, object] = {
+            "accepted": len(batch.events),
+            "skipped": batch.skipped,
+            "queued": queued,
+        }
+        if batch.reasons:
+            answer["reasons"] = batch.reasons
+        return Response(orjson.dumps(answer), media_type=JSON)
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return Response(b'{"status":"ok"}', media_type=JSON)
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        allow = state.allowlist.status()
+        certificate = state.certificate()
+        ready = bool(certificate.get("loaded")) and allow.loaded
+        body = {
+            "ready": ready,
+            "mode": mode,
+            "certificate": certificate,
+            "allowlist": allow.to_dict(),
+            "join": {"pending": len(state.index), "waitSeconds": state.join_wait},
+            "detector": {"queued": state.feed.pending, "dropped": state.feed.stats.dropped},
+        }
+        return Response(orjson.dumps(body), status_code=200 if ready else 503, media_type=JSON)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    return app

@@ -1,0 +1,333 @@
+"""RequestIndex: recent ``RequestReceived`` audit events, found again by an admission call.
+
+An AdmissionReview names no user agent and shares no ID with the audit event of its request
+(``request.uid`` is not the ``auditID``), so the join is on request attributes: effective user
+(name, uid), verb <-> operation, API group, resource, subresource, namespace and name. The
+mapping, as recorded on a real kube-apiserver 1.20:
+
+==========  ==================================  ====================================
+operation   audit verbs                         name on the RequestReceived
+==========  ==================================  ====================================
+CREATE      create                              absent for a plain create
+UPDATE      update, patch                       present
+DELETE      delete; deletecollection            present; absent (one call per item)
+CONNECT     get or create (pods/exec, attach,   present
+            portforward, proxy: HTTP method)
+==========  ==================================  ====================================
+
+Lifetime of an entry: it leaves when its request's ``ResponseComplete`` or ``Panic`` arrives,
+when an admission call consumes it, after ``ttl`` seconds of *arrival* time (the monotonic
+clock; events' own timestamps are never trusted), or when ``max_entries`` evicts the oldest.
+A finished request never lends its agent to a later one: its audit ID is remembered for a
+while, so a retried batch cannot bring it back. When pending requests that match one admission
+call disagree on the agent, the caller gets all of them (and should answer the worst verdict)
+and none is consumed: consuming one would hand the other's agent to the next call.
+
+Concurrency: every method runs on one event loop thread (the ``/audit`` and ``/validate``
+handlers share it); waiting is an ``asyncio`` future, never a lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from webhook.audit import Event
+
+__all__ = [
+    "CONNECT_SUBRESOURCES",
+    "DEFAULT_MAX_ENTRIES",
+    "DEFAULT_TTL",
+    "IndexStats",
+    "JoinKey",
+    "JoinResult",
+    "Lookup",
+    "Pending",
+    "RequestIndex",
+    "candidate_keys",
+    "event_key",
+]
+
+DEFAULT_TTL = 10.0
+"""Seconds an unanswered RequestReceived stays joinable: Kubernetes' default webhook timeout."""
+DEFAULT_MAX_ENTRIES = 100_000
+"""Pending requests kept; ~400 bytes each, so the index stays under ~50 MB at the cap."""
+
+MUTATING_VERBS = frozenset(("create", "update", "patch", "delete", "deletecollection"))
+CONNECT_SUBRESOURCES = frozenset(("exec", "attach", "portforward", "proxy"))
+OPERATION_VERBS: dict[str, tuple[str, ...]] = {
+    "CREATE": ("create",),
+    "UPDATE": ("update", "patch"),
+    "DELETE": ("delete", "deletecollection"),
+    "CONNECT": ("get", "create", "update", "patch", "delete"),
+}
+
+JoinKey = tuple[str, str, str, str, str, str, str, str]
+"""(user, uid, apiGroup, resource, subresource, namespace, name, verb)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """What an admission call says about its request: the join attributes."""
+
+    operation: str
+    username: str
+    uid: str
+    group: str
+    resource: str
+    subresource: str
+    namespace: str
+    name: str
+
+
+@dataclass(slots=True, eq=False)
+class Pending:
+    """One RequestReceived waiting for its admission call."""
+
+    audit_id: str
+    agent: str | None
+    key: JoinKey
+    arrived: float
+    shared: bool
+    """A deletecollection: every deleted item gets its own admission call, so it is never consumed."""
+
+
+@dataclass(frozen=True, slots=True)
+class JoinResult:
+    """The pending requests that match one admission call, oldest first."""
+
+    entries: tuple[Pending, ...]
+
+    @property
+    def agents(self) -> tuple[str | None, ...]:
+        """Distinct agents, in order of arrival."""
+        return tuple(dict.fromkeys(p.agent for p in self.entries))
+
+    @property
+    def ambiguous(self) -> bool:
+        return len(self.agents) > 1
+
+
+@dataclass(slots=True)
+class IndexStats:
+    inserted: int = 0
+    completed: int = 0
+    consumed: int = 0
+    hits: int = 0
+    misses: int = 0
+    ambiguous: int = 0
+    waited: int = 0
+    evicted_ttl: int = 0
+    evicted_cap: int = 0
+    ignored_finished: int = 0
+
+
+def _namespace(group: str, resource: str, namespace: str) -> str:
+    # The apiserver reports a Namespace object's own name as its namespace in audit events;
+    # admission may not. Namespaces are cluster-scoped: join them without it.
+    return "" if group == "" and resource == "namespaces" else namespace
+
+
+def event_key(event: Event) -> JoinKey | None:
+    """The join key of a RequestReceived that can reach admission, or None (reads, non-resource URLs)."""
+    ref = event.object_ref
+    if ref is None or not ref.resource:
+        return None
+    verb = event.verb
+    if verb not in MUTATING_VERBS and not (verb == "get" and ref.subresource in CONNECT_SUBRESOURCES):
+        return None
+    user = event.effective_user
+    if not user.username:
+        return None
+    namespace = _namespace(ref.api_group, ref.resource, ref.namespace)
+    return (user.username, user.uid, ref.api_group, ref.resource, ref.subresource, namespace, ref.name, verb)
+
+
+def candidate_keys(lookup: Lookup) -> list[JoinKey]:
+    """Every key under which the RequestReceived of this admission call may be indexed."""
+    base = (lookup.username, lookup.uid, lookup.group, lookup.resource, lookup.subresource)
+    namespace = _namespace(lookup.group, lookup.resource, lookup.namespace)
+    keys: list[JoinKey] = []
+    for verb in OPERATION_VERBS.get(lookup.operation, ()):
+        if verb == "deletecollection":
+            names: tuple[str, ...] = ("",)
+        elif verb == "create":
+            names = (lookup.name, "") if lookup.name else ("",)
+        else:
+            names = (lookup.name,)
+        keys.extend((*base, namespace, name, verb) for name in names)
+    return keys
+
+
+class RequestIndex:
+    """Bounded, TTL'd index of pending requests; O(1) insert, remove and lookup."""
+
+    def __init__(
+        self,
+        *,
+        ttl: float = DEFAULT_TTL,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if ttl <= 0 or max_entries < 1:
+            raise ValueError("ttl must be positive and max_entries at least 1")
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.stats = IndexStats()
+        self._clock = clock
+        self._by_id: OrderedDict[str, Pending] = OrderedDict()
+        self._by_key: dict[JoinKey, dict[str, Pending]] = {}
+        self._finished: OrderedDict[str, float] = OrderedDict()
+        self._waiters: dict[JoinKey, set[asyncio.Future[None]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def observe_all(self, events: Iterable[Event]) -> None:
+        for event in events:
+            self.observe(event)
+
+    def observe(self, event: Event) -> None:
+        """Index a RequestReceived; forget the request on its ResponseComplete or Panic."""
+        stage = event.stage
+        if stage == "RequestReceived":
+            self._insert(event)
+        elif stage in ("ResponseComplete", "Panic"):
+            self._finish(event.audit_id)
+
+    def _insert(self, event: Event) -> None:
+        key = event_key(event)
+        if key is None:
+            return
+        now = self._clock()
+        self._expire(now)
+        audit_id = event.audit_id
+        if audit_id in self._by_id:
+            return
+        if audit_id in self._finished:
+            self.stats.ignored_finished += 1
+            return
+        while len(self._by_id) >= self.max_entries:
+            _, oldest = self._by_id.popitem(last=False)
+            self._unbucket(oldest)
+            self.stats.evicted_cap += 1
+        entry = Pending(audit_id, event.user_agent, key, now, shared=key[7] == "deletecollection")
+        self._by_id[audit_id] = entry
+        self._by_key.setdefault(key, {})[audit_id] = entry
+        self.stats.inserted += 1
+        waiters = self._waiters.get(key)
+        if waiters:
+            for future in waiters:
+                if not future.done():
+                    future.set_result(None)
+
+    def _finish(self, audit_id: str) -> None:
+        now = self._clock()
+        entry = self._by_id.pop(audit_id, None)
+        if entry is not None:
+            self._unbucket(entry)
+            self.stats.completed += 1
+        self._remember(audit_id, now)
+
+    def _remember(self, audit_id: str, now: float) -> None:
+        self._finished[audit_id] = now
+        self._finished.move_to_end(audit_id)
+        horizon = now - 2 * self.ttl
+        while self._finished:
+            first_id, at = next(iter(self._finished.items()))
+            if at > horizon and len(self._finished) <= self.max_entries:
+                break
+            del self._finished[first_id]
+
+    def _unbucket(self, entry: Pending) -> None:
+        bucket = self._by_key.get(entry.key)
+        if bucket is not None:
+            bucket.pop(entry.audit_id, None)
+            if not bucket:
+                del self._by_key[entry.key]
+
+    def _expire(self, now: float) -> None:
+        deadline = now - self.ttl
+        while self._by_id:
+            first = next(iter(self._by_id.values()))
+            if first.arrived > deadline:
+                break
+            self._by_id.popitem(last=False)
+            self._unbucket(first)
+            self.stats.evicted_ttl += 1
+
+    def expire(self) -> None:
+        """Drop entries older than the TTL now (inserts and lookups also do this)."""
+        self._expire(self._clock())
+
+    def _take(self, keys: list[JoinKey]) -> JoinResult | None:
+        self._expire(self._clock())
+        found: list[Pending] = []
+        for key in keys:
+            bucket = self._by_key.get(key)
+            if bucket:
+                found.extend(bucket.values())
+        if not found:
+            return None
+        found.sort(key=lambda p: p.arrived)
+        result = JoinResult(tuple(found))
+        if result.ambiguous:
+            self.stats.ambiguous += 1
+            return result
+        oldest = next((p for p in found if not p.shared), None)
+        if oldest is not None:
+            del self._by_id[oldest.audit_id]
+            self._unbucket(oldest)
+            self._remember(oldest.audit_id, self._clock())
+            self.stats.consumed += 1
+        return result
+
+    def lookup(self, lookup: Lookup) -> JoinResult | None:
+        """Match now, without waiting; consumes the entry on an unambiguous match."""
+        result = self._take(candidate_keys(lookup))
+        self._count(result)
+        return result
+
+    async def join(self, lookup: Lookup, wait: float) -> JoinResult | None:
+        """Match, awaiting up to ``wait`` seconds for a RequestReceived that has not arrived yet.
+
+        In the recommended batch audit mode the event reaches ``/audit`` up to ~20 ms after
+        the admission call of its request.
+        """
+        keys = candidate_keys(lookup)
+        result = self._take(keys)
+        if result is None and wait > 0 and keys:
+            self.stats.waited += 1
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + wait
+            while result is None:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                future: asyncio.Future[None] = loop.create_future()
+                for key in keys:
+                    self._waiters.setdefault(key, set()).add(future)
+                try:
+                    async with asyncio.timeout(remaining):
+                        await future
+                except TimeoutError:
+                    pass
+                finally:
+                    for key in keys:
+                        waiters = self._waiters.get(key)
+                        if waiters is not None:
+                            waiters.discard(future)
+                            if not waiters:
+                                del self._waiters[key]
+                result = self._take(keys)
+        self._count(result)
+        return result
+
+    def _count(self, result: JoinResult | None) -> None:
+        if result is None:
+            self.stats.misses += 1
+        else:
+            self.stats.hits += 1
