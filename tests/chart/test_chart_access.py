@@ -133,6 +133,9 @@ def test_tailer_arguments_and_identity(render: Render) -> None:
     assert args[0] == "tail"
     assert arg(args, "--allowlist-configmap") == f"{NAMESPACE}/{FULLNAME}-allowlist"
     assert arg(args, "--sink") == "stdout" and arg(args, "--metrics-port") == "9090"
+    sinks = ["stdout", "k8s-events", "file:/state/findings.jsonl"]
+    (several,) = tailer_spec(render, {"sinks": sinks})["containers"]
+    assert [several["args"][i + 1] for i, a in enumerate(several["args"]) if a == "--sink"] == sinks
     assert args[-1] == "/var/log/kubernetes/audit/audit.log"
     env = {e["name"]: e for e in c["env"]}
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"

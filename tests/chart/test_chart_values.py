@@ -73,6 +73,9 @@ def test_every_value_in_values_yaml_is_in_the_schema() -> None:
         ({"networkPolicy": {"controlPlaneCIDRs": ["10.0.0.1"]}}, "/networkPolicy/controlPlaneCIDRs"),
         ({"webhook": {"name": "ua-sentinel"}}, "/webhook/name"),
         ({"joinWait": "50ms"}, "/joinWait"),
+        ({"tailer": {"sinks": ["k8s-events:kube-system"]}}, "/tailer/sinks"),
+        ({"tailer": {"sinks": []}}, "/tailer/sinks"),
+        ({"logLevel": "trace"}, "/logLevel"),
     ],
 )
 def test_wrong_values_fail_with_a_message_naming_them(

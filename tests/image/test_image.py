@@ -4,7 +4,6 @@ runtime ENV only, a read-only root filesystem with a tmpfs at /tmp, a read-only 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -20,7 +19,6 @@ from pathlib import Path
 import pytest
 
 from webhook import certs
-from webhook.cli import build_parser
 
 from .conftest import ROOT, UID, Image, read_only_run, stages
 from .dockerfile import ignored, parse_ignore
@@ -34,11 +32,6 @@ OCI_LABELS = {
     "org.opencontainers.image.licenses",
     "org.opencontainers.image.source",
 }
-
-
-def cli_commands() -> set[str]:
-    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
-    return set(sub.choices)
 
 
 @pytest.fixture
@@ -164,9 +157,6 @@ def get(url: str, context: ssl.SSLContext) -> int:
         return status
 
 
-@pytest.mark.xfail(
-    "serve" not in cli_commands(), reason="`ua-sentinel serve` is not implemented yet", strict=True
-)
 def test_serve_answers_over_tls_as_65532_on_a_read_only_root(image: Image, read_only_dir: Path) -> None:
     tls = image.root / "certs"
     ca = certs.write_serving_set(tls, dns=["localhost"], ips=["127.0.0.1"], days=1)
@@ -199,6 +189,8 @@ def test_serve_answers_over_tls_as_65532_on_a_read_only_root(image: Image, read_
     finally:
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == 0, stderr[-3000:]
+    # uvicorn finishes a graceful shutdown, then re-raises the signal: killed by SIGTERM is clean
+    assert proc.returncode in (0, -signal.SIGTERM), stderr[-3000:]
+    assert "Application shutdown complete" in stderr, stderr[-3000:]
     for problem in ("Read-only file system", "Permission denied", "Traceback"):
         assert problem not in stderr, stderr[-3000:]
