@@ -56,6 +56,8 @@ from .tools import Binaries
 __all__ = ["USERS", "ControlPlane", "ControlPlaneFactory", "ControlPlaneOptions", "KubectlError"]
 
 READY_TIMEOUT_S = 90.0
+# The apiserver drains long-running requests (watches) on SIGTERM; tests need no graceful exit.
+APISERVER_STOP_TIMEOUT_S = 5.0
 
 
 class KubectlError(RuntimeError):
@@ -125,7 +127,7 @@ class ControlPlane:
     def stop(self) -> None:
         """Stops the apiserver then etcd (by process group) and removes etcd's data."""
         if self._apiserver is not None:
-            self._apiserver.stop()
+            self._apiserver.stop(APISERVER_STOP_TIMEOUT_S)
         if self._etcd is not None:
             self._etcd.stop()
             self._etcd = None
@@ -138,7 +140,7 @@ class ControlPlane:
         """Restarts only the apiserver, same port and data, with some options replaced."""
         self.options = dataclasses.replace(self.options, **changes)
         if self._apiserver is not None:
-            self._apiserver.stop()
+            self._apiserver.stop(APISERVER_STOP_TIMEOUT_S)
         try:
             self._start_apiserver()
         except BaseException:
@@ -425,7 +427,7 @@ class ControlPlane:
                     raise
                 keep_port = False
             except TimeoutError as exc:
-                self._apiserver.stop()
+                self._apiserver.stop(APISERVER_STOP_TIMEOUT_S)
                 raise TimeoutError(f"{exc}\n{self._apiserver.log_tail()}") from exc
 
     def _ready(self) -> bool:

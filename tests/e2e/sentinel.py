@@ -117,7 +117,8 @@ class Sentinel:
 
 
 class SentinelServer(Sentinel):
-    """`ua-sentinel serve` on 127.0.0.1 with TLS; its port is chosen when it is constructed.
+    """`ua-sentinel serve` on 127.0.0.1 with TLS; its port is chosen when it is constructed
+    (or given, when the apiserver must be configured before the server can be).
 
     With `client_auth`, /validate and /audit require the apiserver's client certificate
     (`--client-ca` and `--audit-client-ca` = tls.client_ca).
@@ -134,12 +135,13 @@ class SentinelServer(Sentinel):
         client_auth: bool = True,
         join_wait: float | None = None,
         kubeconfig: Path | None = None,
+        port: int | None = None,
         extra_args: Sequence[str] = (),
     ) -> None:
         if (allowlist is None) == (allowlist_configmap is None):
             raise ValueError("give exactly one of allowlist= and allowlist_configmap=")
         self.tls = tls
-        self.port = free_port()
+        self.port = port if port is not None else free_port()
         args = ["serve", "--tls-cert", str(tls.serving.cert), "--tls-key", str(tls.serving.key)]
         args += ["--host", "127.0.0.1", "--port", str(self.port)]
         if allowlist is not None:
