@@ -13,6 +13,7 @@ Runs on its own thread: the client is synchronous, and nothing here touches the 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -258,6 +259,12 @@ class ConfigMapSource:
         watch = self._watch
         if watch is not None:
             watch.stop()
+            # Unblock the read now rather than at the next event: close the streaming response
+            # (the client keeps it in a private attribute; absent in other versions, then we wait).
+            response = getattr(watch, "_resp", None)
+            if response is not None:
+                with contextlib.suppress(Exception):
+                    response.close()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
