@@ -59,6 +59,8 @@ class Position:
     key: float | None = None
     """Sort key of a rotated backup (time in its name, else mtime); None for the live file."""
     opened_at: float = 0.0
+    finished: bool = False
+    """Read to its end and left; or, with ``dev == 0``, "no file open since ``key``"."""
 
     def to_json(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -188,7 +190,8 @@ class _Source:
                 left -= len(chunk)
                 self._pos += len(chunk)
         else:
-            self._head = os.pread(self._raw.fileno(), FP_LEN, 0)
+            # The caller checked that this file is the one ``offset`` belongs to.
+            self._head = os.pread(self._raw.fileno(), min(FP_LEN, offset), 0)
             self._pos = offset
         self.offset = self._pos
         self.skipping = skipping
@@ -198,13 +201,24 @@ class _Source:
             self._head += chunk[: FP_LEN - len(self._head)]
 
     def head(self) -> bytes:
-        if not self.compressed and len(self._head) < FP_LEN:
-            self._head = os.pread(self._raw.fileno(), FP_LEN, 0)
+        """The file's first bytes as this reader saw them (never re-read: a truncation changes them)."""
         return self._head
+
+    def head_intact(self) -> bool:
+        """Does the file still start with the bytes we read? (False: truncated, maybe rewritten.)"""
+        if self.compressed or not self._head:
+            return True
+        return os.pread(self._raw.fileno(), len(self._head), 0) == self._head
+
+    def save(self) -> tuple[int, bytes, int, bool, bytes]:
+        return self.offset, self._buf, self._pos, self.skipping, self._head
+
+    def restore(self, state: tuple[int, bytes, int, bool, bytes]) -> None:
+        self.offset, self._buf, self._pos, self.skipping, self._head = state
 
     def _read(self, size: int) -> bytes:
         chunk = self._stream.read(size) if self.compressed else os.pread(self._raw.fileno(), size, self._pos)
-        if self._pos < FP_LEN:
+        if self._pos < FP_LEN and len(self._head) == self._pos:
             self._note_head(chunk)
         self._pos += len(chunk)
         return chunk
@@ -304,9 +318,13 @@ class Follower:
         self._current: _Source | None = None
         self._queue: list[Candidate] = []
         self._done: list[Position] = []
+        self._gap: Position | None = None
         self.idle = False
         """True after a read found nothing new at the end of the live file."""
-        if resume is not None:
+        if resume is not None and resume.dev == 0:
+            self._queue = [c for c in rotated_candidates(self.path) if resume.key and c.key > resume.key]
+            self._open_next()
+        elif resume is not None:
             self._resume(resume)
         elif from_start:
             self._queue = rotated_candidates(self.path)
@@ -324,7 +342,7 @@ class Follower:
             log.info("resuming %s at offset %d (rotated since the checkpoint)", found.path, pos.offset)
             self._open(found, offset=pos.offset, skipping=pos.skipping)
             return
-        if pos.offset > 0:
+        if pos.offset > 0 and not pos.finished:
             self.stats.lost += 1
             log.error(
                 "the checkpointed file %s (inode %d) is gone: what followed offset %d is lost; "
@@ -387,11 +405,29 @@ class Follower:
         return 0
 
     def _switch(self, source: _Source | None) -> None:
-        if self._current is not None:
-            self._done.append(self._current.position())
+        previous = self._current
+        if previous is not None:
+            self._done.append(previous.position())
             self._done = self._done[-64:]
-            self._current.close()
+            previous.close()
+        if previous is not None:
+            log.debug("left %s at offset %d (closed=%s)", previous.path, previous.offset, previous.closed)
         self._current = source
+        if source is not None:
+            log.debug("reading %s from offset %d (closed=%s)", source.path, source.offset, source.closed)
+            self._gap = None
+        else:
+            # Nothing open: remember where we stood so a checkpoint can resume after it.
+            if previous is not None and previous.closed:
+                self._gap = previous.position()
+                self._gap.finished = True
+                if self._gap.key is None:
+                    self._gap.key = previous.opened_at
+            elif self._gap is None:
+                now = time.time()
+                self._gap = Position(
+                    self.path, 0, 0, "", 0, 0, closed=True, key=now, opened_at=now, finished=True
+                )
 
     def _open_next(self) -> None:
         while self._queue:
@@ -414,12 +450,17 @@ class Follower:
                     return Batch()
                 source = self._current
                 assert source is not None
+            before = source.save()
             try:
                 batch = source.read()
             except (OSError, EOFError, zlib.error) as exc:
                 self.stats.unreadable += 1
                 log.error("reading %s failed, rest of file skipped: %s", source.path, exc)
                 self._after_closed(source)
+                continue
+            if (batch.lines or batch.consumed) and not source.closed and not source.head_intact():
+                source.restore(before)  # truncated under us: what we just read may be new content
+                self._truncated(source)
                 continue
             if batch.lines or batch.consumed:
                 return batch
@@ -465,10 +506,14 @@ class Follower:
             log.info("%s was rotated; finishing the old file before switching", self.path)
             source.closed = True
             return True
-        pos = source.position()
-        head = os.pread(source._raw.fileno(), pos.fp_len, 0)
-        if st.st_size >= source.read_so_far and _fingerprint(head) == pos.fp:
+        if st.st_size >= source.read_so_far and source.head_intact():
             return False
+        self._truncated(source)
+        return True
+
+    def _truncated(self, source: _Source) -> None:
+        """copytruncate: finish the old content from its copy (found by fingerprint), then read from 0."""
+        pos = source.position()
         self.stats.truncations += 1
         self.stats.rotations += 1
         copy = next(
@@ -488,18 +533,23 @@ class Follower:
             )
             self._switch(None)
             self._open_live()
-            return True
+            return
         log.info("%s was copied to %s and truncated; finishing the copy", self.path, copy.path)
         self._switch(None)
         self._queue = []
-        if self._open(copy, offset=pos.offset, skipping=pos.skipping):
-            return True
-        self._open_live()
-        return True
+        if not self._open(copy, offset=pos.offset, skipping=pos.skipping):
+            self._open_live()
 
-    def position(self) -> Position | None:
-        """Where the lines returned so far end; None when no file is open."""
-        return self._current.position() if self._current is not None else None
+    def position(self) -> Position:
+        """Where the lines returned so far end (when no file is open: what to resume after)."""
+        if self._current is not None:
+            return self._current.position()
+        if self._gap is None:
+            now = time.time()
+            self._gap = Position(
+                self.path, 0, 0, "", 0, 0, closed=True, key=now, opened_at=now, finished=True
+            )
+        return self._gap
 
     def pending_bytes(self) -> int:
         """Bytes written but not yet returned, in the current file (for the lag metric)."""
