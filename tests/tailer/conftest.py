@@ -37,7 +37,9 @@ def keys(findings: list[dict[str, Any]]) -> list[tuple[str, int]]:
     return [(f["event"]["id"], f["event"]["sequence"]) for f in findings]
 
 
-def cli(*args: str, stdin: bytes | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+def cli(
+    *args: str, stdin: bytes | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [sys.executable, "-m", "webhook", *args],
         input=stdin,
@@ -108,7 +110,9 @@ class Tail:
         err.close()
         started = time.time()
         proc = self.proc
-        wait_for(lambda: self.checkpoint().get("written_at", 0) >= started or proc.poll() is not None, 30, "start")
+        wait_for(
+            lambda: self.checkpoint().get("written_at", 0) >= started or proc.poll() is not None, 30, "start"
+        )
         assert proc.poll() is None, self.stderr()
         return self
 

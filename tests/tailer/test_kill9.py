@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from .conftest import Tail, fixture_lines, findings_in, keys, replay_findings, wait_for
+from .conftest import Tail, findings_in, fixture_lines, keys, replay_findings, wait_for
 
 SEED = int(os.environ.get("UA_SENTINEL_TEST_SEED", "20261127"))
 ITERATIONS = 24
@@ -79,7 +79,15 @@ def test_kill9_at_random_points_loses_nothing_and_file_sink_has_no_duplicates(
     log = logs / "audit.log"
     sink = tmp_path / "findings.jsonl"
     tail: Tail = tail_factory(
-        log, "--allowlist", str(allowlist_file), "--sink", f"file:{sink}", "--sink", "stdout", "--log-level", "debug"
+        log,
+        "--allowlist",
+        str(allowlist_file),
+        "--sink",
+        f"file:{sink}",
+        "--sink",
+        "stdout",
+        "--log-level",
+        "debug",
     )
     writer = Writer(log, rng)
     lines = fixture_lines()
