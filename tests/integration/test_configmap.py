@@ -177,3 +177,32 @@ def test_serve_with_a_configmap_allowlist(launch: Launch, tmp_path: Path, apiser
     wait_for(lambda: apiserver.events, timeout=10, what="the Warning Event")
     assert apiserver.events[0]["reason"] == "AllowlistInvalid"
     assert server.metric("ua_sentinel_allowlist_reload_errors_total") == 1
+
+
+def test_not_ready_and_unknown_until_the_configmap_exists(launch: Launch, tmp_path: Path) -> None:
+    fake = FakeApiserver(NS, NAME).start()  # no ConfigMap yet
+    try:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(fake.kubeconfig())
+        server = launch(
+            "--allowlist-configmap",
+            NAME,
+            "--mode",
+            "enforce",
+            KUBECONFIG=str(kubeconfig),
+            POD_NAMESPACE=NS,
+            KUBERNETES_SERVICE_HOST="",
+        )
+        wait_for(fake.watches, timeout=20, what="the watch")
+        with server.client() as c:
+            ready = c.get("/readyz")
+            assert ready.status_code == 503
+            assert "not found" in ready.json()["allowlist"]["lastError"]
+            c.post("/audit", json=audit_batch(1404))
+            response = c.post("/validate", json=admission(1405)).json()["response"]
+            assert response["allowed"] is True
+            assert response["auditAnnotations"]["user-agent-verdict"] == "unknown"
+            fake.put({"allowlist.yaml": GOOD})
+            wait_for(lambda: c.get("/readyz").status_code == 200, timeout=20, what="readiness")
+    finally:
+        fake.stop()

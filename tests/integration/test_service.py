@@ -1,0 +1,84 @@
+"""Probes, metrics, detection through /audit, and graceful shutdown of a real `serve` process."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.conftest import Launch
+from tests.integration.server import wait_for
+from tests.integration.traffic import admission, audit_batch, recorded, with_audit_id
+
+
+def test_health_ready_and_metrics_after_a_replay(launch: Launch) -> None:
+    server = launch("--mode", "warn")
+    with server.client() as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        for item in recorded():
+            assert client.post(item.path, content=item.raw).status_code == 200
+        ready = client.get("/readyz")
+        metrics = client.get("/metrics")
+    assert ready.status_code == 200
+    doc = ready.json()
+    assert doc["ready"] is True and doc["mode"] == "warn"
+    assert doc["certificate"]["loaded"] is True and doc["certificate"]["notAfter"] > 0
+    assert doc["allowlist"]["source"] == "built-in default allowlist" and len(doc["allowlist"]["hash"]) == 12
+    assert metrics.headers["content-type"].startswith("text/plain")
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(metrics.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted(labels.items())))]
+
+    events = sum(len(i.body["items"]) for i in recorded() if i.route == "/audit")
+    reviews = sum(1 for i in recorded() if i.route == "/validate")
+    assert value("ua_sentinel_audit_events_total") == events
+    assert value("ua_sentinel_join_hits_total") == reviews
+    assert value("ua_sentinel_join_misses_total") == 0
+    assert value("ua_sentinel_admission_reviews_total", verdict="listed", mode="warn", allowed="true") == 7
+    assert value("ua_sentinel_admission_reviews_total", verdict="denied", mode="warn", allowed="true") == 3
+    assert value("ua_sentinel_request_duration_seconds_count", handler="validate") == reviews
+    assert value("ua_sentinel_request_duration_seconds_count", handler="audit") == len(recorded()) - reviews
+    assert value("ua_sentinel_allowlist_loaded") == 1
+    assert value("ua_sentinel_allowlist_reload_errors_total") == 0
+    assert value("ua_sentinel_certificate_expiry_timestamp_seconds") == doc["certificate"]["notAfter"]
+    wait_for(
+        lambda: server.metric("ua_sentinel_detector_events_total") == events, timeout=10, what="detector"
+    )
+    assert server.metric("ua_sentinel_findings_total") == len(server.findings()) > 0
+
+
+def test_shutdown_finishes_in_flight_requests_and_flushes_findings(launch: Launch, tmp_path: Path) -> None:
+    server = launch("--join-wait", "2")
+    refusal = audit_batch(1398)  # mallory, python-requests/2.34.2, list secrets: 403 forbid
+    with server.client() as client:
+        client.post("/audit", json=refusal)
+        client.post("/audit", json=with_audit_id(audit_batch(1398), "second-refusal"))
+        wait_for(lambda: server.findings(), timeout=10, what="the first finding")
+    results: dict[str, Any] = {}
+
+    def in_flight() -> None:
+        with server.client() as client:
+            results["answer"] = client.post("/validate", json=admission(1405))  # awaits 2 s
+
+    thread = threading.Thread(target=in_flight)
+    thread.start()
+    wait_for(lambda: server.metric("ua_sentinel_join_waits_total") == 1, timeout=10, what="the wait")
+    assert server.process is not None
+    server.process.send_signal(signal.SIGTERM)
+    thread.join()
+    assert results["answer"].status_code == 200
+    assert server.process.wait(15) == -signal.SIGTERM
+    findings = server.findings()
+    assert [f["event"]["sequence"] for f in findings] == [1, 2]  # the window's total, on shutdown
+    assert findings[1]["event"]["count"] == 2 and findings[0]["event"]["id"] == findings[1]["event"]["id"]
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{server.url}/healthz", verify=server.ssl_context())

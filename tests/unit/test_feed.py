@@ -1,0 +1,100 @@
+"""DetectorFeed: the Detector and a (possibly slow) sink off the event loop; EventList parsing."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from tests.integration.traffic import audit_batch, recorded
+from webhook.allowlist import Allowlist
+from webhook.audit import Event, EventList
+from webhook.detect import Detector
+from webhook.feed import AuditBodyError, DetectorFeed, parse_event_list
+from webhook.findings import Finding
+
+ALLOWLIST = Allowlist.from_yaml('agents: ["kubectl/*", "kubectl-dispatcher/*", "kube-apiserver/*"]')
+
+
+class SlowSink:
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.delivered: list[Finding] = []
+        self.closed = False
+
+    def deliver(self, finding: Finding) -> None:
+        self.release.wait(30)
+        self.delivered.append(finding)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def all_events() -> list[Event]:
+    return [
+        event
+        for item in recorded()
+        if item.route == "/audit"
+        for event in EventList.model_validate(item.body).items
+    ]
+
+
+def test_a_stuck_sink_never_blocks_submit_and_overflow_is_counted() -> None:
+    events = all_events()
+    sink = SlowSink()
+    feed = DetectorFeed(Detector(ALLOWLIST), sink, max_events=len(events))
+    feed.start()
+    started = time.monotonic()
+    assert feed.submit(events)  # the detector thread takes them; the first finding blocks in the sink
+    assert not feed.submit(events)  # queue (still) full: dropped, counted, not waited for
+    assert time.monotonic() - started < 5
+    assert feed.stats.dropped == len(events)
+    sink.release.set()
+    feed.close()
+    assert sink.closed and feed.pending == 0
+    assert feed.stats.events == len(events)
+    assert len(sink.delivered) == feed.stats.findings > 0
+    users = {f.user.name for f in sink.delivered}
+    assert {"mallory", "system:anonymous"} <= users
+
+
+def test_a_failing_sink_is_counted_and_the_feed_goes_on() -> None:
+    class Broken:
+        def deliver(self, finding: Finding) -> None:
+            raise OSError("disk full")
+
+        def close(self) -> None:
+            pass
+
+    feed = DetectorFeed(Detector(ALLOWLIST), Broken())
+    feed.start()
+    feed.submit(all_events())
+    feed.close()
+    assert feed.stats.sink_errors == feed.stats.findings > 0
+
+
+def test_parse_event_list_reuses_the_audit_models() -> None:
+    batch = parse_event_list(json.dumps(audit_batch(1404)).encode())
+    assert batch.skipped == 0
+    (event,) = batch.events
+    assert event.user_agent == "python-requests/2.34.2" and event.stage == "RequestReceived"
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"\xff", "not JSON"),
+        (b"null", "not a JSON object"),
+        (b'{"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": 3}', "items is not a list"),
+    ],
+)
+def test_parse_event_list_rejects_unusable_bodies(body: bytes, reason: str) -> None:
+    with pytest.raises(AuditBodyError, match=reason):
+        parse_event_list(body)
+
+
+def test_an_empty_batch_is_fine() -> None:
+    batch = parse_event_list(b'{"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "metadata": {}}')
+    assert batch.events == [] and batch.skipped == 0
