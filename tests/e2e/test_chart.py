@@ -1,5 +1,5 @@
 """The Helm chart installed into a real kube-apiserver 1.20 with the real helm (no pods run: no
-nodes), and its generated certificates checked end to end through the apiserver's audit webhook."""
+nodes), then its certificates and allowlist used by the real `ua-sentinel serve` end to end."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from .charts import CHART, helm, secret_files
 from .harness import ControlPlaneFactory
 from .pki import KeyPair
-from .recorder import Recorder
+from .sentinel import SentinelServer
 from .webhooks import SENTINEL, WebhookTLS
 
 RELEASE, NAMESPACE = "uas", "ua-sentinel"
@@ -76,9 +76,9 @@ def test_chart_installs_and_its_certificates_carry_audit_events(
     assert check.returncode == 0, check.stderr
     assert "verdict:   listed" in check.stdout
 
-    # The chart's certificates, wired as its NOTES say (`ua-sentinel apiserver-config`), carry
-    # audit events from the real apiserver to an endpoint serving the chart's serving certificate
-    # and requiring the chart's audit client certificate.
+    # The chart's certificates and allowlist ConfigMap, used by the real `ua-sentinel serve` run as
+    # the chart's Deployment runs it, and the apiserver wired as the chart's NOTES say
+    # (`ua-sentinel apiserver-config`, tls-server-name = the Service's name): a finding comes out.
     client = secret_files(cp, NAMESPACE, f"{FULLNAME}-audit-client", tmp_path / "audit-client")
     tls = WebhookTLS(
         ca=serving["ca.crt"],
@@ -86,43 +86,47 @@ def test_chart_installs_and_its_certificates_carry_audit_events(
         client_ca=client["ca.crt"],
         apiserver_client=KeyPair(client["tls.crt"], client["tls.key"]),
     )
-    with Recorder(tls) as recorder:
-        port = recorder.url.rsplit(":", 1)[1]
-        out = tmp_path / "apiserver-config"
-        args = [
-            "--service-ip",
-            "127.0.0.1",
-            "--port",
-            port,
-            "--tls-server-name",
-            f"{FULLNAME}.{NAMESPACE}.svc",
-        ]
-        args += [
-            "--ca",
-            str(tls.ca),
-            "--client-cert",
-            str(client["tls.crt"]),
-            "--client-key",
-            str(client["tls.key"]),
-        ]
-        config = subprocess.run(
-            [SENTINEL, "apiserver-config", *args, "--out-dir", str(out)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert config.returncode == 0, config.stderr
+    server = SentinelServer(
+        tmp_path / "serve",
+        tls,
+        allowlist_configmap=f"{NAMESPACE}/{FULLNAME}-allowlist",
+        kubeconfig=cp.kubeconfig("admin"),
+        client_auth=False,
+        extra_args=["--audit-client-ca", str(client["ca.crt"]), "--webhook-name", "validate.ua-sentinel.io"],
+    )
+    out = tmp_path / "apiserver-config"
+    args = [
+        "--service-ip",
+        "127.0.0.1",
+        "--port",
+        str(server.port),
+        "--tls-server-name",
+        f"{FULLNAME}.{NAMESPACE}.svc",
+    ]
+    args += [
+        "--ca",
+        str(tls.ca),
+        "--client-cert",
+        str(client["tls.crt"]),
+        "--client-key",
+        str(client["tls.key"]),
+    ]
+    config = subprocess.run(
+        [SENTINEL, "apiserver-config", *args, "--out-dir", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert config.returncode == 0, config.stderr
+    with server:
         cp.restart(audit_webhook_kubeconfig=out / "audit-webhook.kubeconfig")
-
         agent = f"python-requests/2.34.2 chart-{uuid.uuid4().hex[:8]}"
         assert cp.request("mallory", "GET", "/api/v1/secrets", user_agent=agent).status_code == 403
-        call = recorder.wait_for(
-            lambda c: (
-                c.path.startswith("/audit") and any(e.get("userAgent") == agent for e in c.body["items"])
-            ),
-            what="the forbidden request on /audit, over the chart's certificates",
+        finding = server.wait_for_finding(
+            lambda f: f["rule"]["name"] == "unusual-agent-forbidden" and f["user_agent"]["original"] == agent,
+            what="serve's finding, over the chart's certificates",
         )
-        assert call.client_cn == "kube-apiserver-audit"
+        assert finding["user"]["name"] == "mallory"
 
     helm(helm_binary, cp, "uninstall", RELEASE, "-n", NAMESPACE)
     assert cp.kubectl("admin", "get", "validatingwebhookconfiguration", FULLNAME, check=False).returncode != 0
