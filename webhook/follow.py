@@ -231,9 +231,19 @@ class _Source:
         return self._pos
 
     def read(self) -> Batch:
-        """Complete lines from the current offset; consumes nothing while a line is partial."""
+        """Complete lines from the current offset; consumes nothing while a line is partial.
+
+        Reads on until it has a line, a skipped over-long line or the end of the file, so an
+        empty batch always means "nothing more for now".
+        """
+        while True:
+            chunk = self._read(READ_BYTES)
+            batch = self._cut(chunk)
+            if batch.lines or batch.consumed or not chunk:
+                return batch
+
+    def _cut(self, chunk: bytes) -> Batch:
         batch = Batch()
-        chunk = self._read(READ_BYTES)
         data = self._buf + chunk if self._buf else chunk
         if self.skipping:
             newline = data.find(b"\n")

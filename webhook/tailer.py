@@ -90,6 +90,8 @@ class Tailer:
         self.metrics = metrics
         self.totals = _Totals()
         self._follow_seen: dict[str, int] = {}
+        self._live = False
+        """The last lines read were fresh (newest event within ``grace`` of the wall clock)."""
         self._malformed_logged = 0
         self.outboxes = [
             Outbox(
@@ -101,6 +103,10 @@ class Tailer:
             )
             for spec, sink in sinks
         ]
+        if metrics:
+            for outbox in self.outboxes:  # every sink's series exists from the start, at 0
+                metrics.sink_failures.labels(outbox.spec.label)
+                metrics.sink_dropped.labels(outbox.spec.label)
         checkpoint = store.load()
         if checkpoint is None:
             self.follower = Follower(config.path, from_start=config.from_start)
@@ -216,14 +222,15 @@ class Tailer:
                     self._malformed(str(exc))
                     continue
                 findings.extend(self.detector.process(event))
+        watermark = self.detector.watermark
+        if batch.lines and watermark is not None:
+            self._live = time.time() - watermark <= self.config.grace
         return findings
 
     def _close_by_wall_clock(self) -> list[Finding]:
-        watermark = self.detector.watermark
-        now = time.time()
-        if watermark is None or now - watermark > self.config.grace:
-            return []  # not live (catching up on old lines, or a quiet log): event time only
-        return self.detector.close_expired(now - self.config.grace)
+        if not self._live:
+            return []  # the lines read last were old (catching up, or replaying history): event time only
+        return self.detector.close_expired(time.time() - self.config.grace)
 
     def _deliver(self, findings: list[Finding]) -> None:
         if not findings:

@@ -181,3 +181,13 @@ def allowlist_file(tmp_path: Path) -> Path:
     path = tmp_path / "allowlist.yaml"
     path.write_text(ACCEPTANCE_ALLOWLIST)
     return path
+
+
+@pytest.fixture
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

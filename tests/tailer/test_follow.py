@@ -1,0 +1,191 @@
+"""The rotation-safe follower on real files: renames, gzip, copy-truncate, partial and huge lines."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import os
+import shutil
+from pathlib import Path
+
+from webhook.follow import Follower, Position
+
+from .conftest import fixture_lines
+
+LINES = fixture_lines()
+
+
+def backup(log: Path, seconds: int) -> Path:
+    """A lumberjack backup name, ``seconds`` after a fixed time (UTC)."""
+    when = dt.datetime(2026, 11, 27, 18, 0, tzinfo=dt.UTC) + dt.timedelta(seconds=seconds)
+    return log.with_name(f"audit-{when.strftime('%Y-%m-%dT%H-%M-%S')}.000.log")
+
+
+def drain(follower: Follower) -> list[bytes]:
+    out: list[bytes] = []
+    while True:
+        batch = follower.read()
+        if not (batch.lines or batch.consumed):
+            return out
+        out += batch.lines
+
+
+def strip(lines: list[bytes]) -> list[bytes]:
+    return [line.rstrip(b"\n") for line in lines]
+
+
+def test_a_partial_last_line_waits_for_its_newline(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"")
+    follower = Follower(str(log))
+    line = LINES[0]
+    with open(log, "ab") as handle:
+        handle.write(line[:100])
+        handle.flush()
+        assert drain(follower) == [] and follower.idle
+        handle.write(line[100:])
+    assert drain(follower) == strip([line])
+    assert follower.position().offset == len(line)
+
+
+def test_starts_at_the_end_of_the_live_file_by_default_and_at_a_partial_line(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"".join(LINES[:3]) + LINES[3][:50])
+    follower = Follower(str(log))
+    assert drain(follower) == []
+    with open(log, "ab") as handle:
+        handle.write(LINES[3][50:] + LINES[4])
+    assert drain(follower) == strip(LINES[3:5])
+
+
+def test_from_start_reads_backups_oldest_first_then_the_live_file(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    backup(log, 2).write_bytes(b"".join(LINES[10:20]))
+    with gzip.open(backup(log, 1).with_suffix(".log.gz"), "wb") as gz:
+        gz.write(b"".join(LINES[0:10]))
+    log.write_bytes(b"".join(LINES[20:25]))
+    (tmp_path / "unrelated.log").write_bytes(b"{}\n")
+    assert drain(Follower(str(log), from_start=True)) == strip(LINES[:25])
+
+
+def test_a_rename_is_followed_after_finishing_the_old_file(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"")
+    follower = Follower(str(log))
+    with open(log, "ab") as old:
+        old.write(b"".join(LINES[:5]))
+        old.flush()
+        assert drain(follower) == strip(LINES[:5])
+        old.write(b"".join(LINES[5:8]))  # written before the rename, not yet read
+        old.flush()
+        os.rename(log, backup(log, 1))
+        log.write_bytes(b"".join(LINES[8:12]))
+        old.write(b"".join(LINES[12:13]))  # still reaches the old file: read before switching
+        old.flush()
+    assert drain(follower) == strip(LINES[5:8] + LINES[12:13] + LINES[8:12])
+    assert follower.stats.rotations == 1
+
+
+def test_several_rotations_between_reads_are_all_read_in_order(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"")
+    follower = Follower(str(log))
+    expected: list[bytes] = []
+    for n in range(4):
+        chunk = LINES[n * 7 : n * 7 + 7]
+        with open(log, "ab") as handle:
+            handle.write(b"".join(chunk))
+        expected += chunk
+        if n < 3:
+            name = backup(log, n + 1)
+            os.rename(log, name)
+            if n == 1:  # lumberjack's later compression
+                with open(name, "rb") as src, gzip.open(name.with_suffix(".log.gz"), "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                name.unlink()
+            log.touch()
+    assert drain(follower) == strip(expected)
+
+
+def test_resume_in_a_backup_that_was_renamed_and_gzipped_while_down(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"".join(LINES[:10]))
+    first = Follower(str(log), from_start=True)
+    assert drain(first) == strip(LINES[:10])
+    saved = Position.from_json(first.position().to_json())
+    first.close()
+    with open(log, "ab") as handle:
+        handle.write(b"".join(LINES[10:15]))
+    name = backup(log, 1)
+    os.rename(log, name)
+    with open(name, "rb") as src, gzip.open(name.with_suffix(".log.gz"), "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    name.unlink()
+    log.write_bytes(b"".join(LINES[15:20]))
+    assert drain(Follower(str(log), saved)) == strip(LINES[10:20])
+
+
+def test_copy_truncate_is_finished_from_the_copy(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"")
+    follower = Follower(str(log))
+    log.write_bytes(b"".join(LINES[:10]))
+    assert drain(follower) == strip(LINES[:10])
+    with open(log, "ab") as handle:
+        handle.write(b"".join(LINES[10:14]))
+    shutil.copyfile(log, tmp_path / "audit.log.1")
+    os.truncate(log, 0)
+    with open(log, "ab") as handle:  # new content, longer than what we had read
+        handle.write(b"".join(LINES[20:40]))
+    assert drain(follower) == strip(LINES[10:14] + LINES[20:40])
+    assert follower.stats.truncations == 1 and follower.stats.lost == 0
+
+
+def test_truncation_without_a_copy_is_counted_as_loss(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"")
+    follower = Follower(str(log))
+    log.write_bytes(b"".join(LINES[:10]))
+    drain(follower)
+    os.truncate(log, 0)
+    log.write_bytes(b"".join(LINES[30:32]))
+    assert drain(follower) == strip(LINES[30:32])
+    assert follower.stats.lost == 1
+
+
+def test_a_line_over_4_mib_is_skipped_and_counted_memory_bounded(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"")
+    follower = Follower(str(log))
+    huge = b'{"padding":"' + b"x" * (5 * 1024 * 1024) + b'"}\n'
+    with open(log, "ab") as handle:
+        handle.write(LINES[0] + huge[: 3 * 1024 * 1024])
+        handle.flush()
+        lines = drain(follower)
+        handle.write(huge[3 * 1024 * 1024 :] + LINES[1])
+    lines += drain(follower)
+    assert lines == strip(LINES[:2])
+    assert follower.position().offset == log.stat().st_size
+
+
+def test_unreadable_and_corrupt_backups_are_counted_and_skipped(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    backup(log, 1).mkdir()  # cannot be opened as a file
+    backup(log, 2).with_suffix(".log.gz").write_bytes(gzip.compress(b"".join(LINES[:5]))[:60])  # cut short
+    backup(log, 3).write_bytes(b"".join(LINES[5:8]))
+    log.write_bytes(b"".join(LINES[8:10]))
+    follower = Follower(str(log), from_start=True)
+    lines = drain(follower)
+    assert lines[-5:] == strip(LINES[5:10])
+    assert follower.stats.unreadable == 2
+
+
+def test_the_last_line_of_a_rotated_file_counts_even_without_a_newline(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"")
+    follower = Follower(str(log))
+    log.write_bytes(LINES[0] + LINES[1][:40])
+    assert drain(follower) == strip(LINES[:1])
+    os.rename(log, backup(log, 1))
+    log.write_bytes(LINES[2])
+    assert drain(follower) == [LINES[1][:40], LINES[2].rstrip(b"\n")]
