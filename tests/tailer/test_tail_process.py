@@ -15,7 +15,7 @@ import orjson
 
 from tests.unit.test_detect import EXPECTED
 
-from .conftest import Tail, findings_in, fixture_lines, replay_findings, wait_for
+from .conftest import findings_in, fixture_lines, replay_findings, wait_for
 
 LINES = fixture_lines()
 
