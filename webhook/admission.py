@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Final, Literal
 
 import orjson
@@ -68,6 +69,9 @@ WARNING_MAX: Final = 120
 """Longest warning we send: kubectl prints it on one line after ``Warning: ``."""
 
 _RANK: dict[str, int] = {"listed": 0, "unlisted": 1, "denied": 2}
+
+_shown = lru_cache(maxsize=4096)(useragent.display)
+"""Escaping is pure and agents repeat (every kubectl call sends the same one): cache it."""
 
 
 class ReviewError(ValueError):
@@ -174,6 +178,7 @@ class Outcome:
     exempt: bool = False
 
 
+@lru_cache(maxsize=4096)
 def warning_text(verdict: Verdict, agent: str | None) -> str:
     """The warning kubectl prints (after ``Warning: ``): escaped, at most :data:`WARNING_MAX` chars."""
     if agent is None:
@@ -237,7 +242,7 @@ def decide(
     verdict: Verdict = decision.verdict
     annotations = {
         ANNOTATION_VERDICT: verdict,
-        ANNOTATION_AGENT: useragent.display(agent),
+        ANNOTATION_AGENT: _shown(agent),
         ANNOTATION_HASH: allowlist.hash,
     }
     if join.ambiguous:

@@ -130,6 +130,13 @@ def create_app(
     app = FastAPI(title="ua-sentinel", openapi_url=None, docs_url=None, redoc_url=None, lifespan=lifespan)
     metrics = state.metrics
     mode = state.policy.mode
+    validate_latency = metrics.latency.labels("validate")
+    audit_latency = metrics.latency.labels("audit")
+    review_counters = {
+        (verdict, allowed): metrics.reviews.labels(verdict, mode, "true" if allowed else "false")
+        for verdict in ("listed", "unlisted", "denied", "unknown")
+        for allowed in (True, False)
+    }
 
     @app.post("/validate")
     async def validate(request: Request) -> Response:
@@ -163,7 +170,7 @@ def create_app(
             logger.exception("verdict failed; answering unknown", **fields(uid=req.uid))
             outcome = admission.unknown(allowlist.hash if allowlist else None, reason="internal error")
         payload = admission.render(review.api_version, req.uid, outcome)
-        metrics.reviews.labels(outcome.verdict, mode, "true" if outcome.allowed else "false").inc()
+        review_counters[outcome.verdict, outcome.allowed].inc()
         if outcome.verdict not in ("listed", "unknown") or logger.isEnabledFor(logging.DEBUG):
             logger.log(
                 logging.DEBUG if outcome.verdict in ("listed", "unknown") else logging.INFO,
@@ -184,7 +191,7 @@ def create_app(
                     exempt=outcome.exempt or None,
                 ),
             )
-        metrics.latency.labels("validate").observe(time.perf_counter() - started)
+        validate_latency.observe(time.perf_counter() - started)
         return Response(payload, media_type=JSON)
 
     @app.post("/audit")
@@ -211,7 +218,7 @@ def create_app(
             metrics.audit_malformed.inc(batch.skipped)
             logger.warning("audit events skipped", **fields(skipped=batch.skipped, reasons=batch.reasons))
         metrics.audit_requests.labels("ok").inc()
-        metrics.latency.labels("audit").observe(time.perf_counter() - started)
+        audit_latency.observe(time.perf_counter() - started)
         answer: dict[str, object] = {
             "accepted": len(batch.events),
             "skipped": batch.skipped,

@@ -80,7 +80,12 @@ def test_enforce_denies_an_unlisted_agent(launch: Launch, tmp_path: Path) -> Non
     assert response["auditAnnotations"]["user-agent-verdict"] == "unlisted"
     denied = _ask(server, 1449, 1450, userAgent="peirates/v0.0.0 (linux/amd64) kubernetes/$Format")
     assert denied["allowed"] is False and denied["auditAnnotations"]["user-agent-verdict"] == "denied"
-    assert server.metric("ua_sentinel_admission_reviews_total", verdict="unlisted", mode="enforce") == 1
+    assert (
+        server.metric(
+            "ua_sentinel_admission_reviews_total", verdict="unlisted", mode="enforce", allowed="false"
+        )
+        == 1
+    )
     assert server.metric("ua_sentinel_admission_reviews_total", verdict="denied", allowed="false") == 1
 
 
