@@ -333,6 +333,13 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "system:serviceaccounts:kube-system)",
     )
     parser.add_argument("--webhook-name", default="ua-sentinel", metavar="NAME", help="for logs")
+    parser.add_argument(
+        "--sink",
+        action="append",
+        metavar="SINK",
+        help="where findings go: stdout (default) | file:PATH | k8s-events[:NAMESPACE] | http:URL | "
+        "slack:URL; repeatable",
+    )
     parser.add_argument("--max-body-bytes", type=int, default=3 * 1024 * 1024, metavar="N")
     parser.add_argument("--cert-reload-interval", type=float, default=5.0, metavar="SECONDS")
     parser.add_argument("--allowlist-reload-interval", type=float, default=2.0, metavar="SECONDS")
@@ -362,6 +369,7 @@ def _run_serve(args: argparse.Namespace) -> int:
             max_body_bytes=args.max_body_bytes,
             cert_interval=args.cert_reload_interval,
             allowlist_interval=args.allowlist_reload_interval,
+            sinks=args.sink,
         )
         serve.serve(settings)
     except serve.SettingsError as exc:

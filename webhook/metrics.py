@@ -46,6 +46,8 @@ class StateSources:
     feed: Callable[[], tuple[FeedStats, int]]
     allowlist: Callable[[], AllowlistStatus]
     certificate: Callable[[], CertificateState]
+    sinks: Callable[[], list[tuple[str, int, int, int, int]]]
+    """(label, delivered, failures, dropped, backlog) per sink."""
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
@@ -111,6 +113,23 @@ class StateCollector(Collector):
         yield _gauge(
             "allowlist_expired_entries", "Entries past their expires date.", len(allow.expired_entries)
         )
+
+        per_sink = {
+            name: CounterMetricFamily(f"{PREFIX}_sink_{name}", doc, labels=["sink"])
+            for name, doc in (
+                ("delivered", "Findings a sink accepted."),
+                ("failures", "Failed deliveries (each retried with backoff)."),
+                ("dropped", "Findings dropped: the sink's backlog overflowed."),
+            )
+        }
+        backlog = GaugeMetricFamily(f"{PREFIX}_sink_backlog", "Findings waiting for a sink.", labels=["sink"])
+        for label, delivered, failures, dropped, waiting in self.sources.sinks():
+            per_sink["delivered"].add_metric([label], delivered)
+            per_sink["failures"].add_metric([label], failures)
+            per_sink["dropped"].add_metric([label], dropped)
+            backlog.add_metric([label], waiting)
+        yield from per_sink.values()
+        yield backlog
 
         cert = self.sources.certificate()
         yield _gauge(

@@ -26,8 +26,8 @@ from webhook.app import (
 )
 from webhook.correlate import DEFAULT_MAX_ENTRIES, DEFAULT_TTL, RequestIndex
 from webhook.detect import Detector
-from webhook.feed import DEFAULT_QUEUE_EVENTS, DetectorFeed
-from webhook.findings import JsonLinesSink, Sink
+from webhook.feed import DEFAULT_QUEUE_EVENTS, DetectorFeed, FanOutSink
+from webhook.findings import Sink
 from webhook.logs import fields
 from webhook.metrics import Metrics, StateSources
 from webhook.reload import DEFAULT_POLL_INTERVAL, FileSource, LiveAllowlist
@@ -63,6 +63,8 @@ class ServeSettings:
     cert_interval: float = DEFAULT_CERT_INTERVAL
     allowlist_interval: float = DEFAULT_POLL_INTERVAL
     detector_queue: int = DEFAULT_QUEUE_EVENTS
+    sinks: tuple[str, ...] = ("stdout",)
+    """Where findings go: ``stdout`` | ``file:PATH`` | ``k8s-events[:NS]`` | ``http:URL`` | ``slack:URL``."""
 
 
 class Service:
@@ -91,13 +93,17 @@ class Service:
         self.index = RequestIndex(ttl=settings.join_ttl, max_entries=settings.join_max_entries)
         self.metrics = Metrics()
         detector = Detector(self.allowlist.current_or_fallback)
-        self.feed = DetectorFeed(detector, sink or JsonLinesSink(), max_events=settings.detector_queue)
+        self.sinks: FanOutSink | None = None
+        if sink is None:
+            self.sinks = sink = self._open_sinks(settings.sinks)
+        self.feed = DetectorFeed(detector, sink, max_events=settings.detector_queue)
         self.metrics.watch(
             StateSources(
                 index=lambda: (self.index.stats, len(self.index)),
                 feed=lambda: (self.feed.stats, self.feed.pending),
                 allowlist=self.allowlist.status,
                 certificate=self.certificates.state,
+                sinks=self.sinks.state if self.sinks is not None else list,
             )
         )
         tls = settings.tls
@@ -114,6 +120,19 @@ class Service:
             validate_requires="client" if tls.client_ca else None,
             audit_requires="audit" if tls.audit_client_ca else ("client" if tls.client_ca else None),
         )
+
+    @staticmethod
+    def _open_sinks(texts: tuple[str, ...]) -> FanOutSink:
+        from webhook.sinks import parse_sink
+
+        try:
+            specs = [parse_sink(text) for text in texts]
+        except ValueError as exc:
+            raise SettingsError(f"--sink {exc}") from None
+        try:
+            return FanOutSink(specs)
+        except Exception as exc:  # a sink that cannot even be opened (k8s-events without API access)
+            raise SettingsError(f"--sink: {exc}") from None
 
     def _configmap_source(self, namespace: str, name: str) -> Any:
         from webhook import k8s
@@ -197,6 +216,7 @@ def build_settings(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     cert_interval: float = DEFAULT_CERT_INTERVAL,
     allowlist_interval: float = DEFAULT_POLL_INTERVAL,
+    sinks: list[str] | None = None,
 ) -> ServeSettings:
     """Command-line values → :class:`ServeSettings`; :class:`SettingsError` names the bad flag.
 
@@ -247,4 +267,5 @@ def build_settings(
         max_audit_body_bytes=max(DEFAULT_MAX_AUDIT_BODY_BYTES, max_body_bytes),
         cert_interval=cert_interval,
         allowlist_interval=allowlist_interval,
+        sinks=tuple(sinks) if sinks else ("stdout",),
     )

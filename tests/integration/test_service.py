@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -12,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import Launch
-from tests.integration.server import wait_for
+from tests.integration.server import PKI, wait_for
 from tests.integration.traffic import admission, audit_batch, recorded, with_audit_id
 
 
@@ -82,3 +85,23 @@ def test_shutdown_finishes_in_flight_requests_and_flushes_findings(launch: Launc
     assert findings[1]["event"]["count"] == 2 and findings[0]["event"]["id"] == findings[1]["event"]["id"]
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{server.url}/healthz", verify=server.ssl_context())
+
+
+def test_findings_go_to_every_configured_sink(launch: Launch, tmp_path: Path) -> None:
+    out = tmp_path / "findings.jsonl"
+    server = launch("--sink", f"file:{out}", "--sink", "stdout")
+    with server.client() as client:
+        client.post("/audit", json=audit_batch(1398))  # mallory's python-requests probe: a finding
+    wait_for(lambda: out.exists() and out.read_text().strip(), timeout=10, what="the file sink")
+    wait_for(server.findings, timeout=10, what="the stdout sink")
+    (line,) = out.read_text().splitlines()
+    assert json.loads(line)["user"]["name"] == "mallory"
+    assert server.metric("ua_sentinel_sink_delivered_total", sink=f"file:{out}") == 1
+    assert server.metric("ua_sentinel_sink_delivered_total", sink="stdout") == 1
+
+
+def test_a_bad_sink_is_a_start_up_error(tmp_path: Path, pki: PKI) -> None:
+    argv = [sys.executable, "-m", "webhook", "serve", "--tls-cert", str(pki.serving.cert)]
+    argv += ["--tls-key", str(pki.serving.key), "--port", "0", "--sink", "carrier-pigeon:coo"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "--sink unknown sink 'carrier-pigeon'" in done.stderr
