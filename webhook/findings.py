@@ -125,7 +125,9 @@ class User(_Out):
 
 
 class UserAgentField(_Out):
-    original: str | None = Field(description="the raw agent, attacker-controlled: never print it")
+    original: str | None = Field(
+        default=None, description="the raw agent, attacker-controlled: never print it"
+    )
     display: str = Field(description="control, bidi and zero-width characters escaped; length capped")
     name: str | None = None
     version: str | None = None

@@ -275,27 +275,38 @@ class Outbox:
         self._items: collections.deque[Finding] = collections.deque()
         self._cond = threading.Condition()
         self._stop = False
+        self._failing = False
         self._thread = threading.Thread(target=self._run, name=f"sink {spec.label}", daemon=True)
         self._thread.start()
 
     def put(self, findings: Iterable[Finding]) -> None:
         with self._cond:
             self._items.extend(findings)
-            over = len(self._items) - self.max_backlog
-            if over > 0:
-                for _ in range(over):
-                    self._items.popleft()
-                self.dropped += over
-                log.error(
-                    "sink %s: backlog over %d findings; DROPPED the %d oldest (%d dropped so far)",
-                    self.spec.label,
-                    self.max_backlog,
-                    over,
-                    self.dropped,
-                )
-                if self._on_drop:
-                    self._on_drop(self.spec.label, over)
+            self._trim()
             self._cond.notify()
+
+    def _trim(self) -> None:
+        """Drop the oldest past the bound: while the sink fails, or past 10x the bound anyway.
+
+        A healthy sink may briefly hold more than the bound (one read can yield a burst of
+        findings); it is drained in moments, so nothing it could deliver is dropped.
+        """
+        limit = self.max_backlog if self._failing else 10 * self.max_backlog
+        over = len(self._items) - limit
+        if over <= 0:
+            return
+        for _ in range(over):
+            self._items.popleft()
+        self.dropped += over
+        log.error(
+            "sink %s: backlog over %d findings; DROPPED the %d oldest (%d dropped so far)",
+            self.spec.label,
+            limit,
+            over,
+            self.dropped,
+        )
+        if self._on_drop:
+            self._on_drop(self.spec.label, over)
 
     def pending(self) -> list[Finding]:
         with self._cond:
@@ -318,6 +329,9 @@ class Outbox:
                 self.sink.deliver(finding)
             except Exception as exc:  # a sink failure must never kill the outbox
                 self.failures += 1
+                with self._cond:
+                    self._failing = True
+                    self._trim()
                 if self._on_failure:
                     self._on_failure(self.spec.label)
                 log.warning(
@@ -329,6 +343,7 @@ class Outbox:
                 continue
             backoff = BACKOFF_START
             with self._cond:
+                self._failing = False
                 if self._items and self._items[0] is finding:
                     self._items.popleft()
                 self.delivered += 1

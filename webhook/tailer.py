@@ -264,7 +264,10 @@ class Tailer:
         checkpoint = Checkpoint(
             position=position,
             detector=self.detector.snapshot(),
-            backlog={o.spec.key: [f.to_dict() for f in o.pending()] for o in self.outboxes},
+            backlog={
+                o.spec.key: [f.model_dump(by_alias=True, mode="json") for f in o.pending()]
+                for o in self.outboxes
+            },
             stats=dict(self.totals.values),
         )
         self.store.save(checkpoint)
