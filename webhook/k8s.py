@@ -5,8 +5,10 @@
 ``resourceVersion``. A watch that ends (server timeout = the resync period) or expires (410
 Gone) is followed by a fresh list, which is also the periodic resync; any other failure waits
 with capped exponential backoff before the next list. A deleted ConfigMap or a missing key keeps
-the last good allowlist, as does a bad edit; a bad edit is also reported as a Warning Event on
-the ConfigMap so ``kubectl describe configmap`` shows it to whoever made it.
+the last good allowlist, as does a bad edit; a bad edit is also reported as a Warning Event
+(``AllowlistInvalid``) on the ConfigMap so ``kubectl describe configmap`` shows it to whoever
+made it, and the edit that repairs it as a Normal one (``AllowlistApplied``). Ordinary edits
+raise no Event: every replica would repeat it.
 
 Runs on its own thread: the client is synchronous, and nothing here touches the event loop.
 """

@@ -135,7 +135,12 @@ def test_api_errors_back_off_and_retry(apiserver: FakeApiserver) -> None:
     api = client.CoreV1Api(client.ApiClient(client.Configuration(host=apiserver.url)))
     live = LiveAllowlist(fallback=default_allowlist())
     sleeps: list[float] = []
-    source = ConfigMapSource(live, NS, NAME, api=api, resync=30, sleep=lambda s: bool(sleeps.append(s)))
+
+    def sleep(seconds: float) -> bool:
+        sleeps.append(seconds)
+        return False
+
+    source = ConfigMapSource(live, NS, NAME, api=api, resync=30, sleep=sleep)
     source.start()
     try:
         wait_for(lambda: live.status().loaded, timeout=10, what="a load after two failures")

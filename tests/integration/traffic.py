@@ -51,14 +51,16 @@ def admission(seq: int) -> dict[str, Any]:
     """A copy of the AdmissionReview recorded as admission/<seq>.json."""
     body = _by_seq(seq).body
     assert body["kind"] == "AdmissionReview", seq
-    return json.loads(json.dumps(body))
+    copy: dict[str, Any] = json.loads(json.dumps(body))
+    return copy
 
 
 def audit_batch(seq: int) -> dict[str, Any]:
     """A copy of the EventList recorded as audit-webhook/<seq>.json."""
     body = _by_seq(seq).body
     assert body["kind"] == "EventList", seq
-    return json.loads(json.dumps(body))
+    copy: dict[str, Any] = json.loads(json.dumps(body))
+    return copy
 
 
 def with_audit_id(batch: dict[str, Any], audit_id: str, **changes: Any) -> dict[str, Any]:

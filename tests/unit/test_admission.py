@@ -206,8 +206,9 @@ def test_spoofing_agent_is_escaped_everywhere() -> None:
 
 @given(st.text(min_size=1, max_size=2000))
 def test_warnings_stay_short_and_printable(agent: str) -> None:
-    for verdict in ("unlisted", "denied"):
-        text = adm.warning_text(verdict, agent)  # type: ignore[arg-type]
+    verdicts: tuple[adm.Verdict, ...] = ("unlisted", "denied")
+    for verdict in verdicts:
+        text = adm.warning_text(verdict, agent)
         assert len(text) <= adm.WARNING_MAX
         assert not text.startswith("Warning:")
         assert all(ch.isprintable() for ch in text)
