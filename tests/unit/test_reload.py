@@ -67,7 +67,9 @@ def test_a_failing_listener_does_not_stop_the_swap() -> None:
 
 
 def test_readers_on_other_threads_always_see_a_whole_allowlist() -> None:
+    """Swaps interleaved with broken edits: a reader only ever sees good versions."""
     live = LiveAllowlist(Allowlist.from_yaml(GOOD))
+    good = {Allowlist.from_yaml(GOOD).hash}
     stop = threading.Event()
     seen: set[str] = set()
 
@@ -79,12 +81,19 @@ def test_readers_on_other_threads_always_see_a_whole_allowlist() -> None:
 
     reader = threading.Thread(target=read)
     reader.start()
-    for number in range(50):
-        live.apply_text(f'agents: ["kubectl/*", "tool-{number}/*"]\n', source="loop")
-        live.apply_text(BROKEN + f"# {number}\n", source="loop")
-    stop.set()
-    reader.join()
-    assert len(seen) > 1
+    try:
+        for number in range(10_000):
+            text = f'agents: ["kubectl/*", "tool-{number}/*"]\n'
+            live.apply_text(text, source="loop")
+            good.add(Allowlist.from_yaml(text).hash)
+            live.apply_text(BROKEN + f"# {number}\n", source="loop")
+            if len(seen) >= 3:
+                break
+    finally:
+        stop.set()
+        reader.join()
+    assert len(seen) >= 3, "the reader never saw a swap"
+    assert seen <= good
 
 
 def test_file_source_applies_edits_and_survives_breakage(tmp_path: Path) -> None:
