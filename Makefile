@@ -14,8 +14,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# Findings in the bundled sample log, then the live webhook on 127.0.0.1:8443 (certificates,
+# apiserver files and the kubectl/apiserver snippet are written to certs/ on the first run).
 run: $(STAMP)
 	$(BIN)/ua-sentinel replay tests/data/audit/audit-2026-11-27T18-10-45.450.log tests/data/audit/audit.log
+	$(BIN)/python -m webhook.devrun
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
