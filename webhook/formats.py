@@ -18,7 +18,8 @@ as a decoded dict), which then go through the same Detector as the apiserver's o
   ``resourceName`` ``core/v1/namespaces/ns/secrets`` the object, ``requestMetadata.
   callerSuppliedUserAgent`` the agent, ``authenticationInfo.principalEmail`` the user, the
   entry ``labels`` the annotations (``authorization.k8s.io/decision``), and ``status.code`` the
-  outcome as a google.rpc code (7 = PERMISSION_DENIED = HTTP 403). ``insertId`` is the auditID.
+  outcome as a google.rpc code (7 = PERMISSION_DENIED = HTTP 403). ``insertId`` (else
+  ``operation.id``) is the auditID; GKE logs completed requests only (stage ResponseComplete).
 - ``aks``: Azure diagnostic settings (Event Hub or storage): ``{"records": [...]}`` or one
   record per line; records of category ``kube-audit`` / ``kube-audit-admin`` carry the Event
   JSON as a string in ``properties.log``; other categories are skipped.
@@ -29,6 +30,7 @@ from __future__ import annotations
 import base64
 import binascii
 import gzip
+import hashlib
 import io
 import zlib
 from dataclasses import dataclass, field
@@ -187,6 +189,12 @@ def _obj(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _gke_id(entry: dict[str, Any]) -> str:
+    """``insertId``; else ``operation.id`` (GKE sets it to the same value); else a content hash."""
+    found = entry.get("insertId") or _obj(entry.get("operation")).get("id")
+    return str(found) if found else "gke-" + hashlib.sha256(orjson.dumps(entry)).hexdigest()[:32]
+
+
 def gke_event(entry: dict[str, Any]) -> dict[str, Any] | None:
     """An audit Event dict from a GKE Cloud Audit Logs entry; None for other services."""
     payload = _obj(entry.get("protoPayload"))
@@ -209,7 +217,7 @@ def gke_event(entry: dict[str, Any]) -> dict[str, Any] | None:
         "kind": "Event",
         "apiVersion": "audit.k8s.io/v1",
         "level": "Metadata",
-        "auditID": str(entry.get("insertId") or ""),
+        "auditID": _gke_id(entry),
         "stage": "ResponseComplete",
         "requestURI": uri,
         "verb": verb,
