@@ -10,9 +10,12 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Callable
 
-from webhook import useragent
+import orjson
+
+from webhook import admission, useragent
 from webhook.allowlist import Allowlist, AllowlistError
 from webhook.audit import MalformedEvent, parse_event
+from webhook.correlate import JoinResult, Pending
 from webhook.detect import Detector
 
 UNSAFE = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"}
@@ -62,7 +65,34 @@ def audit_line_target(data: bytes) -> None:
         assert finding.user_agent.original == event.user_agent
 
 
+def admission_target(data: bytes) -> None:
+    """Half the input is the review body, the rest the agent the join found for it."""
+    cut = len(data) // 2
+    try:
+        review = admission.parse_review(data[:cut] or data)
+    except admission.ReviewError as exc:
+        assert len(str(exc)) < 400
+        return
+    agent = data[cut:].decode("utf-8", "surrogateescape") or None
+    pending = Pending(audit_id="a", agent=agent, key=None, arrived=0.0, shared=False)  # type: ignore[arg-type]
+    for mode in ("observe", "warn", "enforce"):
+        outcome = admission.decide(
+            review.request, JoinResult((pending,)), _SCAN_ALLOWLIST, admission.Policy(mode=mode)
+        )
+        for warning in outcome.warnings:
+            assert_inert(warning, admission.WARNING_MAX)
+        assert_inert(outcome.annotations.get(admission.ANNOTATION_AGENT, ""), useragent.DISPLAY_MAX)
+        if outcome.verdict == "listed" or mode != "enforce":
+            assert outcome.allowed
+        body = admission.render(review.api_version, review.request.uid, outcome)
+        rendered = orjson.loads(body)
+        assert rendered["apiVersion"] == review.api_version
+        assert rendered["response"]["uid"] == review.request.uid
+        assert rendered["response"]["allowed"] is outcome.allowed
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
+    "admission": admission_target,
     "useragent": useragent_target,
     "allowlist": allowlist_target,
     "audit_line": audit_line_target,

@@ -11,7 +11,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.fuzz.targets import TARGETS, allowlist_target, audit_line_target, useragent_target
+from tests.fuzz.targets import (
+    TARGETS,
+    admission_target,
+    allowlist_target,
+    audit_line_target,
+    useragent_target,
+)
 
 CORPUS = Path(__file__).parent / "corpus"
 ROOT = Path(__file__).parents[2]
@@ -79,6 +85,17 @@ def test_allowlist_loader_on_raw_bytes(data: bytes) -> None:
 @given(st.binary(max_size=2000))
 def test_audit_line_parser_on_raw_bytes(data: bytes) -> None:
     audit_line_target(data)
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=3000))
+def test_admission_review_handler_on_raw_bytes(data: bytes) -> None:
+    admission_target(data)
+
+
+@pytest.mark.parametrize("path", sorted((CORPUS / "admission").iterdir()), ids=lambda p: p.name)
+def test_admission_corpus(path: Path) -> None:
+    admission_target(path.read_bytes())
 
 
 @pytest.mark.parametrize("path", sorted((CORPUS / "audit_line").iterdir())[:200], ids=lambda p: p.name)
