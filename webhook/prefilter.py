@@ -85,13 +85,14 @@ class Prefilter:
     """The lines that can matter under one allowlist. Picklable (for worker processes)."""
 
     def __init__(self, allowlist: Allowlist | None = None) -> None:
+        """``allowlist`` None: only the allowlist-independent needles (no known-bad-agent lines)."""
         self.needles = STATIC_NEEDLES
         self.all_lines = False
         self.source: str | None = None
         branches = _branches(allowlist.denied) if allowlist is not None else ([], [])
         if branches is None:
             self.all_lines = True
-        else:
+        elif branches != ([], []):
             anchored, anywhere = branches
             alternatives = [r"[^\"\n]*[\\\x80-\xff]"]  # escapes and non-ASCII: always candidates
             if anchored:
