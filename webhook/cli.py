@@ -420,7 +420,7 @@ def _add_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument("--poll-interval", type=float, default=0.2, metavar="SECONDS", help=argparse.SUPPRESS)
     parser.add_argument(
-        "--checkpoint-interval", type=float, default=1.0, metavar="SECONDS", help=argparse.SUPPRESS
+        "--checkpoint-interval", type=float, default=2.0, metavar="SECONDS", help=argparse.SUPPRESS
     )
     parser.add_argument(
         "--max-backlog",

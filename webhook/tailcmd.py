@@ -50,7 +50,7 @@ class TailOptions:
     baseline_days: int = 7
     grace: float = DEFAULT_GRACE
     poll_interval: float = 0.2
-    checkpoint_interval: float = 1.0
+    checkpoint_interval: float = 2.0
     max_backlog: int = DEFAULT_MAX_BACKLOG
 
 

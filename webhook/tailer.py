@@ -53,7 +53,7 @@ class TailConfig:
     fmt: Format = "k8s"
     from_start: bool = False
     poll_interval: float = 0.2
-    checkpoint_interval: float = 1.0
+    checkpoint_interval: float = 2.0
     grace: float = DEFAULT_GRACE
     max_backlog: int = DEFAULT_MAX_BACKLOG
     drain_timeout: float = 5.0
@@ -113,6 +113,7 @@ class Tailer:
         else:
             self._restore(checkpoint)
         self._checkpointed_at = 0.0
+        self._saved_key: tuple[Any, ...] = ()
         self._checkpoint_offset = 0
         self.checkpoint()  # a first start records where it starts, before reading anything
 
@@ -154,7 +155,7 @@ class Tailer:
                 elif self.follower.idle:
                     self._deliver(self._close_by_wall_clock())
                 if time.time() - self._checkpointed_at >= self.config.checkpoint_interval:
-                    self.checkpoint()
+                    self.checkpoint(force=False)
                 self._update_gauges()
                 if not (batch.lines or batch.consumed):
                     stop.wait(self.config.poll_interval)
@@ -255,8 +256,35 @@ class Tailer:
             if self.metrics and metric:
                 getattr(self.metrics, metric).inc(delta)
 
-    def checkpoint(self) -> None:
-        """Save position + detector + backlog atomically (the baseline is committed first)."""
+    def _state_key(self) -> tuple[Any, ...]:
+        """Changes whenever a checkpoint would differ (so an idle tailer does not fsync)."""
+        position = self.follower.position()
+        return (
+            position.path,
+            position.ino,
+            position.offset,
+            position.fp,
+            self.detector.stats.events,
+            self.detector.stats.findings,
+            tuple((o.delivered, o.dropped, len(o)) for o in self.outboxes),
+            tuple(sorted(self.totals.values.items())),
+            (
+                self.follower.stats.rotations,
+                self.follower.stats.truncations,
+                self.follower.stats.unreadable,
+                self.follower.stats.lost,
+            ),
+        )
+
+    def checkpoint(self, *, force: bool = True) -> None:
+        """Save position + detector + backlog atomically (the baseline is committed first).
+
+        With ``force`` False nothing is written when nothing changed since the last one.
+        """
+        key = self._state_key()
+        if not force and key == self._saved_key:
+            self._checkpointed_at = time.time()
+            return
         if self.baseline is not None:
             self.baseline.flush()
         self._sync_follow_stats()
@@ -271,6 +299,7 @@ class Tailer:
             stats=dict(self.totals.values),
         )
         self.store.save(checkpoint)
+        self._saved_key = self._state_key()
         self._checkpointed_at = checkpoint.written_at
         self._checkpoint_offset = position.offset if position else 0
 
