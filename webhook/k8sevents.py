@@ -105,22 +105,21 @@ def event_body(finding: Finding, namespace: str, *, own: bool) -> dict[str, Any]
 
 
 class KubernetesEventsSink:
-    """Creates Events through ``CoreV1Api``; in-cluster config, else the kubeconfig."""
+    """Creates Events through ``CoreV1Api`` (:func:`webhook.k8s.api_client`: in a pod the
+    in-cluster config, else the kubeconfig)."""
 
     def __init__(self, *, default_namespace: str | None = None) -> None:
-        from kubernetes import client, config
+        from kubernetes import client
 
-        try:
-            config.load_incluster_config()  # type: ignore[no-untyped-call]
-        except config.ConfigException:
-            config.load_kube_config()  # type: ignore[no-untyped-call]
-        self._api = client.CoreV1Api()
+        from webhook.k8s import api_client
+
+        self._api = api_client()
         self._exception = client.ApiException
         self.namespace = default_namespace or own_namespace()
 
     def _create(self, namespace: str, body: dict[str, Any]) -> int:
         try:
-            self._api.create_namespaced_event(namespace, body)  # type: ignore[arg-type]
+            self._api.create_namespaced_event(namespace, body)
         except self._exception as exc:
             return int(exc.status or 0)
         return 201
