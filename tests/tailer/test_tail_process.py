@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+import http.server
 import json
 import os
+import threading
+import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -137,6 +141,11 @@ def test_live_windows_close_by_wall_clock_when_the_log_goes_quiet(
     assert tail.stop() == 0
 
 
+def again(line: bytes) -> bytes:
+    """The same request a day later (new auditID, new windows)."""
+    return line.replace(b'"auditID":"', b'"auditID":"again-').replace(b'"2026-11-27T', b'"2026-11-28T')
+
+
 def test_the_allowlist_file_is_reloaded_when_it_changes(
     tmp_path: Path, tail_factory, allowlist_file: Path
 ) -> None:
@@ -150,15 +159,20 @@ def test_the_allowlist_file_is_reloaded_when_it_changes(
         lambda: "allowlist applied" in tail.stderr() and tail.stderr().count("allowlist applied") >= 2,
         what="the reload",
     )
-    later = [line.replace(b'"auditID":"', b'"auditID":"again-') for line in LINES]
+    later = [again(line) for line in LINES]
     with open(log, "ab") as handle:
         handle.write(b"".join(later))
     wait_for(tail.caught_up, what="second pass")
     assert tail.stop() == 0
     found = findings_in(*tail.stdout_files)
     assert {a for _, a in agents(found)} & {"python-requests/2.34.2", "curl/7.88.1"}
-    again = [f for f in found if f["kubernetes"]["audit"]["auditID"].startswith("again-")]
-    assert not {f["user_agent"].get("original") for f in again} & {"python-requests/2.34.2", "curl/7.88.1"}
+    later_agents = {
+        f["user_agent"].get("original")
+        for f in found
+        if f["kubernetes"]["audit"]["auditID"].startswith("again-")
+    }
+    assert not later_agents & {"python-requests/2.34.2", "curl/7.88.1"}
+    assert "peirates/v0.0.0 (linux/amd64) kubernetes/$Format" in later_agents
 
 
 def test_from_start_with_gzipped_backups_finds_what_replay_finds(
@@ -206,3 +220,93 @@ def test_aks_records_are_tailed_like_apiserver_lines(
     assert tail.stop() == 0
     assert agents(findings_in(*tail.stdout_files)) == EXPECTED
     assert tail.stats()["skipped_records"] == len(records)
+
+
+class FakeApi(http.server.BaseHTTPRequestHandler):
+    """Just enough of the Kubernetes API for the allowlist ConfigMap: list, and a short watch."""
+
+    def do_GET(self) -> None:
+        server: Any = self.server
+        url = urllib.parse.urlsplit(self.path)
+        query = urllib.parse.parse_qs(url.query)
+        if url.path != "/api/v1/namespaces/ua/configmaps":
+            self.send_error(404)
+            return
+        if query.get("watch") == ["true"]:
+            time.sleep(0.5)  # the server ends the watch: the source lists again
+            body = b""
+        else:
+            with server.lock:
+                text, version = server.text, str(server.version)
+            item = {
+                "metadata": {"name": "allowlist", "namespace": "ua", "resourceVersion": version},
+                "data": {"allowlist.yaml": text},
+            }
+            body = json.dumps(
+                {
+                    "kind": "ConfigMapList",
+                    "apiVersion": "v1",
+                    "metadata": {"resourceVersion": version},
+                    "items": [item],
+                }
+            ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+def test_the_allowlist_configmap_is_watched(tmp_path: Path, tail_factory) -> None:
+    httpd: Any = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeApi)
+    httpd.lock, httpd.text, httpd.version = threading.Lock(), 'agents: ["kubectl/*", "kube-*"]\n', 1
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "c",
+                "clusters": [
+                    {"name": "fake", "cluster": {"server": f"http://127.0.0.1:{httpd.server_address[1]}"}}
+                ],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "fake", "user": "u"}}],
+            }
+        )
+    )
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"")
+    env = {"KUBECONFIG": str(kubeconfig), "KUBERNETES_SERVICE_HOST": ""}
+    try:
+        tail = tail_factory(
+            log, "--allowlist-configmap", "ua/allowlist", "--baseline-days", "0", env=env
+        ).start()
+        wait_for(lambda: "allowlist applied" in tail.stderr(), what="the first list")
+        log.write_bytes(b"".join(LINES))
+        wait_for(tail.caught_up, what="first pass")
+        with httpd.lock:
+            httpd.text = 'agents: ["kubectl/*", "kube-*", "python-requests/*", "curl/*"]\n'
+            httpd.version = 2
+        wait_for(lambda: "resourceVersion 2" in tail.stderr(), what="the changed ConfigMap")
+        with open(log, "ab") as handle:
+            handle.write(b"".join(again(line) for line in LINES))
+        wait_for(tail.caught_up, what="second pass")
+        assert tail.stop() == 0
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    found = findings_in(*tail.stdout_files)
+    marked = [
+        (f["kubernetes"]["audit"]["auditID"].startswith("again-"), f["user_agent"].get("original"))
+        for f in found
+    ]
+    first = {agent for later, agent in marked if not later}
+    later_agents = {agent for later, agent in marked if later}
+    assert {"python-requests/2.34.2", "curl/7.88.1"} <= first
+    assert not {"python-requests/2.34.2", "curl/7.88.1"} & later_agents
+    assert "peirates/v0.0.0 (linux/amd64) kubernetes/$Format" in later_agents
