@@ -489,6 +489,8 @@ def _add_suggest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def _run_suggest(args: argparse.Namespace) -> int:
+    import contextlib
+
     from webhook.replay import open_log
     from webhook.suggest import propose, render_report, render_yaml, survey
 
@@ -496,7 +498,9 @@ def _run_suggest(args: argparse.Namespace) -> int:
         raise CliError("--days must be at least 1")
     allowlist = load_allowlist(args.allowlist)
     try:
-        result = survey([open_log(path) for path in args.audit_log], args.format)
+        with contextlib.ExitStack() as stack:
+            streams = [stack.enter_context(open_log(path)) for path in args.audit_log]
+            result = survey(streams, args.format)
     except OSError as exc:
         raise CliError(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}") from None
     agents = result.agents(args.days)
