@@ -27,8 +27,10 @@ from typing import Any, Final
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from pydantic import BaseModel
 
 from webhook import admission, useragent
+from webhook.audit import EventList
 from webhook.correlate import RequestIndex
 from webhook.feed import AuditBodyError, DetectorFeed, parse_event_list
 from webhook.logs import fields
@@ -74,6 +76,54 @@ class AppState:
 
 class _TooLarge(Exception):
     pass
+
+
+def _inline(schema: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return _inline(defs[ref.removeprefix("#/$defs/")], defs)
+        return {k: _inline(v, defs) for k, v in schema.items() if k != "$defs"}
+    if isinstance(schema, list):
+        return [_inline(v, defs) for v in schema]
+    return schema
+
+
+def _json_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON schema (wire names) with its ``$defs`` inlined, for an OpenAPI document."""
+    schema = model.model_json_schema(by_alias=True)
+    inlined: dict[str, Any] = _inline(schema, schema.get("$defs", {}))
+    return inlined
+
+
+_STATUS_SCHEMA: Final = {
+    "type": "object",
+    "required": ["kind", "apiVersion", "status", "message", "reason", "code"],
+    "properties": {
+        "kind": {"const": "Status"},
+        "apiVersion": {"const": "v1"},
+        "status": {"const": "Failure"},
+        "message": {"type": "string", "minLength": 1},
+        "reason": {"type": "string", "minLength": 1},
+        "code": {"type": "integer"},
+    },
+}
+
+
+def _openapi(model: type[BaseModel], ok: str, errors: dict[int, str]) -> dict[str, Any]:
+    """Route documentation: the request body schema (the routes read raw bodies, so FastAPI cannot
+    infer it) and every answer; ``/openapi.json`` is not served, ``app.openapi()`` builds it."""
+    status = {"application/json": {"schema": _STATUS_SCHEMA}}
+    return {
+        "openapi_extra": {
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _json_schema(model)}},
+            }
+        },
+        "responses": {200: {"description": ok}}
+        | {code: {"description": why, "content": status} for code, why in errors.items()},
+    }
 
 
 def _status(code: int, message: str) -> Response:
@@ -138,7 +188,18 @@ def create_app(
         for allowed in (True, False)
     }
 
-    @app.post("/validate")
+    @app.post(
+        "/validate",
+        **_openapi(
+            admission.AdmissionReview,
+            "the AdmissionReview response",
+            {
+                400: "not an AdmissionReview",
+                403: "no client certificate signed by --client-ca",
+                413: "body over --max-body-bytes",
+            },
+        ),
+    )
     async def validate(request: Request) -> Response:
         started = time.perf_counter()
         if not _peer_ok(request, state.validate_requires):
@@ -194,7 +255,18 @@ def create_app(
         validate_latency.observe(time.perf_counter() - started)
         return Response(payload, media_type=JSON)
 
-    @app.post("/audit")
+    @app.post(
+        "/audit",
+        **_openapi(
+            EventList,
+            "accepted, skipped and queued event counts",
+            {
+                400: "not an audit.k8s.io/v1 EventList",
+                403: "no client certificate signed by --audit-client-ca",
+                413: "body too large",
+            },
+        ),
+    )
     async def audit(request: Request) -> Response:
         started = time.perf_counter()
         if not _peer_ok(request, state.audit_requires):
