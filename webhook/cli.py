@@ -44,6 +44,22 @@ def _allowlist_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _live_allowlist_args(parser: argparse.ArgumentParser) -> None:
+    """``--allowlist FILE | --allowlist-configmap NS/NAME`` for the long-running commands."""
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--allowlist", metavar="FILE", help="allowlist YAML, re-read on change (default: built-in)"
+    )
+    source.add_argument(
+        "--allowlist-configmap", metavar="NS/NAME", help="watch key allowlist.yaml of this ConfigMap"
+    )
+
+
+def _os_error(exc: OSError) -> CliError:
+    """One line naming the file and the system's reason, no traceback."""
+    return CliError(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}")
+
+
 def _rule_args(parser: argparse.ArgumentParser) -> None:
     """Input shape and rule tuning shared by replay and tail (so both find the same)."""
     parser.add_argument(
@@ -141,7 +157,7 @@ def _run_replay(args: argparse.Namespace) -> int:
     try:
         report = replay(args.logs, detector, sink, workers=args.workers, fmt=args.format)
     except OSError as exc:
-        raise CliError(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}") from None
+        raise _os_error(exc) from None
     finally:
         sink.close()
         if baseline is not None:
@@ -285,7 +301,7 @@ def _run_apiserver_config(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:
-        raise CliError(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}") from None
+        raise _os_error(exc) from None
     print(f"wrote {out}/{apiserverconfig.POLICY_FILE} and {apiserverconfig.KUBECONFIG_FILE}", file=sys.stderr)
     sys.stdout.write("".join(f"{flag}\n" for flag in config.flags))
     return 0
@@ -307,13 +323,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--client-ca", metavar="FILE", help="/validate and /audit need a client cert signed by it"
     )
     parser.add_argument("--audit-client-ca", metavar="FILE", help="/audit needs a client cert signed by it")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument(
-        "--allowlist", metavar="FILE", help="allowlist YAML, re-read on change (default: built-in)"
-    )
-    source.add_argument(
-        "--allowlist-configmap", metavar="NS/NAME", help="watch key allowlist.yaml of this ConfigMap"
-    )
+    _live_allowlist_args(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8443, help="port (default: %(default)s; 0: any free)")
     parser.add_argument("--mode", choices=("observe", "warn", "enforce"), default="warn")
@@ -385,11 +395,7 @@ def _add_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "checkpoint in --state; findings go to every --sink at least once (a repeat carries the same "
         "event.id and event.sequence). Without a checkpoint it starts at the end of PATH.",
     )
-    allowlist = parser.add_mutually_exclusive_group()
-    allowlist.add_argument("--allowlist", metavar="FILE", help="allowlist YAML, re-read when it changes")
-    allowlist.add_argument(
-        "--allowlist-configmap", metavar="NS/NAME", help="watch key allowlist.yaml of this ConfigMap"
-    )
+    _live_allowlist_args(parser)
     parser.add_argument("--state", required=True, metavar="DIR", help="checkpoint and baseline directory")
     parser.add_argument(
         "--sink",
@@ -502,7 +508,7 @@ def _run_suggest(args: argparse.Namespace) -> int:
             streams = [stack.enter_context(open_log(path)) for path in args.audit_log]
             result = survey(streams, args.format)
     except OSError as exc:
-        raise CliError(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}") from None
+        raise _os_error(exc) from None
     agents = result.agents(args.days)
     proposal = propose(
         agents, allowlist, min_requests=args.min_requests, max_forbidden_share=args.max_forbidden_share
