@@ -28,6 +28,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
+from starlette.requests import ClientDisconnect
 
 from webhook import admission, useragent
 from webhook.audit import EventList
@@ -76,6 +77,10 @@ class AppState:
 
 class _TooLarge(Exception):
     pass
+
+
+class _Gone(Exception):
+    """The client went away (or was cut off as too slow) before its whole body arrived."""
 
 
 def _inline(schema: Any, defs: dict[str, Any]) -> Any:
@@ -130,7 +135,9 @@ def _status(code: int, message: str) -> Response:
     """A metav1.Status body: client-go (the apiserver) puts its message into its error."""
     reason = {400: "BadRequest", 403: "Forbidden", 413: "RequestEntityTooLarge"}.get(code, "BadRequest")
     body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": reason}
-    return Response(orjson.dumps({**body, "code": code}), status_code=code, media_type=JSON)
+    # After a 413 the rest of the body is still on its way: close rather than read it.
+    headers = {"Connection": "close"} if code == 413 else None
+    return Response(orjson.dumps({**body, "code": code}), status_code=code, media_type=JSON, headers=headers)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -141,12 +148,15 @@ async def _read_body(request: Request, limit: int) -> bytes:
         raise _TooLarge
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit * _DRAIN_FACTOR:
-            raise _TooLarge
-        if size <= limit:
-            chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit * _DRAIN_FACTOR:
+                raise _TooLarge
+            if size <= limit:
+                chunks.append(chunk)
+    except ClientDisconnect:
+        raise _Gone from None
     if size > limit:
         raise _TooLarge
     return b"".join(chunks)
@@ -210,6 +220,9 @@ def create_app(
         except _TooLarge:
             metrics.review_errors.labels("too_large").inc()
             return _status(413, f"AdmissionReview larger than {state.max_body_bytes} bytes")
+        except _Gone:
+            metrics.review_errors.labels("disconnected").inc()
+            return _status(400, "the client disconnected before sending the whole body")
         try:
             review = admission.parse_review(body)
         except admission.ReviewError as exc:
@@ -277,6 +290,9 @@ def create_app(
         except _TooLarge:
             metrics.audit_requests.labels("too_large").inc()
             return _status(413, f"EventList larger than {state.max_audit_body_bytes} bytes")
+        except _Gone:
+            metrics.audit_requests.labels("disconnected").inc()
+            return _status(400, "the client disconnected before sending the whole body")
         try:
             batch = parse_event_list(body)
         except AuditBodyError as exc:

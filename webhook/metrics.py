@@ -154,7 +154,8 @@ class Metrics:
         )
         self.review_errors = Counter(
             f"{PREFIX}_admission_errors",
-            "Admission calls not answered with a verdict (bad_request, too_large, client_cert), "
+            "Admission calls not answered with a verdict (bad_request, too_large, client_cert, "
+            "disconnected), "
             "or answered unknown after an internal error (internal).",
             ["reason"],
             registry=self.registry,

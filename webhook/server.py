@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
+import h11
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -45,7 +46,9 @@ from webhook.logs import fields
 from webhook.metrics import CertificateState
 
 __all__ = [
+    "CIPHERS",
     "DEFAULT_CERT_INTERVAL",
+    "DEFAULT_REQUEST_TIMEOUT",
     "PEER_ROLES_KEY",
     "CertificateError",
     "CertificateReloader",
@@ -63,6 +66,13 @@ DEFAULT_KEEP_ALIVE: Final = 90.0
 """Idle keep-alive seconds: the apiserver (Go) closes idle connections after 90 s; TLS setup is the
 expensive part of a webhook call, so we never close first."""
 DEFAULT_GRACEFUL: Final = 10.0
+DEFAULT_REQUEST_TIMEOUT: Final = 10.0
+"""Seconds a client has to send a whole request (headers and body) once it has started one, and
+to start the first one on a new connection. uvicorn has no such limit: a slowloris client that
+trickles a header byte now and then would hold its connection (and a file descriptor) forever."""
+CIPHERS: Final = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
+"""TLS 1.2 suites: forward secret AEAD only (no CBC, SHA-1, RSA key exchange). kube-apiserver's
+Go client offers these first. TLS 1.3 suites are all AEAD and are not affected by this list."""
 PEER_ROLES_KEY: Final = "ua_sentinel.peer_roles"
 """ASGI scope key: frozenset of :data:`PeerRole` the connection's client certificate proves."""
 
@@ -119,6 +129,8 @@ def _load_cas(path: Path, pem: bytes) -> tuple[x509.Certificate, ...]:
 def _build(files: TLSFiles, digest: str, data: dict[Path, bytes]) -> _Material:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(CIPHERS)
+    context.options |= ssl.OP_NO_RENEGOTIATION
     # load_cert_chain only takes paths: load exactly the bytes we hashed from a private copy.
     with tempfile.TemporaryDirectory(prefix="ua-sentinel-tls-") as tmp:
         cert_copy, key_copy = Path(tmp, "tls.crt"), Path(tmp, "tls.key")
@@ -256,10 +268,17 @@ class CertificateReloader:
         }
 
 
-def peer_aware_protocol(roles_of: Callable[[bytes | None], frozenset[PeerRole]]) -> type[H11Protocol]:
-    """uvicorn's h11 protocol, adding the client certificate's roles to every request's scope."""
+def peer_aware_protocol(
+    roles_of: Callable[[bytes | None], frozenset[PeerRole]],
+    *,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+) -> type[H11Protocol]:
+    """uvicorn's h11 protocol, adding the client certificate's roles to every request's scope,
+    and closing connections whose client is too slow to send a request (``request_timeout``)."""
 
     class PeerAwareProtocol(H11Protocol):
+        _request_timer: asyncio.TimerHandle | None = None
+
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             ssl_object = transport.get_extra_info("ssl_object")
@@ -272,6 +291,40 @@ def peer_aware_protocol(roles_of: Callable[[bytes | None], frozenset[PeerRole]])
                 await app(scope, receive, send)
 
             self.app = app_with_peer
+            self._arm_request_timer()  # the first request must come in time too
+
+        def _arm_request_timer(self) -> None:
+            if self._request_timer is None:
+                self._request_timer = self.loop.call_later(request_timeout, self._request_timed_out)
+
+        def _cancel_request_timer(self) -> None:
+            if self._request_timer is not None:
+                self._request_timer.cancel()
+                self._request_timer = None
+
+        def data_received(self, data: bytes) -> None:
+            if self.conn.their_state is h11.IDLE:
+                self._arm_request_timer()  # a new request starts: it has request_timeout to arrive
+            super().data_received(data)
+            if self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):
+                self._cancel_request_timer()  # the whole request is in (or the connection failed)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel_request_timer()
+            super().connection_lost(exc)
+
+        def _request_timed_out(self) -> None:
+            self._request_timer = None
+            if self.conn.their_state in (h11.IDLE, h11.SEND_BODY) and not self.transport.is_closing():
+                logger.info(
+                    "client too slow to send its request; connection closed",
+                    **fields(
+                        client=f"{self.client[0]}:{self.client[1]}" if self.client else None,
+                        timeoutSeconds=request_timeout,
+                        state=str(self.conn.their_state),
+                    ),
+                )
+                self.transport.close()
 
     return PeerAwareProtocol
 
@@ -284,6 +337,7 @@ async def run_uvicorn(
     port: int,
     keep_alive: float = DEFAULT_KEEP_ALIVE,
     graceful: float = DEFAULT_GRACEFUL,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     ready: Callable[[int], None] | None = None,
 ) -> None:
     """Serve ``app`` over TLS until SIGINT/SIGTERM; in-flight requests get ``graceful`` seconds.
@@ -296,7 +350,7 @@ async def run_uvicorn(
         app,
         host=host,
         port=port,
-        http=peer_aware_protocol(reloader.roles),
+        http=peer_aware_protocol(reloader.roles, request_timeout=request_timeout),
         ssl_context_factory=lambda _config, _default: reloader.context,
         lifespan="on",
         log_config=None,
