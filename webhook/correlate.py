@@ -23,6 +23,15 @@ while, so a retried batch cannot bring it back. When pending requests that match
 call disagree on the agent, the caller gets all of them (and should answer the worst verdict)
 and none is consumed: consuming one would hand the other's agent to the next call.
 
+Forged events (an ``/audit`` left open) must not make an unlisted write look listed:
+
+- a RequestReceived that repeats a pending audit ID with another agent or request (the client
+  chooses its own ``Audit-ID`` header, so a forger can know the ID of its real request) is kept
+  *beside* the first, not dropped: the join sees both and the worst verdict wins;
+- a RequestReceived whose request already finished (a forged ResponseComplete sent ahead of it,
+  or a batch retried or reordered) is kept as *stale* until the TTL: it never answers a join on
+  its own, but it joins in when another pending request matches, so a disagreement still shows.
+
 Concurrency: every method runs on one event loop thread (the ``/audit`` and ``/validate``
 handlers share it); waiting is an ``asyncio`` future, never a lock.
 """
@@ -93,6 +102,10 @@ class Pending:
     arrived: float
     shared: bool
     """A deletecollection: every deleted item gets its own admission call, so it is never consumed."""
+    stale: bool = False
+    """Arrived after its request had finished: never matched alone, never consumed."""
+    slot: tuple[str, int] = ("", 0)
+    """Where it is stored: (audit ID, n); n > 0 for a repeat of a pending audit ID that disagrees."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +136,9 @@ class IndexStats:
     evicted_ttl: int = 0
     evicted_cap: int = 0
     ignored_finished: int = 0
+    """RequestReceived events for requests already finished (kept stale, never matched alone)."""
+    conflicting: int = 0
+    """RequestReceived events repeating a pending audit ID with another agent or request."""
 
 
 def _namespace(group: str, resource: str, namespace: str) -> str:
@@ -178,8 +194,10 @@ class RequestIndex:
         self.max_entries = max_entries
         self.stats = IndexStats()
         self._clock = clock
-        self._by_id: OrderedDict[str, Pending] = OrderedDict()
-        self._by_key: dict[JoinKey, dict[str, Pending]] = {}
+        self._by_id: OrderedDict[tuple[str, int], Pending] = OrderedDict()
+        self._by_key: dict[JoinKey, dict[tuple[str, int], Pending]] = {}
+        self._repeats: dict[str, set[tuple[str, int]]] = {}
+        """Slots (n > 0) of disagreeing repeats, by audit ID."""
         self._finished: OrderedDict[str, float] = OrderedDict()
         self._waiters: dict[JoinKey, set[asyncio.Future[None]]] = {}
 
@@ -205,30 +223,51 @@ class RequestIndex:
         now = self._clock()
         self._expire(now)
         audit_id = event.audit_id
-        if audit_id in self._by_id:
-            return
-        if audit_id in self._finished:
+        agent = event.user_agent
+        same_id = self._same_id(audit_id)
+        if any(p.agent == agent and p.key == key for p in same_id):
+            return  # the apiserver retried the batch
+        stale = audit_id in self._finished
+        if stale:
             self.stats.ignored_finished += 1
-            return
+        if same_id:
+            self.stats.conflicting += 1
+        slot = (audit_id, max((p.slot[1] for p in same_id), default=-1) + 1)
         while len(self._by_id) >= self.max_entries:
             _, oldest = self._by_id.popitem(last=False)
-            self._unbucket(oldest)
+            self._forget(oldest)
             self.stats.evicted_cap += 1
-        entry = Pending(audit_id, event.user_agent, key, now, shared=key[7] == "deletecollection")
-        self._by_id[audit_id] = entry
-        self._by_key.setdefault(key, {})[audit_id] = entry
+        entry = Pending(
+            audit_id, agent, key, now, shared=key[7] == "deletecollection", stale=stale, slot=slot
+        )
+        self._by_id[slot] = entry
+        self._by_key.setdefault(key, {})[slot] = entry
+        if slot[1]:
+            self._repeats.setdefault(audit_id, set()).add(slot)
         self.stats.inserted += 1
         waiters = self._waiters.get(key)
-        if waiters:
+        if waiters and not stale:
             for future in waiters:
                 if not future.done():
                     future.set_result(None)
 
+    def _same_id(self, audit_id: str) -> list[Pending]:
+        """Pending entries stored under ``audit_id`` (the first and any disagreeing repeats)."""
+        first = self._by_id.get((audit_id, 0))
+        out = [first] if first is not None else []
+        for slot in self._repeats.get(audit_id, ()):
+            entry = self._by_id.get(slot)
+            if entry is not None:
+                out.append(entry)
+        return out
+
     def _finish(self, audit_id: str) -> None:
         now = self._clock()
-        entry = self._by_id.pop(audit_id, None)
-        if entry is not None:
-            self._unbucket(entry)
+        for entry in self._same_id(audit_id):
+            if entry.stale:
+                continue  # stays until its TTL: it only ever adds disagreement
+            del self._by_id[entry.slot]
+            self._forget(entry)
             self.stats.completed += 1
         self._remember(audit_id, now)
 
@@ -242,12 +281,19 @@ class RequestIndex:
                 break
             del self._finished[first_id]
 
-    def _unbucket(self, entry: Pending) -> None:
+    def _forget(self, entry: Pending) -> None:
+        """Remove ``entry`` (already out of ``_by_id``) from the key buckets and the repeats."""
         bucket = self._by_key.get(entry.key)
         if bucket is not None:
-            bucket.pop(entry.audit_id, None)
+            bucket.pop(entry.slot, None)
             if not bucket:
                 del self._by_key[entry.key]
+        if entry.slot[1]:
+            repeats = self._repeats.get(entry.audit_id)
+            if repeats is not None:
+                repeats.discard(entry.slot)
+                if not repeats:
+                    del self._repeats[entry.audit_id]
 
     def _expire(self, now: float) -> None:
         deadline = now - self.ttl
@@ -256,8 +302,9 @@ class RequestIndex:
             if first.arrived > deadline:
                 break
             self._by_id.popitem(last=False)
-            self._unbucket(first)
-            self.stats.evicted_ttl += 1
+            self._forget(first)
+            if not first.stale:
+                self.stats.evicted_ttl += 1
 
     def expire(self) -> None:
         """Drop entries older than the TTL now (inserts and lookups also do this)."""
@@ -270,17 +317,17 @@ class RequestIndex:
             bucket = self._by_key.get(key)
             if bucket:
                 found.extend(bucket.values())
-        if not found:
-            return None
+        if all(p.stale for p in found):
+            return None  # a finished request never lends its agent
         found.sort(key=lambda p: p.arrived)
         result = JoinResult(tuple(found))
         if result.ambiguous:
             self.stats.ambiguous += 1
             return result
-        oldest = next((p for p in found if not p.shared), None)
+        oldest = next((p for p in found if not p.shared and not p.stale), None)
         if oldest is not None:
-            del self._by_id[oldest.audit_id]
-            self._unbucket(oldest)
+            del self._by_id[oldest.slot]
+            self._forget(oldest)
             self._remember(oldest.audit_id, self._clock())
             self.stats.consumed += 1
         return result

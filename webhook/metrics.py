@@ -87,6 +87,16 @@ class StateCollector(Collector):
             "join_completed", "Pending requests removed by their ResponseComplete.", stats.completed
         )
         yield _gauge("join_pending", "RequestReceived events waiting for an admission call.", pending)
+        yield _counter(
+            "join_late_events",
+            "RequestReceived events for requests already finished (kept stale: never matched alone).",
+            stats.ignored_finished,
+        )
+        yield _counter(
+            "join_conflicting_events",
+            "RequestReceived events repeating a pending audit ID with another agent or request.",
+            stats.conflicting,
+        )
 
         feed, queued = self.sources.feed()
         yield _counter("detector_events", "Audit events processed by the detector.", feed.events)
