@@ -41,5 +41,9 @@ fuzz: $(STAMP)
 			-artifact_prefix=tests/fuzz/ tests/fuzz/corpus/$$t || exit 1; \
 	done
 
+# Issue 6's benchmarks (~12 min): appends a dated section to bench/RESULTS.md.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,145 @@
+"""Item 6: where the time goes (py-spy, sampling the real processes) and one fix, before/after.
+
+- Profiles (py-spy ``record --format raw``, 200 Hz, the server's threads): ``/validate`` with the
+  20 KB Pod and the 200 KB object at saturation, ``/audit`` at saturation, and the distinct-agent
+  replay of item 5. Each table lists the functions with the most *own* time (native code is
+  charged to the Python function that called it).
+- Before/after of the change the profiles led to (webhook/serve.py ``_tune_gc``: start-up
+  objects frozen, young-generation threshold 700 -> 10,000): ``/audit`` and ``/validate`` req/s with
+  CPython's default GC (``bench.serve_main --gc-default``) and as shipped, in the same run.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from bench import reviews
+from bench.audit_ingest import templates
+from bench.common import CPU_SERVER, OUT, PYTHON, VENV_BIN, Section, ensure_pip, pinned
+from bench.servers import Server, start_sentinel
+from bench.wrk import WrkResult, run_wrk, write_parts
+
+TOP = 8
+SECONDS = 5.0
+
+
+def spy_during(pid: int, name: str, load: Callable[[], object], seconds: float = SECONDS) -> Path:
+    """Sample ``pid`` with py-spy while ``load()`` runs; returns the raw (collapsed stacks) file."""
+    ensure_pip("py-spy")
+    out = OUT / f"profile-{name}.txt"
+    argv = [str(VENV_BIN / "py-spy"), "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "200"]
+    argv += ["-f", "raw", "-o", str(out), "--nonblocking", "--threads"]
+    spy = subprocess.Popen(
+        argv,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        load()
+    finally:
+        spy.wait(seconds + 30)
+    return out
+
+
+def own_time(raw: Path, top: int = TOP) -> list[tuple[float, str]]:
+    """(share of samples, function) with the most own time, idle waits left out."""
+    counts: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, number = line.rpartition(" ")
+        if not number.isdigit() or not stack:
+            continue
+        leaf = re.sub(r":\d+\)$", ")", stack.split(";")[-1]).strip()
+        if not leaf or leaf.startswith(("EpollSelector.select", "Condition.wait", "SimpleQueue.get")):
+            continue
+        counts[leaf] += int(number)
+        total += int(number)
+    return [(n / total, f) for f, n in counts.most_common(top)] if total else []
+
+
+def _table(title: str, rows: list[tuple[float, str]]) -> list[str]:
+    out = [f"{title}:", "", "| own time | function |", "|---|---|"]
+    out += [f"| {share:.0%} | `{func}` |" for share, func in rows]
+    return [*out, ""]
+
+
+def _validate_load(server: Server, kind: str, start: int, seconds: float) -> WrkResult:
+    parts = write_parts(kind, reviews.template(kind), reviews.TOKEN)
+    server.post_events(reviews.request_received(kind, n) for n in range(start, start + int(seconds * 5000)))
+    server.drain()
+    return run_wrk(server.url, parts, path="/validate", start=start, seconds=seconds)
+
+
+def _audit_load(server: Server, start: int, seconds: float) -> WrkResult:
+    parts = write_parts("audit-0", templates()[0], reviews.TOKEN)
+    return run_wrk(server.url, parts, path="/audit", start=start, seconds=seconds, connections=4)
+
+
+def profiles() -> list[str]:
+    lines: list[str] = []
+    with start_sentinel("serve-profile") as server:
+        results: dict[str, WrkResult] = {}
+        for name, load in (
+            ("validate-pod20k", lambda: _validate_load(server, "pod20k", 10**7, SECONDS + 1)),
+            ("validate-object200k", lambda: _validate_load(server, "object200k", 2 * 10**7, SECONDS + 1)),
+            ("audit", lambda: _audit_load(server, 10**7, SECONDS + 1)),
+        ):
+            raw = spy_during(server.pid, name, lambda load=load, name=name: results.__setitem__(name, load()))
+            rate = results[name].rate * (400 if name == "audit" else 1)
+            unit = "events/s" if name == "audit" else "req/s"
+            lines += _table(f"`{name}` at saturation ({rate:,.0f} {unit})", own_time(raw))
+    log = OUT / "audit-distinct-5000000-10.log"
+    if log.exists():
+        head = OUT / "audit-distinct-head.log"
+        if not head.exists():
+            with log.open("rb") as src, head.open("wb") as dst:
+                for _, line in zip(range(200_000), src, strict=False):
+                    dst.write(line)
+        raw = OUT / "profile-replay-distinct.txt"
+        argv = [str(VENV_BIN / "py-spy"), "record", "-r", "200", "-f", "raw", "-o", str(raw), "--"]
+        argv += [str(PYTHON), "-m", "bench.memory", "--replay-child", str(head)]
+        subprocess.run(pinned(CPU_SERVER, argv), capture_output=True, check=True)
+        lines += _table("replay of 200,000 distinct-agent lines (item 5)", own_time(raw))
+    return lines
+
+
+def before_after(seconds: float = SECONDS) -> list[str]:
+    rows: list[str] = []
+    measured: dict[str, dict[str, float]] = {}
+    for label, launcher in (("before: CPython default GC", ["--gc-default"]), ("after: as shipped", [])):
+        with start_sentinel("serve-gc", launcher=launcher) as server:
+            audit = _audit_load(server, 10**7, seconds)
+            server.drain()
+            pod = _validate_load(server, "pod20k", 3 * 10**7, seconds)
+            small = _validate_load(server, "configmap", 4 * 10**7, seconds)
+            measured[label] = {"audit": audit.rate * 400, "pod": pod.rate, "small": small.rate}
+    before, after = measured.values()
+    rows += [
+        "Before/after the GC change (same run, same load, `ua-sentinel serve` with and without `_tune_gc`):",
+        "",
+        "| load | before (default GC) | after | after / before |",
+        "|---|---|---|---|",
+        f"| /audit, 400-event EventLists | {before['audit']:,.0f} events/s | {after['audit']:,.0f} events/s "
+        f"| **{after['audit'] / before['audit']:.2f}x** |",
+        f"| /validate, 20 KB Pod | {before['pod']:,.0f} req/s | {after['pod']:,.0f} req/s "
+        f"| {after['pod'] / before['pod']:.2f}x |",
+        f"| /validate, small ConfigMap | {before['small']:,.0f} req/s | {after['small']:,.0f} req/s "
+        f"| {after['small'] / before['small']:.2f}x |",
+        "",
+    ]
+    return rows
+
+
+def run() -> Section:
+    section = Section("6. Profiles (py-spy) and the fix they led to")
+    for line in before_after() + profiles():
+        section.add(line)
+    return section
+
+
+if __name__ == "__main__":
+    run()
