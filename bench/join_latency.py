@@ -187,6 +187,8 @@ def report(data: dict[str, object]) -> Section:
     previous = 0.0
     cells = []
     for le, count in buckets:
+        if previous >= total:  # nothing above this bucket
+            break
         label = "+Inf" if le == float("inf") else f"<= {le * 1e3:g} ms"
         cells.append(f"{label}: {(count - previous) / total if total else 0:.1%}")
         previous = count
