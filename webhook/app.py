@@ -8,7 +8,8 @@ POST /validate      AdmissionReview (v1 / v1beta1) decided by :mod:`webhook.admi
 POST /audit         EventList into the RequestIndex and the Detector; 200 fast,
                     400 unparseable body (never 5xx for bad input: the apiserver retries)
 GET  /healthz       200 while the process runs
-GET  /readyz        200 when the certificate and an allowlist are loaded, details as JSON
+GET  /readyz        200 when the certificate and an allowlist are loaded (and the certificate
+                    files on disk are servable), details as JSON
 GET  /metrics       Prometheus text
 ==================  =====================================================================
 
@@ -324,7 +325,9 @@ def create_app(
     async def readyz() -> Response:
         allow = state.allowlist.status()
         certificate = state.certificate()
-        ready = bool(certificate.get("loaded")) and allow.loaded
+        # Files on disk that cannot be served (garbage, a mismatched pair) keep the previous
+        # certificate in use but make the pod not ready, so the broken rotation is seen.
+        ready = bool(certificate.get("loaded")) and not certificate.get("lastError") and allow.loaded
         body = {
             "ready": ready,
             "mode": mode,

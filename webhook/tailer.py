@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -109,12 +110,14 @@ class Tailer:
                 metrics.sink_dropped.labels(outbox.spec.label)
         checkpoint = store.load()
         if checkpoint is None:
-            self.follower = Follower(config.path, from_start=config.from_start)
+            # After a lost checkpoint the safe position is the beginning, not the end of the log.
+            self.follower = Follower(config.path, from_start=config.from_start or store.lost)
         else:
             self._restore(checkpoint)
         self._checkpointed_at = 0.0
         self._saved_key: tuple[Any, ...] = ()
         self._checkpoint_offset = 0
+        self._checkpoint_error: str | None = None
         self.checkpoint()  # a first start records where it starts, before reading anything
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -285,6 +288,31 @@ class Tailer:
         if not force and key == self._saved_key:
             self._checkpointed_at = time.time()
             return
+        try:
+            self._save()
+        except (OSError, sqlite3.Error) as exc:
+            # A full or failing disk under --state: keep reading and delivering (the sinks do not
+            # depend on it), retry every checkpoint_interval. A crash now resumes from the last
+            # checkpoint written, so lines are read again and nothing is lost.
+            self._checkpointed_at = time.time()
+            self.totals.add("checkpoint_errors")
+            if self.metrics:
+                self.metrics.checkpoint_errors.inc()
+            if str(exc) != self._checkpoint_error:
+                log.error(
+                    "cannot write the checkpoint in %s (%s); still reading and delivering, retrying "
+                    "every %.1f s; a restart now would read again from the last checkpoint written",
+                    self.config.state_dir,
+                    exc,
+                    self.config.checkpoint_interval,
+                )
+            self._checkpoint_error = str(exc)
+            return
+        if self._checkpoint_error is not None:
+            log.info("checkpoint written again in %s", self.config.state_dir)
+            self._checkpoint_error = None
+
+    def _save(self) -> None:
         if self.baseline is not None:
             self.baseline.flush()
         self._sync_follow_stats()

@@ -32,6 +32,11 @@ class TailMetrics:
             "ua_sentinel_tail_lost_files", "Files gone (or truncated without a copy) before read.", registry=r
         )
         self.findings = Counter("ua_sentinel_findings", "Findings emitted, by rule.", ["rule"], registry=r)
+        self.checkpoint_errors = Counter(
+            "ua_sentinel_tail_checkpoint_errors",
+            "Checkpoints that could not be written (full or failing disk under --state).",
+            registry=r,
+        )
         self.sink_failures = Counter(
             "ua_sentinel_sink_failures", "Failed delivery attempts, by sink.", ["sink"], registry=r
         )
