@@ -6,18 +6,16 @@ helm; a failure there fails the suite with the reason. Nothing here ever skips.
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import pytest
 
 from .harness import ControlPlane, ControlPlaneFactory
+from .procs import sigterm_interrupts
 from .sentinel import SentinelLauncher
 from .tools import Binaries, ToolError, ensure_binaries, ensure_helm
 from .webhooks import WebhookTLS, make_webhook_tls
@@ -31,25 +29,9 @@ def _uncaptured(config: pytest.Config) -> AbstractContextManager[Any]:
 
 @pytest.fixture(scope="session", autouse=True)
 def _sigterm_stops_children() -> Iterator[None]:
-    """SIGTERM (a CI timeout) becomes KeyboardInterrupt, so finalizers stop etcd/apiserver/servers.
-
-    The children run in their own process groups and would otherwise outlive a terminated pytest.
-    """
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) not in (
-        signal.SIG_DFL,
-        None,
-    ):
+    """SIGTERM (a CI timeout) becomes KeyboardInterrupt, so finalizers stop etcd/apiserver/servers."""
+    with sigterm_interrupts():
         yield
-        return
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.fixture(scope="session")

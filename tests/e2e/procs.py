@@ -13,12 +13,14 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, TypeVar
+from types import FrameType
+from typing import IO, Any, TypeVar
 
-__all__ = ["ManagedProcess", "ProcessDied", "free_port", "wait_until"]
+__all__ = ["ManagedProcess", "ProcessDied", "free_port", "sigterm_interrupts", "wait_until"]
 
 T = TypeVar("T")
 _LIVE: set[ManagedProcess] = set()
@@ -156,6 +158,55 @@ class ManagedProcess:
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+_saved_at_fork: list[Callable[[int, FrameType | None], Any] | int | None] = []
+
+
+def _before_fork() -> None:
+    # A forked child (multiprocessing "fork") must not inherit a Python-level SIGTERM handler:
+    # CPython drops a signal that arrives between fork() and its after-fork reset, so a
+    # Pool.terminate() SIGTERM can be lost and the pool's join hangs forever. Seen with the
+    # product's parallel replay under pytest. The child gets SIG_DFL; the parent restores ours.
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) is _interrupt
+    ):
+        _saved_at_fork.append(signal.signal(signal.SIGTERM, signal.SIG_DFL))
+
+
+def _after_fork_in_parent() -> None:
+    if _saved_at_fork:
+        signal.signal(signal.SIGTERM, _saved_at_fork.pop())
+
+
+os.register_at_fork(
+    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_saved_at_fork.clear
+)
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Within: SIGTERM (a CI timeout) raises KeyboardInterrupt in the main thread, so fixture
+    finalizers still stop the children (own process groups: they would outlive pytest).
+
+    A no-op off the main thread or when someone else already handles SIGTERM.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) not in (
+        signal.SIG_DFL,
+        None,
+    ):
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @atexit.register
