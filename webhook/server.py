@@ -197,6 +197,9 @@ class CertificateReloader:
         try:
             digest, data = _read(self.files)
             if digest == self._material.digest:
+                if self.last_error is not None:  # the files are back to what is being served
+                    logger.info("certificate files readable again; serving them unchanged")
+                    self.last_error = None
                 return False
             material = _build(self.files, digest, data)
         except CertificateError as exc:
