@@ -15,6 +15,7 @@ import collections
 import re
 import subprocess
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from bench import reviews
@@ -67,10 +68,15 @@ def _table(title: str, rows: list[tuple[float, str]]) -> list[str]:
     return [*out, ""]
 
 
-def _validate_load(server: Server, kind: str, start: int, seconds: float) -> WrkResult:
-    parts = write_parts(kind, reviews.template(kind), reviews.TOKEN)
-    server.post_events(reviews.request_received(kind, n) for n in range(start, start + int(seconds * 5000)))
+def _prefill(server: Server, kind: str, start: int, seconds: float) -> None:
+    server.post_events(reviews.request_received(kind, n) for n in range(start, start + int(seconds * 6000)))
     server.drain()
+
+
+def _validate_load(server: Server, kind: str, start: int, seconds: float, prefill: bool = True) -> WrkResult:
+    parts = write_parts(kind, reviews.template(kind), reviews.TOKEN)
+    if prefill:
+        _prefill(server, kind, start, seconds)
     return run_wrk(server.url, parts, path="/validate", start=start, seconds=seconds)
 
 
@@ -83,11 +89,13 @@ def profiles() -> list[str]:
     lines: list[str] = []
     with start_sentinel("serve-profile") as server:
         results: dict[str, WrkResult] = {}
-        for name, load in (
-            ("validate-pod20k", lambda: _validate_load(server, "pod20k", 10**7, SECONDS + 1)),
-            ("validate-object200k", lambda: _validate_load(server, "object200k", 2 * 10**7, SECONDS + 1)),
-            ("audit", lambda: _audit_load(server, 10**7, SECONDS + 1)),
-        ):
+        for k, name in enumerate(("pod20k", "object200k", "audit"), start=1):
+            if name == "audit":
+                load: Callable[[], WrkResult] = lambda: _audit_load(server, 10**7, SECONDS + 1)  # noqa: E731
+            else:
+                _prefill(server, name, k * 10**7, SECONDS + 1)  # before py-spy starts
+                load = partial(_validate_load, server, name, k * 10**7, SECONDS + 1, prefill=False)
+                name = f"validate-{name}"
             raw = spy_during(server.pid, name, lambda load=load, name=name: results.__setitem__(name, load()))
             rate = results[name].rate * (400 if name == "audit" else 1)
             unit = "events/s" if name == "audit" else "req/s"
