@@ -219,6 +219,13 @@ def scan_file(
         yield from scan_stream(stream, prefilter=prefilter)
         return
     pieces = [(*piece, prefilter) for piece in _pieces(path, size)]
-    context = multiprocessing.get_context("fork")
-    with context.Pool(min(count, len(pieces))) as pool:
+    pool = multiprocessing.get_context("fork").Pool(min(count, len(pieces)))
+    try:
         yield from pool.imap(_scan_piece, pieces)
+    except BaseException:
+        pool.terminate()  # the reader stopped early or failed: no more pieces are wanted
+        raise
+    else:
+        pool.close()  # all pieces done: let workers exit on their own, no signals sent
+    finally:
+        pool.join()
