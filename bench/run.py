@@ -12,7 +12,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from bench import admission_latency, audit_ingest, join_latency, memory, profile, replay_throughput
+from bench import admission_latency, audit_ingest, join_latency, memory, profiles, replay_throughput
 from bench.common import Section, append_results
 
 STEPS: dict[str, Callable[[], Section]] = {
@@ -21,7 +21,7 @@ STEPS: dict[str, Callable[[], Section]] = {
     "3": audit_ingest.run,
     "4": join_latency.run,
     "5": memory.run,
-    "6": profile.run,
+    "6": profiles.run,
 }
 
 
