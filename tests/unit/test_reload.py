@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 from webhook.allowlist import Allowlist, default_allowlist
@@ -67,33 +68,50 @@ def test_a_failing_listener_does_not_stop_the_swap() -> None:
 
 
 def test_readers_on_other_threads_always_see_a_whole_allowlist() -> None:
-    """Swaps interleaved with broken edits: a reader only ever sees good versions."""
+    """Swaps interleaved with broken edits: a reader sees every good version and nothing else.
+
+    The writer waits for two whole reads after each edit (one may have started before it), so
+    the check does not depend on how the scheduler happens to interleave the threads.
+    """
     live = LiveAllowlist(Allowlist.from_yaml(GOOD))
     good = {Allowlist.from_yaml(GOOD).hash}
     stop = threading.Event()
     seen: set[str] = set()
+    reads = [0]
+    failure: list[BaseException] = []
 
     def read() -> None:
-        while not stop.is_set():
-            current = live.current()
-            assert current is not None
-            seen.add(current.hash)
+        try:
+            while not stop.is_set():
+                current = live.current()
+                assert current is not None
+                seen.add(current.hash)
+                reads[0] += 1
+        except BaseException as error:  # surfaced by the writer below
+            failure.append(error)
+
+    def two_more_reads() -> None:
+        target = reads[0] + 2
+        deadline = time.monotonic() + 10
+        while reads[0] < target and not failure:
+            assert time.monotonic() < deadline, "the reader stopped reading"
+            time.sleep(0.0001)
 
     reader = threading.Thread(target=read)
     reader.start()
     try:
-        for number in range(10_000):
+        for number in range(50):
             text = f'agents: ["kubectl/*", "tool-{number}/*"]\n'
             live.apply_text(text, source="loop")
             good.add(Allowlist.from_yaml(text).hash)
+            two_more_reads()
             live.apply_text(BROKEN + f"# {number}\n", source="loop")
-            if len(seen) >= 3:
-                break
+            two_more_reads()
     finally:
         stop.set()
         reader.join()
-    assert len(seen) >= 3, "the reader never saw a swap"
-    assert seen <= good
+    assert not failure, failure
+    assert seen == good
 
 
 def test_file_source_applies_edits_and_survives_breakage(tmp_path: Path) -> None:
