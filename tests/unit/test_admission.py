@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 from typing import Any
 
@@ -9,9 +10,10 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from tests.conftest import DATA
-from tests.integration.traffic import admission
+from tests.integration.traffic import admission, recorded
 from webhook import admission as adm
 from webhook.allowlist import Allowlist
 from webhook.correlate import JoinResult, Pending
@@ -84,6 +86,77 @@ def test_a_huge_embedded_object_of_any_shape_is_fine() -> None:
     body["request"]["object"] = {"weird": [1, "x" * 100_000, {"nested": None}]}
     body["request"]["oldObject"] = "not even an object"
     assert adm.parse_review(json.dumps(body).encode()).request.name == "p1"
+
+
+RECORDED_SEQS = [r.seq for r in recorded() if r.route == "/validate"]
+
+
+def whole_parse(body: bytes) -> adm.AdmissionReview | str:
+    """pydantic on the whole body, the reference the skimming parser must agree with."""
+    try:
+        return adm.AdmissionReview.model_validate_json(body)
+    except ValidationError as exc:
+        return str(exc.errors(include_url=False)[0]["loc"])
+
+
+def skimmed_parse(body: bytes) -> adm.AdmissionReview | str:
+    try:
+        return adm.parse_review(body)
+    except adm.ReviewError as exc:
+        return str(exc)
+
+
+@pytest.mark.parametrize("seq", RECORDED_SEQS)
+def test_skimmed_parse_equals_the_whole_parse_on_every_recorded_review(seq: int) -> None:
+    body = json.dumps(admission(seq)).encode()
+    assert adm.parse_review(body) == whole_parse(body)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
+_REQUEST_KEYS = [
+    "uid",
+    "operation",
+    "userInfo",
+    "name",
+    "namespace",
+    "resource",
+    "subResource",
+    "sub_resource",
+    "requestResource",
+    "requestSubResource",
+    "dryRun",
+    "object",
+    "oldObject",
+    "options",
+]
+
+
+@given(
+    top=st.dictionaries(st.sampled_from(["apiVersion", "api_version", "kind", "request", "extra"]), _JSON),
+    request_changes=st.dictionaries(st.sampled_from(_REQUEST_KEYS), _JSON, max_size=4),
+    request_is_object=st.booleans(),
+)
+def test_skimmed_parse_agrees_with_the_whole_parse_on_any_review(
+    top: dict[str, Any], request_changes: dict[str, Any], request_is_object: bool
+) -> None:
+    """Same review or an error about the same field, whatever the shape of the body."""
+    body = admission(1405)
+    body.update(top)
+    if request_is_object:
+        body["request"] = {**admission(1405)["request"], **request_changes}
+    raw = json.dumps(body).encode()
+    reference = whole_parse(raw)
+    ours = skimmed_parse(raw)
+    if isinstance(reference, adm.AdmissionReview):
+        assert ours == reference
+    else:
+        assert isinstance(ours, str)
+        where = ".".join(str(p) for p in ast.literal_eval(reference)) or "review"
+        assert where in ours
 
 
 def test_lookup_uses_request_resource_and_subresource() -> None:
