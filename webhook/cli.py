@@ -334,6 +334,13 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="SECONDS",
         help="how long /validate awaits a late RequestReceived audit event (default: %(default)s)",
     )
+    parser.add_argument(
+        "--join-ttl",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long an unclaimed RequestReceived stays joinable (default: %(default)s)",
+    )
     parser.add_argument("--exempt-user", action="append", metavar="USER", help="never denied (repeatable)")
     parser.add_argument(
         "--exempt-group",
@@ -373,6 +380,7 @@ def _run_serve(args: argparse.Namespace) -> int:
             port=args.port,
             mode=args.mode,
             join_wait=args.join_wait,
+            join_ttl=args.join_ttl,
             exempt_users=args.exempt_user,
             exempt_groups=args.exempt_group,
             webhook_name=args.webhook_name,

@@ -226,6 +226,7 @@ def build_settings(
     port: int = DEFAULT_PORT,
     mode: str = "warn",
     join_wait: float = DEFAULT_JOIN_WAIT,
+    join_ttl: float = DEFAULT_TTL,
     exempt_users: list[str] | None = None,
     exempt_groups: list[str] | None = None,
     webhook_name: str = "ua-sentinel",
@@ -246,6 +247,7 @@ def build_settings(
         raise SettingsError(f"--mode must be one of {', '.join(admission.MODES)}")
     checks = (
         ("--join-wait", join_wait >= 0 and join_wait <= 30, "between 0 and 30 seconds"),
+        ("--join-ttl", join_wait < join_ttl <= 3600, "longer than --join-wait and at most 3600 seconds"),
         ("--port", 0 <= port <= 65535, "a TCP port (0 picks a free one)"),
         ("--max-body-bytes", max_body_bytes >= 1024, "at least 1024"),
         ("--cert-reload-interval", cert_interval > 0, "positive"),
@@ -278,6 +280,7 @@ def build_settings(
             exempt_groups=frozenset(groups),
         ),
         join_wait=join_wait,
+        join_ttl=join_ttl,
         webhook_name=webhook_name,
         max_body_bytes=max_body_bytes,
         max_audit_body_bytes=max(DEFAULT_MAX_AUDIT_BODY_BYTES, max_body_bytes),

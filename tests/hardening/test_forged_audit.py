@@ -150,7 +150,8 @@ FLOOD = 100_000 + 2_000
 
 
 def test_a_flood_cannot_evict_real_requests_unnoticed(launch: Launch, allowlist: Path) -> None:
-    server = launch("--allowlist", str(allowlist), "--join-wait", "0")
+    # A TTL longer than the flood takes on a slow machine: only the cap may evict here.
+    server = launch("--allowlist", str(allowlist), "--join-wait", "0", "--join-ttl", "3600")
     user, uid = "flooded", "77"
     real = write_request("cm", PYTHON, user=user, uid=uid)
     real_probe = forbidden("kube-hunter/1.0", user="prober-before-flood")
