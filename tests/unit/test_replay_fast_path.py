@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import itertools
+import json
 from pathlib import Path
+from typing import cast
 
 import orjson
 import pytest
@@ -49,6 +52,47 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+# Agents as their raw JSON: denied ones (mostly on successful requests, so only the agent
+# search can select their lines), escapes that hide a denied name from a byte search, raw UTF-8.
+TRICKY_AGENTS: tuple[bytes, ...] = (
+    b"curl/8.4.0",
+    b"\\u0063url/7.1",
+    b'x\\"nmap\\"',
+    b"tools\\\\nmap.exe",
+    b"Python-urllib/3.11",
+    b'kubectl\\"/v1',
+    b"kubectl/v1.30.0 \xe2\x80\xae(evil)",
+    b"\\u212aube-hunter/1",
+)
+KEY = b'"userAgent":"'
+
+
+def with_agent(line: bytes, agent_json: bytes) -> bytes:
+    """``line`` with its agent replaced by ``agent_json`` (written as is); unchanged without one."""
+    start = line.find(KEY)
+    if start < 0:
+        return line
+    value = start + len(KEY)
+    return line[:value] + agent_json + line[line.index(b'"', value) :]
+
+
+def tricky_lines(lines: list[bytes], every: int = 41) -> list[bytes]:
+    """Every ``every``-th line gets the next of :data:`TRICKY_AGENTS`."""
+    agents = itertools.cycle(TRICKY_AGENTS)
+    return [with_agent(raw, next(agents)) if i % every == 0 else raw for i, raw in enumerate(lines)]
+
+
+@pytest.fixture(scope="module")
+def tricky(generated: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tricky") / "audit.log"
+    path.write_bytes(b"\n".join(tricky_lines(generated.read_bytes().splitlines())) + b"\n")
+    return path
+
+
+def rules(findings: list[dict[str, object]]) -> set[object]:
+    return {cast(dict[str, object], f["rule"])["name"] for f in findings}
+
+
 def test_fast_path_findings_equal_decoding_every_line(generated: Path) -> None:
     expected = slow_path(generated)
     got, lines = fast_path([generated])
@@ -57,26 +101,52 @@ def test_fast_path_findings_equal_decoding_every_line(generated: Path) -> None:
     assert got == expected
 
 
-def test_parallel_scan_equals_sequential(generated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_denied_and_escaped_agents_on_successes_are_found_like_decoding_every_line(tricky: Path) -> None:
+    expected = slow_path(tricky)
+    assert "known-bad-agent" in rules(expected)
+    assert fast_path([tricky])[0] == expected
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_parallel_scan_equals_decoding_every_line(
+    tricky: Path, workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(scan, "PIECE_BYTES", 1024 * 1024)
     monkeypatch.setattr(scan, "PARALLEL_MIN_BYTES", 0)
-    assert len(scan._pieces(str(generated), generated.stat().st_size)) > 4
-    assert fast_path([generated], workers=2) == fast_path([generated], workers=1)
+    assert len(scan._pieces(str(tricky), tricky.stat().st_size)) > 4
+    assert fast_path([tricky], workers=workers) == (slow_path(tricky), 30_000)
 
 
-def test_python_json_spacing_is_found_too(generated: Path, tmp_path: Path) -> None:
+def test_a_denied_agent_in_a_line_split_across_blocks_is_found(
+    generated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lines = generated.read_bytes().splitlines()[:200]
+    lines = [raw for raw in lines if b'"code":403' not in raw and KEY in raw]
+    lines[50] = with_agent(lines[50], b"\\u0063url/7.1")
+    log = tmp_path / "split.log"
+    log.write_bytes(b"\n".join(lines) + b"\n")
+    expected = slow_path(log)
+    assert rules(expected) == {"known-bad-agent"}
+    line_start = sum(len(raw) + 1 for raw in lines[:50])
+    agent_at = line_start + lines[50].index(KEY)
+    for cut in [line_start + 1, agent_at, agent_at + 5, agent_at + len(KEY) + 3, line_start + len(lines[50])]:
+        monkeypatch.setattr(scan, "BLOCK_BYTES", cut)
+        assert fast_path([log]) == (expected, len(lines)), cut
+
+
+def test_python_json_spacing_is_found_too(tricky: Path, tmp_path: Path) -> None:
     spaced = tmp_path / "spaced.log"
     spaced.write_bytes(
         b"\n".join(
-            orjson.dumps(orjson.loads(line), option=orjson.OPT_INDENT_2)
-            .replace(b"\n", b"")
-            .replace(b"  ", b" ")
-            for line in generated.read_bytes().splitlines()[:5000]
+            json.dumps(orjson.loads(line), ensure_ascii=n % 2 == 0).encode()
+            for n, line in enumerate(tricky.read_bytes().splitlines()[:5000])
         )
         + b"\n"
     )
     assert b'"code": 403' in spaced.read_bytes()
-    assert fast_path([spaced])[0] == slow_path(spaced)
+    expected = slow_path(spaced)
+    assert "known-bad-agent" in rules(expected)
+    assert fast_path([spaced])[0] == expected
 
 
 def test_junk_in_the_middle_of_a_block_is_counted_and_the_rest_still_found(

@@ -1,0 +1,104 @@
+"""The block search must select exactly the lines the per-line test selects (a superset of the
+lines that can give a finding), whatever the agents' JSON spelling."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from webhook.allowlist import Allowlist, default_allowlist
+from webhook.audit import parse_event
+from webhook.prefilter import BLOCK_FORMS, STATIC_NEEDLES, Prefilter
+
+DEFAULT = default_allowlist()
+
+
+def line(agent_json: bytes, code: int = 200, spaced: bool = False) -> bytes:
+    """An event line with ``agent_json`` written as is between the agent's quotes."""
+    sep = b": " if spaced else b":"
+    return (
+        b'{"kind"' + sep + b'"Event","stage"' + sep + b'"ResponseComplete","auditID"' + sep + b'"x",'
+        b'"user"' + sep + b'{"username"' + sep + b'"mallory"},"userAgent"' + sep + b'"' + agent_json + b'",'
+        b'"responseStatus"' + sep + b'{"code"' + sep + str(code).encode() + b"}}"
+    )
+
+
+def spans(prefilter: Prefilter, lines: list[bytes], spaced: bool = False) -> list[tuple[int, int]]:
+    block = b"".join(raw + b"\n" for raw in lines)
+    return prefilter.hit_spans(block, 0, len(block), spaced=spaced)
+
+
+def expected(prefilter: Prefilter, lines: list[bytes]) -> list[tuple[int, int]]:
+    out, pos = [], 0
+    for raw in lines:
+        if prefilter.matches(raw):
+            out.append((pos, pos + len(raw)))
+        pos += len(raw) + 1
+    return out
+
+
+def test_block_forms_are_tails_of_their_needles() -> None:
+    assert set(BLOCK_FORMS) == set(STATIC_NEEDLES)
+    for needle, form in BLOCK_FORMS.items():
+        assert needle.endswith(form) and form[:1] != b'"'
+
+
+# (raw JSON of the agent, whether the built-in allowlist denies the decoded agent)
+TRICKY = [
+    (b"curl/8.4.0", True),
+    (b"\\u0063url/7.1", True),  # an escaped ASCII letter hides the literal from a byte search
+    (b'x\\"nmap\\"', True),  # escaped quotes before the literal
+    (b"tools\\\\nmap.exe", True),
+    (b"Python-urllib/3.11", True),  # globs ignore case
+    (b"kubectl/v1.30.0 \xe2\x80\xae(evil)", False),  # raw UTF-8
+    (b"kubectl/v1.32.4 (linux/amd64) kubernetes/4cb5f07", False),
+    (b'kubectl\\"/v1', False),
+]
+
+
+@pytest.mark.parametrize(("agent_json", "denied"), TRICKY)
+def test_the_decoded_verdict_of_each_tricky_agent(agent_json: bytes, denied: bool) -> None:
+    agent = parse_event(line(agent_json)).user_agent
+    assert (DEFAULT.decide(agent, user="mallory").verdict == "denied") is denied
+
+
+@pytest.mark.parametrize("spaced", [False, True])
+def test_a_block_selects_every_line_with_a_denied_or_escaped_agent(spaced: bool) -> None:
+    prefilter = Prefilter(DEFAULT)
+    lines = [line(agent, spaced=spaced) for agent, _ in TRICKY]
+    lines += [line(b"kubelet/v1.20.2", code=403, spaced=spaced), line(b"kubelet/v1.20.2", spaced=spaced)]
+    got = spans(prefilter, lines, spaced=spaced)
+    assert got == expected(prefilter, lines)
+    must = {i for i, (agent, denied) in enumerate(TRICKY) if denied or b"\\" in agent or not agent.isascii()}
+    assert set(selected(prefilter, lines, spaced)) == must | {len(TRICKY)}
+
+
+def selected(prefilter: Prefilter, lines: list[bytes], spaced: bool = False) -> list[int]:
+    """Indexes of the lines the block search selects."""
+    starts = [sum(len(raw) + 1 for raw in lines[:i]) for i in range(len(lines))]
+    return [starts.index(a) for a, _ in spans(prefilter, lines, spaced)]
+
+
+def test_a_line_is_selected_once_however_many_needles_it_holds() -> None:
+    prefilter = Prefilter(DEFAULT)
+    both = line(b"curl/8", code=403)[:-1] + b',"annotations":{"w/user-agent-verdict":"denied"}}'
+    assert selected(prefilter, [line(b"kubelet/1"), both]) == [1]
+
+
+def test_spaced_needles_are_searched_only_in_spaced_blocks() -> None:
+    refused = line(b"kubelet/1", code=403, spaced=True)
+    assert selected(Prefilter(), [refused], spaced=True) == [0]
+    assert selected(Prefilter(), [refused], spaced=False) == []
+
+
+def test_without_denied_entries_only_the_needles_select() -> None:
+    prefilter = Prefilter(Allowlist.from_yaml("agents: [kubectl/*]"))
+    assert prefilter.source is None
+    assert selected(prefilter, [line(b"curl/8"), line(b"curl/8", code=403)]) == [1]
+
+
+def test_a_pickled_prefilter_selects_the_same_lines() -> None:
+    prefilter = Prefilter(DEFAULT)
+    lines = [line(agent) for agent, _ in TRICKY]
+    assert spans(pickle.loads(pickle.dumps(prefilter)), lines) == spans(prefilter, lines)
