@@ -106,6 +106,20 @@ def skimmed_parse(body: bytes) -> adm.AdmissionReview | str:
         return str(exc)
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":' * 2000,
+        b"[" * 100_000 + b"]" * 100_000,
+        b"\xef\xbb\xbf{}",
+        b'{"a":' + b"9" * 100_000 + b"}",
+    ],
+)
+def test_bodies_the_skim_cannot_take_still_get_a_review_error(body: bytes) -> None:
+    with pytest.raises(adm.ReviewError, match=r"body is not JSON|invalid AdmissionReview"):
+        adm.parse_review(body)
+
+
 @pytest.mark.parametrize("seq", RECORDED_SEQS)
 def test_skimmed_parse_equals_the_whole_parse_on_every_recorded_review(seq: int) -> None:
     body = json.dumps(admission(seq)).encode()
