@@ -129,40 +129,62 @@ def _careful(block: bytes, result: ScanResult, base: int, prefilter: Prefilter) 
 PREFIX_BYTES = 32
 
 
+def _newlines(buf: bytes, start: int, end: int) -> int:
+    """Newlines in ``buf[start:end]``, the outside parts (less than a line each) subtracted.
+
+    ``bytes.count`` of one byte is a plain byte loop (~0.30 ms/MiB); ``replace`` deletes one
+    byte by ``memchr`` (~0.09 ms/MiB for whole buffers of audit lines).
+    """
+    inside = len(buf) - len(buf.replace(b"\n", b""))
+    return inside - buf.count(b"\n", 0, start) - buf.count(b"\n", end)
+
+
+def _numbered_hits(
+    buf: bytes, start: int, end: int, boundary: bytes, prefilter: Prefilter
+) -> tuple[int, list[tuple[int, bytes]]]:
+    """(``boundary`` occurrences in the block, hits numbered from 1 by the occurrences before them).
+
+    Counting is split one byte before each hit's newline, where the next line's occurrence
+    starts, so no occurrence straddles two counts. When every line boundary is an occurrence,
+    the total is the line count minus one and the numbers are the hits' line numbers; the
+    caller checks that equality (a miscount only sends the block down the careful path).
+    """
+    counted, number = start, 1
+    hits: list[tuple[int, bytes]] = []
+    for line_start, line_end in _hit_spans(buf, start, end, prefilter):
+        number += buf.count(boundary, counted, line_end - 1)
+        counted = line_end - 1
+        hits.append((number, buf[line_start:line_end]))
+    return number - 1 + buf.count(boundary, counted, end), hits
+
+
 def scan_block(block: Block, result: ScanResult, prefilter: Prefilter = _STATIC) -> None:
     """Add one block's lines, hits and malformed lines to ``result``.
 
     Fast path: every line starts like the block's first line (32 bytes, ``{"kind":"Event",...``
-    for kube-apiserver) and every line before it ends in ``}``, checked with one search for a
-    long needle. Any other block is checked line by line.
+    for kube-apiserver) and every line before it ends in ``}``: the block holds one fewer
+    ``}\n`` + prefix than newlines. Any other block is checked line by line.
     """
     buf, start, end = block
     base = result.lines
     result.size += end - start
+    newlines = _newlines(buf, start, end)
     prefix = buf[start : min(start + PREFIX_BYTES, buf.find(b"\n", start, end))]
-    lines = buf.count(b"}\n" + prefix, start, end) + 1
     if (
         end - start > MAX_LINE_BYTES
         or prefix[:1] != b"{"
         or buf[end - 2 : end - 1] != b"}"
-        or (lines > 1 and len(prefix) < PREFIX_BYTES)
+        or (newlines > 1 and len(prefix) < PREFIX_BYTES)
     ):
-        result.lines += buf.count(b"\n", start, end)
+        result.lines += newlines
         _careful(buf[start:end], result, base, prefilter)
         return
-    counted, number = start, base
-    hits: list[tuple[int, bytes]] = []
-    for line_start, line_end in _hit_spans(buf, start, end, prefilter):
-        number += buf.count(b"\n", counted, line_start) + 1
-        counted = line_end + 1
-        hits.append((number, buf[line_start:line_end]))
-    total = number - base + buf.count(b"\n", counted, end)
-    if total != lines:
-        result.lines += total
+    boundaries, hits = _numbered_hits(buf, start, end, b"}\n" + prefix, prefilter)
+    result.lines += newlines
+    if boundaries != newlines - 1:
         _careful(buf[start:end], result, base, prefilter)
         return
-    result.lines += total
-    result.hits.extend(hits)
+    result.hits.extend((base + number, line) for number, line in hits)
 
 
 def scan_stream(

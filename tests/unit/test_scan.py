@@ -1,0 +1,86 @@
+"""A block's fast scan must count, number and select lines exactly as checking each line does."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from webhook import scan
+from webhook.allowlist import default_allowlist
+from webhook.prefilter import Prefilter
+
+PREFILTER = Prefilter(default_allowlist())
+HEAD = b'{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"'
+
+
+def event(agent: bytes = b"kubelet/1", code: int = 200, tail: bytes = b"") -> bytes:
+    return (
+        HEAD
+        + b'a","userAgent":"'
+        + agent
+        + b'","responseStatus":{"code":'
+        + str(code).encode()
+        + b"}"
+        + tail
+        + b"}"
+    )
+
+
+LINES = [
+    event(),
+    event(code=403),
+    event(agent=b"curl/8"),
+    event(agent=b"\\u0063url/8"),
+    event(tail=b',"annotations":{"w/user-agent-verdict":"denied"}'),
+    event()[:-1],  # no closing brace
+    event(code=403)[:-1],
+    event(code=403) + b"\r",
+    HEAD[:20] + b"}",  # shorter than the prefix
+    b'{"a":1,"b":2,"c":3,"d":4,"e":55}',  # exactly the prefix length, ends in }
+    b"",
+    b"   ",
+    b"not json",
+    b'{"kind":"Other"}',
+]
+
+
+def careful(block: bytes, base: int = 0) -> scan.ScanResult:
+    result = scan.ScanResult(lines=base)
+    scan._careful(block, result, base, PREFILTER)
+    result.lines += block.count(b"\n")
+    result.size = len(block)
+    return result
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    picks=st.lists(st.sampled_from(range(len(LINES))), min_size=1, max_size=30),
+    before=st.binary(max_size=40),
+    after=st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")),
+    base=st.integers(0, 5),
+)
+def test_a_block_scans_like_checking_each_line(
+    picks: list[int], before: bytes, after: bytes, base: int
+) -> None:
+    block = b"".join(LINES[i] + b"\n" for i in picks)
+    buf = before + block + after
+    result = scan.ScanResult(lines=base)
+    scan.scan_block((buf, len(before), len(before) + len(block)), result, PREFILTER)
+    assert result == careful(block, base)
+
+
+def test_well_formed_blocks_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    block = b"".join(LINES[i % 5] + b"\n" for i in range(50))
+    monkeypatch.setattr(scan, "_careful", lambda *args: pytest.fail("careful path taken"))
+    result = scan.ScanResult()
+    scan.scan_block((block, 0, len(block)), result, PREFILTER)
+    monkeypatch.undo()
+    assert result == careful(block)
+    assert [n for n, _ in result.hits] == [n for n in range(1, 51) if (n - 1) % 5 in (1, 2, 3, 4)]
+
+
+def test_newlines_outside_the_block_are_not_counted() -> None:
+    assert scan._newlines(b"x\n\nab\ncd\n\nyy\n", 3, 9) == 2
+    assert scan._newlines(b"ab\n", 0, 3) == 1
+    assert scan._newlines(b"abc", 0, 3) == 0
