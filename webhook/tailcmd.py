@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import signal
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,8 @@ class TailOptions:
     poll_interval: float = 0.2
     checkpoint_interval: float = 2.0
     max_backlog: int = DEFAULT_MAX_BACKLOG
+    configmap_wait: float = 30.0
+    """Seconds to wait at start for the allowlist ConfigMap's first outcome before reading."""
 
 
 def _allowlist_source(options: TailOptions) -> tuple[Callable[[], Allowlist], Callable[[], None]]:
@@ -70,7 +73,20 @@ def _allowlist_source(options: TailOptions) -> tuple[Callable[[], Allowlist], Ca
         live = LiveAllowlist(fallback=default_allowlist())
         api = k8s.api_client()
         cm_source = k8s.ConfigMapSource(live, namespace, name, api=api, recorder=k8s.EventRecorder(api))
+        # Events are judged when read, so reading before the first list would judge the lines
+        # of a --from-start or a resumed checkpoint by the built-in allowlist: wait for the
+        # ConfigMap's first outcome (applied, or refused/missing/forbidden), bounded.
+        first = threading.Event()
+        live.subscribe(lambda _event: first.set())
         cm_source.start()
+        if not first.wait(options.configmap_wait):
+            log.warning(
+                "allowlist ConfigMap %s/%s not read within %.0f s; judging by the built-in allowlist "
+                "until it is",
+                namespace,
+                name,
+                options.configmap_wait,
+            )
         return live.current_or_fallback, cm_source.stop
     if options.allowlist:
         try:

@@ -212,6 +212,33 @@ class ControlPlane:
         text = docs if isinstance(docs, str) else yaml.safe_dump_all(list(docs), sort_keys=False)
         return self.kubectl(user, "apply", "-f", "-", stdin=text, check=check, user_agent=user_agent)
 
+    def service_account_kubeconfig(
+        self, namespace: str, name: str, *, expiration_seconds: int = 7200
+    ) -> Path:
+        """A kubeconfig that authenticates as ServiceAccount `namespace/name` (which must exist).
+
+        Its token comes from the real TokenRequest API (as admin): what a pod's projected token
+        is, so the holder has exactly the RBAC bound to that ServiceAccount.
+        """
+        response = self.request(
+            "admin",
+            "POST",
+            f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
+            json={
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenRequest",
+                "spec": {"expirationSeconds": expiration_seconds},
+            },
+        )
+        if response.status_code != 201:
+            raise RuntimeError(
+                f"TokenRequest for {namespace}/{name}: HTTP {response.status_code} {response.text}"
+            )
+        token: str = response.json()["status"]["token"]
+        user = f"system:serviceaccount:{namespace}:{name}"
+        path = self.workdir / "config" / f"kubeconfig-sa-{namespace}-{name}"
+        return write_yaml(path, kubeconfig(self.url, self.ca_cert, user, {"token": token}))
+
     def ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
             self._ssl = ssl.create_default_context(cafile=str(self.ca_cert))

@@ -103,6 +103,26 @@ class Sentinel:
         path = self.process.stderr_path
         return path.read_text(errors="replace") if path is not None and path.exists() else ""
 
+    def log_records(self) -> list[dict[str, Any]]:
+        """Its JSON log lines on stderr (complete ones; anything else, e.g. a traceback, skipped)."""
+        records = []
+        for line in self.stderr.rpartition("\n")[0].splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+        return records
+
+    def wait_for_log(
+        self, predicate: Callable[[dict[str, Any]], bool], *, timeout: float = 15.0, what: str = "a log line"
+    ) -> dict[str, Any]:
+        def probe() -> dict[str, Any] | None:
+            return next((r for r in self.log_records() if predicate(r)), None)
+
+        return wait_until(probe, timeout=timeout, what=what, interval=0.1, alive=self.process.check_alive)
+
     def findings(self) -> list[Finding]:
         path = self.process.stdout_path
         return parse_findings(path.read_text()) if path.exists() else []
@@ -220,22 +240,36 @@ class SentinelLauncher:
 
     def tail(
         self,
-        allowlist: Path,
+        allowlist: Path | None,
         audit_log: Path,
         *,
         state: Path | None = None,
         from_start: bool = True,
         extra_args: Sequence[str] = (),
+        allowlist_configmap: str | None = None,  # NS/NAME instead of a file; then pass `kubeconfig`
+        kubeconfig: Path | None = None,
+        env: Mapping[str, str] | None = None,  # added to the environment (e.g. POD_NAMESPACE)
     ) -> Sentinel:
         """`ua-sentinel tail --allowlist F --state DIR AUDIT_LOG --sink stdout [--from-start]`, started.
 
-        Pass the `state` of an earlier tail to resume from its checkpoint.
+        Pass the `state` of an earlier tail to resume from its checkpoint. With
+        `allowlist_configmap` (and `allowlist=None`) it watches that ConfigMap through the API as
+        the `kubeconfig`'s user (also what the `k8s-events` sink uses).
         """
+        if (allowlist is None) == (allowlist_configmap is None):
+            raise ValueError("give exactly one of allowlist and allowlist_configmap")
         workdir = self._workdir("tail")
         state = state if state is not None else workdir / "state"
-        args = ["tail", "--allowlist", str(allowlist), "--state", str(state), str(audit_log)]
+        source = ["--allowlist", str(allowlist)] if allowlist is not None else []
+        source += ["--allowlist-configmap", allowlist_configmap] if allowlist_configmap is not None else []
+        args = ["tail", *source, "--state", str(state), str(audit_log)]
         args += ["--sink", "stdout", *(["--from-start"] if from_start else []), *extra_args]
-        tail = Sentinel(workdir, args)
+        environment = None
+        if kubeconfig is not None or env is not None:
+            environment = {**os.environ, **(env or {})}
+            if kubeconfig is not None:
+                environment["KUBECONFIG"] = str(kubeconfig)
+        tail = Sentinel(workdir, args, env=environment)
         self._started.append(tail)
         return tail.start()
 
