@@ -51,8 +51,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_JOIN_WAIT: Final = 0.05
-DEFAULT_MAX_BODY_BYTES: Final = 3 * 1024 * 1024
-"""kube-apiserver's own request size limit: no genuine AdmissionReview is larger."""
+DEFAULT_MAX_BODY_BYTES: Final = 8 * 1024 * 1024
+"""An UPDATE review carries ``object`` and ``oldObject``, each up to kube-apiserver's 3 MiB request
+limit, as JSON: a lower limit would let a bloated object slip past the verdict (413, and
+failurePolicy Ignore admits it unjudged)."""
 DEFAULT_MAX_AUDIT_BODY_BYTES: Final = 32 * 1024 * 1024
 """A batch of up to 400 events (the apiserver's default batch size), generously sized."""
 _DRAIN_FACTOR: Final = 4

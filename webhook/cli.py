@@ -357,7 +357,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="where findings go: stdout (default) | file:PATH | k8s-events[:NAMESPACE] | http:URL | "
         "slack:URL; repeatable",
     )
-    parser.add_argument("--max-body-bytes", type=int, default=3 * 1024 * 1024, metavar="N")
+    parser.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024, metavar="N")
     parser.add_argument("--cert-reload-interval", type=float, default=5.0, metavar="SECONDS")
     parser.add_argument("--allowlist-reload-interval", type=float, default=2.0, metavar="SECONDS")
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")

@@ -240,7 +240,7 @@ def test_a_huge_declared_body_is_refused_before_it_is_sent(server: ServeProcess)
 def test_a_chunked_body_over_the_limit_gets_413(server: ServeProcess) -> None:
     def chunks() -> object:
         piece = b"x" * MiB
-        for _ in range(4):
+        for _ in range(9):
             yield piece
 
     with server.client() as client:

@@ -60,12 +60,13 @@ def test_missing_uid_gets_400(server: ServeProcess) -> None:
 
 
 def test_oversized_review_gets_413_under_the_default_limit(server: ServeProcess) -> None:
-    big = _review(object={"data": {"k": "x" * (3 * MiB)}})
+    big = _review(object={"data": {"k": "x" * (8 * MiB)}})
     with server.client() as client:
         message = _status(client.post("/validate", content=json.dumps(big)), 413)
-        assert str(3 * MiB) in message
-        # Just under the limit is fine: a 2.9 MiB object is a legitimate (if large) review.
-        fits = _review(object={"data": {"k": "x" * (3 * MiB - 100_000)}})
+        assert str(8 * MiB) in message
+        # An UPDATE of an object at the apiserver's 3 MiB request limit carries two of them.
+        old = {"data": {"k": "o" * (3 * MiB - 50_000)}}
+        fits = _review(object={"data": {"k": "x" * (3 * MiB - 50_000)}}, oldObject=old, operation="UPDATE")
         assert client.post("/validate", content=json.dumps(fits)).status_code == 200
 
 
