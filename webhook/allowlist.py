@@ -178,12 +178,22 @@ class _Compiled:
                     f"{section}[{index}]: regex {entry.regex!r} is not valid RE2 syntax: {detail}"
                 ) from None
 
+    @property
+    def set_pattern(self) -> str | None:
+        """This entry's pattern for an unanchored RE2 Set (None for a product entry)."""
+        if self.entry.glob is not None:
+            return rf"\A(?:{_glob_pattern(self.entry.glob)})\z"
+        return self.entry.regex
+
     def matches_agent(self, agent: str) -> bool:
         if self.entry.glob is not None:
             return self.pattern.fullmatch(agent) is not None
         if self.pattern is not None:
             return self.pattern.search(agent) is not None
-        primary = useragent.parse(agent).primary
+        return self.matches_product(useragent.parse(agent).primary)
+
+    def matches_product(self, primary: useragent.Product | None) -> bool:
+        """A product entry against the agent's first product token (parsed once by the caller)."""
         if primary is None or primary.name.lower() != self.product:
             return False
         if self.min is None and self.max is None:
@@ -195,6 +205,47 @@ class _Compiled:
 
     def expired(self, today: dt.date) -> bool:
         return self.entry.expires is not None and self.entry.expires < today
+
+
+class _Section:
+    """Which entries of one section match an agent, scopes aside, in entry order.
+
+    One RE2 Set pass over the agent pre-selects the glob and regex entries (a never-seen agent
+    costs one match, not one per entry), each candidate is confirmed by its own pattern, and the
+    product entries share one parse of the agent. A Set that cannot be built leaves every
+    entry to its own pattern.
+    """
+
+    def __init__(self, entries: list[_Compiled]) -> None:
+        self.entries = entries
+        self.products = [i for i, c in enumerate(entries) if c.product is not None]
+        self.patterned = [i for i, c in enumerate(entries) if c.product is None]
+        self.set: Any = _compile_set([entries[i].set_pattern or "" for i in self.patterned])
+
+    def matching(self, agent: str) -> tuple[int, ...]:
+        if self.set is not None:
+            candidates = [self.patterned[k] for k in self.set.Match(agent) or ()]
+        else:
+            candidates = self.patterned
+        found = [i for i in candidates if self.entries[i].matches_agent(agent)]
+        if self.products:
+            primary = useragent.parse(agent).primary
+            found += [i for i in self.products if self.entries[i].matches_product(primary)]
+        return tuple(sorted(found))
+
+
+def _compile_set(patterns: list[str]) -> Any:
+    """An unanchored, case-insensitive RE2 Set of ``patterns``; None when empty or not buildable."""
+    if not patterns:
+        return None
+    try:
+        compiled = re2.Set.SearchSet(_INSENSITIVE)
+        for pattern in patterns:
+            compiled.Add(pattern)
+        compiled.Compile()
+    except re2.error:
+        return None
+    return compiled
 
 
 def _parse_items(section: Section, items: Any) -> list[Entry]:
@@ -236,6 +287,7 @@ class Allowlist:
         self.denied = [_Compiled("denied", i, e) for i, e in enumerate(denied)]
         canonical = repr(([e.entry for e in self.agents], [e.entry for e in self.denied]))
         self.hash = hashlib.sha256(canonical.encode()).hexdigest()[:12]
+        self._sections = (_Section(self.denied), _Section(self.agents))
         self._candidates = lru_cache(maxsize=_CACHE_SIZE)(self._match_agent)
 
     @classmethod
@@ -281,8 +333,7 @@ class Allowlist:
         if spoofed and not agent.isascii():
             # RE2 needs valid UTF-8: lone surrogates (undecodable bytes) are matched as U+FFFD.
             agent = agent.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-        denied = tuple(i for i, c in enumerate(self.denied) if c.matches_agent(agent))
-        agents = tuple(i for i, c in enumerate(self.agents) if c.matches_agent(agent))
+        denied, agents = (section.matching(agent) for section in self._sections)
         return denied, agents, spoofed
 
     def decide(
