@@ -24,7 +24,9 @@ from webhook.prefilter import Prefilter
 __all__ = ["BLOCK_BYTES", "Block", "ScanResult", "read_blocks", "scan_block", "scan_file", "scan_stream"]
 
 BLOCK_BYTES = 1024 * 1024
-PIECE_BYTES = 32 * 1024 * 1024
+PIECE_BYTES = 64 * 1024 * 1024
+"""Largest piece a worker scans. On the 1M-line bench log (640 MiB, 2 workers) 64 MiB pieces
+replayed in 0.71 s, 32 MiB in 0.75 s and 16 MiB in 0.78 s: fewer results for the parent to take in."""
 PARALLEL_MIN_BYTES = 64 * 1024 * 1024
 
 Block = tuple[bytes, int, int]
@@ -207,11 +209,16 @@ def _scan_piece(piece: tuple[str, int, int, Prefilter]) -> ScanResult:
     return result
 
 
-def _pieces(path: str, size: int) -> list[tuple[str, int, int]]:
-    """Split ``path`` into ~32 MiB pieces that start right after a newline."""
+def _pieces(path: str, size: int, workers: int = 1) -> list[tuple[str, int, int]]:
+    """Split ``path`` into pieces that start right after a newline.
+
+    A piece is ``PIECE_BYTES`` at most and a ``workers``-th of the file at most, so every
+    worker gets a share of a file just above the parallel threshold.
+    """
+    piece = min(PIECE_BYTES, -(-size // workers))
     bounds = [0]
     with open(path, "rb") as handle:
-        offset = PIECE_BYTES
+        offset = piece
         while offset < size:
             handle.seek(offset)
             handle.readline()
@@ -220,7 +227,7 @@ def _pieces(path: str, size: int) -> list[tuple[str, int, int]]:
                 break
             if position > bounds[-1]:
                 bounds.append(position)
-            offset = position + PIECE_BYTES
+            offset = position + piece
     bounds.append(size)
     return [(path, a, b) for a, b in itertools.pairwise(bounds)]
 
@@ -240,7 +247,7 @@ def scan_file(
     if count < 2 or size < PARALLEL_MIN_BYTES:
         yield from scan_stream(stream, prefilter=prefilter)
         return
-    pieces = [(*piece, prefilter) for piece in _pieces(path, size)]
+    pieces = [(*piece, prefilter) for piece in _pieces(path, size, count)]
     pool = multiprocessing.get_context("fork").Pool(min(count, len(pieces)))
     try:
         yield from pool.imap(_scan_piece, pieces)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -84,3 +86,20 @@ def test_newlines_outside_the_block_are_not_counted() -> None:
     assert scan._newlines(b"x\n\nab\ncd\n\nyy\n", 3, 9) == 2
     assert scan._newlines(b"ab\n", 0, 3) == 1
     assert scan._newlines(b"abc", 0, 3) == 0
+
+
+def test_pieces_cover_the_file_at_line_starts_and_give_every_worker_a_share(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = b"".join(LINES[i % 5] + b"\n" for i in range(200))
+    log = tmp_path / "audit.log"
+    log.write_bytes(data)
+    monkeypatch.setattr(scan, "PIECE_BYTES", len(data))
+    pieces = scan._pieces(str(log), len(data), workers=3)
+    assert len(pieces) == 3
+    starts = [start for _, start, _ in pieces]
+    ends = [end for _, _, end in pieces]
+    assert starts == [0, *ends[:-1]] and ends[-1] == len(data)
+    assert all(data[start - 1 : start] == b"\n" for start in starts[1:])
+    monkeypatch.setattr(scan, "PIECE_BYTES", len(data) // 10)
+    assert len(scan._pieces(str(log), len(data), workers=3)) >= 10
