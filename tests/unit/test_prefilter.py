@@ -102,3 +102,11 @@ def test_a_pickled_prefilter_selects_the_same_lines() -> None:
     prefilter = Prefilter(DEFAULT)
     lines = [line(agent) for agent, _ in TRICKY]
     assert spans(pickle.loads(pickle.dumps(prefilter)), lines) == spans(prefilter, lines)
+
+
+@pytest.mark.parametrize("allowlist", [DEFAULT, Allowlist.from_yaml("agents: [kubectl/*]")])
+def test_verdict_lines_are_selected_with_and_without_denied_entries(allowlist: Allowlist) -> None:
+    verdict = line(b"kubelet/1")[:-1] + b',"annotations":{"w.example/user-agent-verdict":"unlisted"}}'
+    lines = [line(b"kubelet/1"), verdict, line(b"curl/8"), line(b"kubelet/2", code=403)]
+    denied = [2] if allowlist is DEFAULT else []
+    assert selected(Prefilter(allowlist), lines) == sorted([1, 3, *denied])
