@@ -11,6 +11,9 @@ follows both:
 - after a rename the old file is read to its end before the new one is opened, and any backup
   rotated in between (several rotations while we were slow or down) is read in order;
 - a truncated live file is finished from its copy (found by fingerprint), then read from 0;
+- a copy made before we had read enough of the live file to know it by its first bytes (a
+  copytruncate right after a rotation, or while we were down) is found as a backup newer than
+  our opening of the live file, and read before the live file goes on;
 - only complete lines are returned; a partial last line waits for its newline, except at the
   end of a file that was rotated away (no more writes will come), where it counts as a line;
 - a line longer than ``MAX_LINE_BYTES`` is skipped (memory stays bounded) and counted.
@@ -26,7 +29,16 @@ import time
 import zlib
 from dataclasses import dataclass
 
-from webhook.logfiles import Batch, Candidate, LogFile, Position, rotated_candidates, same_file
+from webhook.logfiles import (
+    FP_MIN_TRUST,
+    Batch,
+    Candidate,
+    LogFile,
+    Position,
+    rotated_candidates,
+    same_file,
+    starts_like,
+)
 
 __all__ = ["Batch", "FollowStats", "Follower", "Position"]
 
@@ -57,6 +69,8 @@ class Follower:
         self._queue: list[Candidate] = []
         self._done: list[Position] = []
         self._gap: Position | None = None
+        self._back_to_live: Position | None = None
+        """Where to go on in the live file after reading copies of it first."""
         self.idle = False
         """True after a read found nothing new at the end of the live file."""
         if resume is not None and resume.dev == 0:
@@ -156,6 +170,14 @@ class Follower:
         while self._queue:
             if self._open(self._queue.pop(0)):
                 return
+        back, self._back_to_live = self._back_to_live, None
+        if back is not None:
+            if same_file(self.path, back, need_inode=True):
+                self._open_live(offset=back.offset, skipping=back.skipping, opened_at=back.opened_at)
+                return
+            moved = next((c for c in rotated_candidates(self.path) if same_file(c.path, back)), None)
+            if moved is not None and self._open(moved, offset=back.offset, skipping=back.skipping):
+                return
         self._open_live()
 
     # -- reading --------------------------------------------------------------------------
@@ -230,23 +252,58 @@ class Follower:
             source.closed = True
             return True
         if st.st_size >= source.read_so_far and source.head_intact():
-            return False
+            unseen = self._unseen_copies(source)
+            if not unseen:
+                return False
+            self._read_copies_first(source, unseen)
+            return True
         self._truncated(source)
         return True
+
+    def _unseen_copies(self, source: LogFile) -> list[Candidate]:
+        """Backups made since we opened the live file that do not hold what we read of it.
+
+        The live file kept its inode and its first bytes, so such a backup is a copytruncate we
+        could not notice: made before we had read enough to know the content by its first bytes.
+        """
+        pos = source.position()
+        return [
+            c
+            for c in rotated_candidates(self.path)
+            if c.key > source.opened_at
+            and not self._was_read(c.path)
+            and not (pos.fp_len >= FP_MIN_TRUST and starts_like(c.path, pos))
+        ]
+
+    def _read_copies_first(self, source: LogFile, copies: list[Candidate]) -> None:
+        self.stats.truncations += 1
+        self.stats.rotations += 1
+        log.warning(
+            "%s was copied to %s and truncated before we could tell; reading the copy, then going on",
+            self.path,
+            copies[0].path,
+        )
+        back = source.position()
+        back.opened_at = max(back.opened_at, copies[-1].key)
+        self._switch(None)
+        self._done.pop()  # not finished: its later copies must not count as read
+        self._queue = list(copies)  # from 0: fewer than FP_MIN_TRUST bytes (no whole line) read twice
+        self._back_to_live = back
+        self._open_next()
 
     def _truncated(self, source: LogFile) -> None:
         """copytruncate: finish the old content from its copy (found by fingerprint), then read from 0."""
         pos = source.position()
         self.stats.truncations += 1
         self.stats.rotations += 1
-        copy = next(
-            (
-                c
-                for c in reversed(rotated_candidates(self.path))
-                if same_file(c.path, pos) and not self._was_read(c.path)
-            ),
-            None,
-        )
+        # A copy has a new inode, so a short fingerprint (every audit line starts alike) cannot
+        # find it; then the copy is the oldest unread backup made since we opened the file.
+        weak = pos.fp_len < FP_MIN_TRUST
+        if weak:
+            candidates = [c for c in rotated_candidates(self.path) if c.key > source.opened_at]
+        else:
+            candidates = [c for c in reversed(rotated_candidates(self.path)) if same_file(c.path, pos)]
+        copy = next((c for c in candidates if not self._was_read(c.path)), None)
         if copy is None:
             self.stats.lost += 1
             log.error(
@@ -260,7 +317,8 @@ class Follower:
         log.info("%s was copied to %s and truncated; finishing the copy", self.path, copy.path)
         self._switch(None)
         self._queue = []
-        if not self._open(copy, offset=pos.offset, skipping=pos.skipping):
+        offset, skipping = (0, False) if weak else (pos.offset, pos.skipping)
+        if not self._open(copy, offset=offset, skipping=skipping):
             self._open_live()
 
     def position(self) -> Position:

@@ -21,6 +21,7 @@ from webhook.audit import MAX_LINE_BYTES
 
 __all__ = [
     "FP_LEN",
+    "FP_MIN_TRUST",
     "READ_BYTES",
     "Batch",
     "Candidate",
@@ -29,6 +30,7 @@ __all__ = [
     "fingerprint",
     "rotated_candidates",
     "same_file",
+    "starts_like",
 ]
 
 FP_LEN = 1024
@@ -308,5 +310,11 @@ def same_file(path: str, pos: Position, *, need_inode: bool = False) -> bool:
     inode = (st.st_dev, st.st_ino) == (pos.dev, pos.ino)
     if (need_inode or pos.fp_len < FP_MIN_TRUST) and not inode:
         return False
+    return starts_like(path, pos)
+
+
+def starts_like(path: str, pos: Position) -> bool:
+    """Does the file at ``path`` begin with the bytes ``pos`` read (all of them, when fewer than
+    :data:`FP_MIN_TRUST`: a weak likeness, for a caller that knows more)?"""
     head = _head_of(path, pos.fp_len)
     return head is not None and len(head) == pos.fp_len and fingerprint(head) == pos.fp

@@ -141,6 +141,51 @@ def test_copy_truncate_is_finished_from_the_copy(tmp_path: Path) -> None:
     assert follower.stats.truncations == 1 and follower.stats.lost == 0
 
 
+def test_copy_truncate_before_anything_was_read_is_read_from_the_copy(tmp_path: Path) -> None:
+    """Nothing read yet: the first bytes cannot tell the old content from the new one."""
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"")
+    follower = Follower(str(log))
+    assert drain(follower) == []
+    log.write_bytes(b"".join(LINES[:6]))  # written, copied and truncated between two reads
+    shutil.copyfile(log, tmp_path / "audit.log.1")
+    os.truncate(log, 0)
+    with open(log, "ab") as handle:
+        handle.write(b"".join(LINES[20:23]))
+    assert sorted(drain(follower)) == sorted(strip(LINES[:6] + LINES[20:23]))
+    assert follower.stats.lost == 0
+    with open(log, "ab") as handle:  # and the live file goes on where it was
+        handle.write(LINES[30])
+    assert drain(follower) == strip(LINES[30:31])
+
+
+def test_copy_truncate_of_a_live_file_still_empty_when_we_look_is_read_from_the_copy(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"")
+    follower = Follower(str(log))
+    log.write_bytes(b"".join(LINES[:6]))
+    shutil.copyfile(log, tmp_path / "audit.log.1")
+    os.truncate(log, 0)
+    assert drain(follower) == strip(LINES[:6])
+    assert follower.stats.lost == 0
+
+
+def test_copy_truncate_after_a_few_bytes_is_finished_from_the_copy(tmp_path: Path) -> None:
+    """A short first line (garbage): too few bytes to find the copy by its first bytes."""
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"")
+    follower = Follower(str(log))
+    log.write_bytes(b"garbage\n")
+    assert drain(follower) == [b"garbage"]
+    with open(log, "ab") as handle:
+        handle.write(b"".join(LINES[:6]))
+    shutil.copyfile(log, tmp_path / "audit.log.1")
+    os.truncate(log, 0)
+    lines = drain(follower)
+    assert lines[-6:] == strip(LINES[:6]) and set(lines[:-6]) <= {b"garbage"}
+    assert follower.stats.truncations == 1 and follower.stats.lost == 0
+
+
 def test_truncation_without_a_copy_is_counted_as_loss(tmp_path: Path) -> None:
     log = tmp_path / "audit.log"
     log.write_bytes(b"")

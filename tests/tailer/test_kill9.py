@@ -15,6 +15,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from .conftest import Tail, findings_in, fixture_lines, keys, replay_findings, wait_for
 
 SEED = int(os.environ.get("UA_SENTINEL_TEST_SEED", "20261127"))
@@ -70,10 +72,12 @@ class Writer:
             backup.unlink()
 
 
+@pytest.mark.parametrize("seed", [SEED, 101], ids=["seed-env-or-default", "seed-101"])
 def test_kill9_at_random_points_loses_nothing_and_file_sink_has_no_duplicates(
-    tmp_path: Path, tail_factory, allowlist_file: Path
+    tmp_path: Path, tail_factory, allowlist_file: Path, seed: int
 ) -> None:
-    rng = random.Random(SEED)
+    """Seed 101 copy-truncates right after rotations: it found the copy-before-first-read loss."""
+    rng = random.Random(seed)
     logs = tmp_path / "logs"
     logs.mkdir()
     log = logs / "audit.log"
