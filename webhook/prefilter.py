@@ -10,8 +10,9 @@ contain, and one RE2 pattern finds those lines in a whole block at once.
 Blocks are searched with RE2 patterns that start with a literal: RE2 then skips with ``memchr``
 to the literal's first byte and runs its automaton only from there. A pattern starting with
 ``"`` (every tenth byte of JSON) ran the automaton over every byte, 4-5x slower; so each needle
-is searched for by a tail of it (:data:`BLOCK_FORMS`), and the agent key by ``gent": "``,
-which shares its start with the verdict needle's tail ``gent-verdict``: one pass finds both.
+is searched for by a pattern that starts elsewhere (:data:`BLOCK_FORMS`), and the agent key by
+``gent": "``, which shares its start with the verdict needle's tail ``gent-verdict``: one pass
+finds both.
 
 It is a superset, never an exact test: case is ignored; an agent holding a JSON escape or a
 non-ASCII byte always counts (so ``\\u212a`` spellings and Unicode case folding cannot hide a
@@ -28,19 +29,22 @@ import re2
 
 from webhook.allowlist import Allowlist
 
-__all__ = ["BLOCK_FORMS", "STATIC_NEEDLES", "Prefilter"]
+__all__ = ["BLOCK_FORMS", "REFUSAL_FORM", "STATIC_NEEDLES", "VERDICT_NEEDLE", "Prefilter"]
 
 VERDICT_NEEDLE = b"user-agent-verdict"
 STATIC_NEEDLES: tuple[bytes, ...] = (b'"code":403', b'"code": 403', VERDICT_NEEDLE)
 """Allowlist-independent needles: refusals (compact and spaced JSON) and webhook verdicts."""
 
-BLOCK_FORMS: dict[bytes, bytes] = {
-    b'"code":403': b'code":403',
-    b'"code": 403': b'code": 403',
-    VERDICT_NEEDLE: b"gent-verdict",
+REFUSAL_FORM = r"403[\t\r ,.\]}eE]"
+BLOCK_FORMS: dict[bytes, str] = {
+    b'"code":403': REFUSAL_FORM,
+    b'"code": 403': REFUSAL_FORM,
+    VERDICT_NEEDLE: "gent-verdict",
 }
-"""What a block is searched for instead of each needle: a tail of it (so a superset of its lines)
-that starts with a byte rarer in audit JSON, for RE2's memchr skip."""
+"""The RE2 source a block is searched with for each needle: a superset of the lines that can
+matter through it. A refusal by its status number, 403 followed by what can follow a JSON number
+(compact and spaced JSON alike; ``4`` is about six bytes in a line, ``c`` of ``code`` fifteen);
+the verdict by a tail of its needle."""
 
 _SAFE = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 !#$%'()*+,-./:;=?@[]^_`{|}~"
@@ -116,7 +120,7 @@ class Prefilter:
                 alternatives.append(r"(?i:[^\"\n]*(?:" + "|".join(re2.escape(a) for a in anywhere) + "))")
             self.agent_values = "(?:" + "|".join(alternatives) + ")"
         self._pattern: Any = None
-        self._block: dict[bool, list[Any]] = {}
+        self._block: list[Any] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"needles": self.needles, "all_lines": self.all_lines, "agent_values": self.agent_values}
@@ -126,7 +130,7 @@ class Prefilter:
         self.all_lines = state["all_lines"]
         self.agent_values = state["agent_values"]
         self._pattern = None
-        self._block = {}
+        self._block = None
 
     @property
     def source(self) -> str | None:
@@ -139,20 +143,20 @@ class Prefilter:
             self._pattern = re2.compile(self.source.encode("latin-1"), _options())
         return self._pattern
 
-    def _block_patterns(self, spaced: bool) -> list[Any]:
+    def _block_patterns(self) -> list[Any]:
         """RE2 patterns whose matches mark the lines that can matter (compiled once per process).
 
         The verdict needle's tail ``gent-verdict`` and the agent key's ``gent": "`` share their
         first four bytes, so one pattern (RE2 factors the common prefix) finds both in one pass.
         """
-        if spaced not in self._block:
-            forms = [re2.escape(BLOCK_FORMS[n].decode()) for n in self.needles if spaced or b": " not in n]
+        if self._block is None:
+            forms = list(dict.fromkeys(BLOCK_FORMS[n] for n in self.needles))
             if self.agent_values is not None:
-                verdict = re2.escape(BLOCK_FORMS[VERDICT_NEEDLE].decode())
+                verdict = BLOCK_FORMS[VERDICT_NEEDLE]
                 agent = r"gent\": ?\"" + self.agent_values
                 forms = [f for f in forms if f != verdict] + [f"(?:{verdict}|{agent})"]
-            self._block[spaced] = [re2.compile(f.encode("latin-1"), _options()) for f in forms]
-        return self._block[spaced]
+            self._block = [re2.compile(f.encode("latin-1"), _options()) for f in forms]
+        return self._block
 
     def matches(self, line: bytes) -> bool:
         """Can this one line give a finding?"""
@@ -163,8 +167,8 @@ class Prefilter:
     def hit_spans(self, buf: bytes, start: int, end: int, *, spaced: bool = True) -> list[tuple[int, int]]:
         """``(start, end)`` of each line in ``buf[start:end]`` that can matter, in order, once.
 
-        ``buf[start:end]`` holds complete lines, each ending in a newline. With ``spaced``
-        False (the block is compact JSON) needles spelled with ``": "`` are not searched.
+        ``buf[start:end]`` holds complete lines, each ending in a newline. ``spaced`` (whether
+        the block is spaced JSON) is accepted and not needed: the block patterns match both.
         """
         if self.all_lines:
             spans = []
@@ -175,7 +179,7 @@ class Prefilter:
                 pos = newline + 1
             return spans
         found: set[tuple[int, int]] = set()
-        for pattern in self._block_patterns(spaced):
+        for pattern in self._block_patterns():
             match = pattern.search(buf, start, end)
             while match is not None:
                 pos = match.start()

@@ -102,17 +102,6 @@ def read_blocks(stream: IO[bytes], limit: int | None = None) -> Iterator[Block]:
 _STATIC = Prefilter()
 
 
-def _hit_spans(buf: bytes, start: int, end: int, prefilter: Prefilter) -> list[tuple[int, int]]:
-    """(start, end) of each line in the block that can matter, in order, once each.
-
-    A file is written by one encoder: when the block's first line is compact JSON (no ``": ``),
-    the needles spelled with a space are not searched for.
-    """
-    first_end = buf.find(b"\n", start, end)
-    spaced = buf.find(b'": ', start, first_end) >= 0
-    return prefilter.hit_spans(buf, start, end, spaced=spaced)
-
-
 def _careful(block: bytes, result: ScanResult, base: int, prefilter: Prefilter) -> None:
     lines = block.split(b"\n")
     lines.pop()
@@ -153,7 +142,7 @@ def _numbered_hits(
     """
     counted, number = start, 1
     hits: list[tuple[int, bytes]] = []
-    for line_start, line_end in _hit_spans(buf, start, end, prefilter):
+    for line_start, line_end in prefilter.hit_spans(buf, start, end):
         number += buf.count(boundary, counted, line_end - 1)
         counted = line_end - 1
         hits.append((number, buf[line_start:line_end]))

@@ -6,10 +6,11 @@ from __future__ import annotations
 import pickle
 
 import pytest
+import re2
 
 from webhook.allowlist import Allowlist, default_allowlist
 from webhook.audit import parse_event
-from webhook.prefilter import BLOCK_FORMS, STATIC_NEEDLES, Prefilter
+from webhook.prefilter import BLOCK_FORMS, REFUSAL_FORM, STATIC_NEEDLES, VERDICT_NEEDLE, Prefilter
 
 DEFAULT = default_allowlist()
 
@@ -38,10 +39,22 @@ def expected(prefilter: Prefilter, lines: list[bytes]) -> list[tuple[int, int]]:
     return out
 
 
-def test_block_forms_are_tails_of_their_needles() -> None:
+def test_every_needle_has_a_block_form() -> None:
     assert set(BLOCK_FORMS) == set(STATIC_NEEDLES)
-    for needle, form in BLOCK_FORMS.items():
-        assert needle.endswith(form) and form[:1] != b'"'
+    assert VERDICT_NEEDLE.endswith(BLOCK_FORMS[VERDICT_NEEDLE].encode())
+
+
+@pytest.mark.parametrize("needle", [b'"code":403', b'"code": 403'])
+@pytest.mark.parametrize("after", [b",", b"}", b" }", b"\t,", b"\r}", b".0}", b"e0}", b"E+0,", b"]"])
+def test_the_refusal_form_matches_wherever_the_needle_ends_a_json_number(needle: bytes, after: bytes) -> None:
+    assert (
+        re2.search(BLOCK_FORMS[needle].encode(), b'{"a":"b","responseStatus":{' + needle + after) is not None
+    )
+
+
+@pytest.mark.parametrize("text", [b'"auditID":"0403a1"', b'"t":"2026-11-27T00:00:00.403Z"', b'"code":4031}'])
+def test_the_refusal_form_skips_403_inside_other_tokens(text: bytes) -> None:
+    assert re2.search(REFUSAL_FORM.encode(), text) is None
 
 
 # (raw JSON of the agent, whether the built-in allowlist denies the decoded agent)
@@ -86,10 +99,10 @@ def test_a_line_is_selected_once_however_many_needles_it_holds() -> None:
     assert selected(prefilter, [line(b"kubelet/1"), both]) == [1]
 
 
-def test_spaced_needles_are_searched_only_in_spaced_blocks() -> None:
-    refused = line(b"kubelet/1", code=403, spaced=True)
-    assert selected(Prefilter(), [refused], spaced=True) == [0]
-    assert selected(Prefilter(), [refused], spaced=False) == []
+@pytest.mark.parametrize("spaced", [False, True])
+def test_refusals_are_selected_in_compact_and_spaced_blocks(spaced: bool) -> None:
+    lines = [line(b"kubelet/1", spaced=True), line(b"kubelet/1", code=403, spaced=True), line(b"x", code=403)]
+    assert selected(Prefilter(), lines, spaced=spaced) == [1, 2]
 
 
 def test_without_denied_entries_only_the_needles_select() -> None:
