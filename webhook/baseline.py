@@ -11,8 +11,12 @@ Storage is an embedded SQLite file (``<state>/baseline.sqlite``): per family and
 earliest and latest refusal time seen. "Seen in [t - N days, t)" is then a range query, exact
 except at the window's oldest day (day granularity). Questions are answered in *event* time
 and a repeat of the same event gives the same answer, so a tailer restarted from an older
-checkpoint re-derives the same findings. Writes are buffered and committed by :meth:`flush`
-(the tailer calls it before each checkpoint); days older than the window are pruned then.
+checkpoint re-derives the same findings. Writes are buffered and committed by :meth:`flush`;
+days older than the window are pruned then. The tailer saves the buffered sightings
+(:meth:`pending`) in its checkpoint and commits them after it, and :meth:`merge` puts them back
+on a restart: the baseline on disk is then never ahead of the checkpoint. (Ahead, it would hold
+sightings from lines the restart reads again, and an older refusal logged after a newer one
+would hide the newer one's finding, which was never delivered.)
 """
 
 from __future__ import annotations
@@ -103,13 +107,26 @@ class Baseline:
         self._dirty.add((fam, day))
         self.newest = max(self.newest, when)
 
+    def pending(self) -> list[tuple[str, int, float, float]]:
+        """Sightings recorded since the last :meth:`flush`: ``(family, day, first, last)``."""
+        rows = []
+        for fam, day in self._dirty:
+            row = self._rows.get(fam, {}).get(day)
+            if row is not None:
+                rows.append((fam, day, row[0], row[1]))
+        return rows
+
+    def merge(self, rows: list[tuple[str, int, float, float]]) -> None:
+        """Record :meth:`pending` rows saved elsewhere (idempotent: first and last only widen)."""
+        for fam, _day, first, last in rows:
+            self.record(fam, first)
+            self.record(fam, last)
+
     def flush(self) -> None:
         """Commit buffered sightings (one transaction) and prune days past the window."""
         if not self._dirty:
             return
-        rows = [
-            (fam, day, *self._rows[fam][day]) for fam, day in self._dirty if day in self._rows.get(fam, {})
-        ]
+        rows = self.pending()
         cutoff = int(self.newest // DAY) - self.days - 1
         with self._db:
             self._db.execute("BEGIN")

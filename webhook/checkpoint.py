@@ -58,6 +58,8 @@ class Checkpoint:
     """Per sink: findings (as JSON) produced before ``position`` and not yet acknowledged."""
     stats: dict[str, int] = field(default_factory=dict)
     """Running counters (lines, bytes, malformed, ...), kept across restarts."""
+    baseline: list[tuple[str, int, float, float]] = field(default_factory=list)
+    """Baseline sightings not yet committed to its SQLite file when this was written."""
     written_at: float = 0.0
 
     def to_json(self) -> bytes:
@@ -67,6 +69,7 @@ class Checkpoint:
             "detector": self.detector,
             "backlog": self.backlog,
             "stats": self.stats,
+            "baseline": self.baseline,
             "written_at": self.written_at,
         }
         return orjson.dumps({**payload, "checksum": _checksum(payload)})
@@ -85,6 +88,7 @@ class Checkpoint:
             detector=raw.get("detector") or {},
             backlog=raw.get("backlog") or {},
             stats={k: int(v) for k, v in (raw.get("stats") or {}).items()},
+            baseline=[(str(f), int(d), float(a), float(b)) for f, d, a, b in raw.get("baseline") or []],
             written_at=float(raw.get("written_at") or 0.0),
         )
 

@@ -123,6 +123,8 @@ class Tailer:
     # -- lifecycle ------------------------------------------------------------------------
     def _restore(self, checkpoint: Checkpoint) -> None:
         self.detector.restore(checkpoint.detector)
+        if self.baseline is not None and checkpoint.baseline:
+            self.baseline.merge(checkpoint.baseline)  # committed with the first checkpoint below
         self.totals.values.update(checkpoint.stats)
         self.follower = Follower(
             self.config.path, checkpoint.position, from_start=checkpoint.position is None
@@ -280,7 +282,8 @@ class Tailer:
         )
 
     def checkpoint(self, *, force: bool = True) -> None:
-        """Save position + detector + backlog atomically (the baseline is committed first).
+        """Save position + detector + backlog atomically; the baseline's new sightings go in it too
+        and are committed to SQLite after it, so the baseline is never ahead of the checkpoint.
 
         With ``force`` False nothing is written when nothing changed since the last one.
         """
@@ -313,8 +316,6 @@ class Tailer:
             self._checkpoint_error = None
 
     def _save(self) -> None:
-        if self.baseline is not None:
-            self.baseline.flush()
         self._sync_follow_stats()
         position = self.follower.position()
         checkpoint = Checkpoint(
@@ -325,8 +326,11 @@ class Tailer:
                 for o in self.outboxes
             },
             stats=dict(self.totals.values),
+            baseline=self.baseline.pending() if self.baseline is not None else [],
         )
         self.store.save(checkpoint)
+        if self.baseline is not None:
+            self.baseline.flush()  # after the checkpoint, which holds the same rows (never ahead)
         self._saved_key = self._state_key()
         self._checkpointed_at = checkpoint.written_at
         self._checkpoint_offset = position.offset if position else 0

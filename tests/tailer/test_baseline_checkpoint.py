@@ -1,0 +1,125 @@
+"""The new-agent baseline (SQLite) is never committed ahead of the checkpoint that covers it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from webhook.allowlist import Allowlist
+from webhook.baseline import Baseline
+from webhook.checkpoint import CheckpointStore
+from webhook.detect import Detector
+from webhook.findings import Finding
+from webhook.sinks import open_sink, parse_sink
+from webhook.tailer import TailConfig, Tailer
+
+from .conftest import fixture_lines
+
+T0 = dt.datetime(2026, 11, 27, 12, tzinfo=dt.UTC)
+RULE = "new-agent-forbidden"
+ALLOWLIST = Allowlist.from_yaml('agents: ["kubectl/*"]\n', source="test")
+
+
+def _refusal(i: int, when: dt.datetime) -> bytes:
+    template = next(
+        json.loads(line)
+        for line in fixture_lines()
+        if b'"code":403' in line and b'"ResponseComplete"' in line and b'"forbid"' in line
+    )
+    stamp = when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    template.update(
+        auditID=f"ev-{i:05d}", userAgent="curl/7.88.1", stageTimestamp=stamp, requestReceivedTimestamp=stamp
+    )
+    return json.dumps(template).encode() + b"\n"
+
+
+def _tailer(tmp_path: Path) -> tuple[Tailer, Baseline]:
+    """A tailer on ``tmp_path/audit.log`` with its state (checkpoint, baseline) under ``state``."""
+    state = tmp_path / "state"
+    store = CheckpointStore(state)
+    baseline = Baseline(state / "baseline.sqlite")
+    spec = parse_sink(f"file:{tmp_path / 'findings.jsonl'}")
+    tailer = Tailer(
+        TailConfig(path=str(tmp_path / "audit.log"), state_dir=str(state), from_start=True),
+        Detector(ALLOWLIST, baseline=baseline),
+        [(spec, open_sink(spec))],
+        store=store,
+        baseline=baseline,
+    )
+    return tailer, baseline
+
+
+def _read_all(tailer: Tailer) -> list[Finding]:
+    found: list[Finding] = []
+    while True:
+        batch = tailer.follower.read()
+        if not (batch.lines or batch.consumed):
+            return [f for f in found if f.rule.name == RULE]
+        found += tailer._detect(batch)
+
+
+def _committed(tmp_path: Path) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(tmp_path / "state" / "baseline.sqlite") as db:
+        return db.execute("SELECT family, first, last FROM sightings").fetchall()
+
+
+def test_a_crash_at_the_checkpoint_leaves_the_baseline_behind_it_and_the_restart_re_derives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refusals logged out of time order: 12:05 first, then 12:03 (same agent family).
+
+    The 12:05 refusal is new; the 12:03 one too (nothing before it). Were the 12:03 sighting
+    committed before the checkpoint and the tailer killed in between, reading the lines again
+    would find curl/7 seen at 12:03, before 12:05, and the 12:05 finding would never be delivered.
+    """
+    (tmp_path / "audit.log").write_bytes(
+        _refusal(1, T0 + dt.timedelta(minutes=5)) + _refusal(2, T0 + dt.timedelta(minutes=3))
+    )
+    first, baseline = _tailer(tmp_path)
+    derived = _read_all(first)
+    assert [f.kubernetes["audit"]["auditID"] for f in derived] == ["ev-00001", "ev-00002"]
+
+    def killed(_: object) -> None:
+        raise OSError("killed while writing the checkpoint")
+
+    monkeypatch.setattr(first.store, "save", killed)
+    first.checkpoint()
+    assert _committed(tmp_path) == []  # nothing past the checkpoint on disk
+    monkeypatch.undo()
+    first.store.close()  # killed: the baseline is not closed (closing would commit)
+
+    again, baseline = _tailer(tmp_path)
+    assert [f.id for f in _read_all(again)] == [f.id for f in derived]
+    again.checkpoint()
+    assert [row[0] for row in _committed(tmp_path)] == ["curl/7"]
+    baseline.close()
+
+
+def test_sightings_saved_in_the_checkpoint_are_committed_after_a_crash_before_the_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "audit.log").write_bytes(_refusal(1, T0))
+    first, baseline = _tailer(tmp_path)
+    assert len(_read_all(first)) == 1
+
+    def killed() -> None:
+        raise sqlite3.OperationalError("killed before the commit")
+
+    monkeypatch.setattr(baseline, "flush", killed)
+    first.checkpoint()
+    assert first.store.load() is not None and _committed(tmp_path) == []
+    monkeypatch.undo()
+    first.store.close()
+
+    again, baseline = _tailer(tmp_path)  # resumes after the refusal: not read again
+    assert _read_all(again) == []
+    assert [row[0] for row in _committed(tmp_path)] == ["curl/7"]  # the checkpoint's rows, committed
+    with (tmp_path / "audit.log").open("ab") as log:
+        log.write(_refusal(2, T0 + dt.timedelta(minutes=1)))
+    assert _read_all(again) == []  # curl/7 is known: not new again
+    baseline.close()
