@@ -35,16 +35,17 @@ VERDICT_NEEDLE = b"user-agent-verdict"
 STATIC_NEEDLES: tuple[bytes, ...] = (b'"code":403', b'"code": 403', VERDICT_NEEDLE)
 """Allowlist-independent needles: refusals (compact and spaced JSON) and webhook verdicts."""
 
-REFUSAL_FORM = r"403[\t\r ,.\]}eE]"
+REFUSAL_FORM = r"403(?:[\t\r ,.\]}]|[eE][+-]?[0-9]+[\t\r ,\]}])"
 BLOCK_FORMS: dict[bytes, str] = {
     b'"code":403': REFUSAL_FORM,
     b'"code": 403': REFUSAL_FORM,
     VERDICT_NEEDLE: "gent-verdict",
 }
 """The RE2 source a block is searched with for each needle: a superset of the lines that can
-matter through it. A refusal by its status number, 403 followed by what can follow a JSON number
-(compact and spaced JSON alike; ``4`` is about six bytes in a line, ``c`` of ``code`` fifteen);
-the verdict by a tail of its needle."""
+matter through it. A refusal by its status number: 403 followed by what can follow a JSON number
+or by a fraction or a whole exponent (compact and spaced JSON alike; ``4`` is about six bytes in
+a line, ``c`` of ``code`` fifteen; hex IDs holding ``403e`` do not match); the verdict by a tail
+of its needle."""
 
 _SAFE = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 !#$%'()*+,-./:;=?@[]^_`{|}~"

@@ -52,7 +52,16 @@ def test_the_refusal_form_matches_wherever_the_needle_ends_a_json_number(needle:
     )
 
 
-@pytest.mark.parametrize("text", [b'"auditID":"0403a1"', b'"t":"2026-11-27T00:00:00.403Z"', b'"code":4031}'])
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'"auditID":"0403a1"',
+        b'"auditID":"700efe41-d0a8-403e-bd27"',
+        b'"auditID":"5eab403e05"',
+        b'"t":"2026-11-27T00:00:00.403Z"',
+        b'"code":4031}',
+    ],
+)
 def test_the_refusal_form_skips_403_inside_other_tokens(text: bytes) -> None:
     assert re2.search(REFUSAL_FORM.encode(), text) is None
 
