@@ -25,8 +25,8 @@ __all__ = ["BLOCK_BYTES", "Block", "ScanResult", "read_blocks", "scan_block", "s
 
 BLOCK_BYTES = 1024 * 1024
 PIECE_BYTES = 64 * 1024 * 1024
-"""Largest piece a worker scans. On the 1M-line bench log (640 MiB, 2 workers) 64 MiB pieces
-replayed in 0.71 s, 32 MiB in 0.75 s and 16 MiB in 0.78 s: fewer results for the parent to take in."""
+"""Largest piece a worker scans. On the 1M-line bench log (640 MiB, 2 workers) 8 and 16 MiB
+pieces were slower (more results for the parent to take in); 32 and 64 MiB were within noise."""
 PARALLEL_MIN_BYTES = 64 * 1024 * 1024
 
 Block = tuple[bytes, int, int]
