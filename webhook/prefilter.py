@@ -165,11 +165,11 @@ class Prefilter:
             return True
         return self.pattern is not None and self.pattern.search(line) is not None
 
-    def hit_spans(self, buf: bytes, start: int, end: int, *, spaced: bool = True) -> list[tuple[int, int]]:
+    def hit_spans(self, buf: bytes, start: int, end: int) -> list[tuple[int, int]]:
         """``(start, end)`` of each line in ``buf[start:end]`` that can matter, in order, once.
 
-        ``buf[start:end]`` holds complete lines, each ending in a newline. ``spaced`` (whether
-        the block is spaced JSON) is accepted and not needed: the block patterns match both.
+        ``buf[start:end]`` holds complete lines, each ending in a newline, compact or spaced JSON
+        (the block patterns match both).
         """
         if self.all_lines:
             spans = []

@@ -25,9 +25,9 @@ def line(agent_json: bytes, code: int = 200, spaced: bool = False) -> bytes:
     )
 
 
-def spans(prefilter: Prefilter, lines: list[bytes], spaced: bool = False) -> list[tuple[int, int]]:
+def spans(prefilter: Prefilter, lines: list[bytes]) -> list[tuple[int, int]]:
     block = b"".join(raw + b"\n" for raw in lines)
-    return prefilter.hit_spans(block, 0, len(block), spaced=spaced)
+    return prefilter.hit_spans(block, 0, len(block))
 
 
 def expected(prefilter: Prefilter, lines: list[bytes]) -> list[tuple[int, int]]:
@@ -90,16 +90,16 @@ def test_a_block_selects_every_line_with_a_denied_or_escaped_agent(spaced: bool)
     prefilter = Prefilter(DEFAULT)
     lines = [line(agent, spaced=spaced) for agent, _ in TRICKY]
     lines += [line(b"kubelet/v1.20.2", code=403, spaced=spaced), line(b"kubelet/v1.20.2", spaced=spaced)]
-    got = spans(prefilter, lines, spaced=spaced)
+    got = spans(prefilter, lines)
     assert got == expected(prefilter, lines)
     must = {i for i, (agent, denied) in enumerate(TRICKY) if denied or b"\\" in agent or not agent.isascii()}
-    assert set(selected(prefilter, lines, spaced)) == must | {len(TRICKY)}
+    assert set(selected(prefilter, lines)) == must | {len(TRICKY)}
 
 
-def selected(prefilter: Prefilter, lines: list[bytes], spaced: bool = False) -> list[int]:
+def selected(prefilter: Prefilter, lines: list[bytes]) -> list[int]:
     """Indexes of the lines the block search selects."""
     starts = [sum(len(raw) + 1 for raw in lines[:i]) for i in range(len(lines))]
-    return [starts.index(a) for a, _ in spans(prefilter, lines, spaced)]
+    return [starts.index(a) for a, _ in spans(prefilter, lines)]
 
 
 def test_a_line_is_selected_once_however_many_needles_it_holds() -> None:
@@ -111,7 +111,7 @@ def test_a_line_is_selected_once_however_many_needles_it_holds() -> None:
 @pytest.mark.parametrize("spaced", [False, True])
 def test_refusals_are_selected_in_compact_and_spaced_blocks(spaced: bool) -> None:
     lines = [line(b"kubelet/1", spaced=True), line(b"kubelet/1", code=403, spaced=True), line(b"x", code=403)]
-    assert selected(Prefilter(), lines, spaced=spaced) == [1, 2]
+    assert selected(Prefilter(), lines) == [1, 2]
 
 
 def test_without_denied_entries_only_the_needles_select() -> None:

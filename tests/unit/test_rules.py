@@ -272,7 +272,7 @@ def test_prefilter_keeps_every_line_whose_agent_is_denied(
     prefilter = Prefilter(allowlist)
     assert prefilter.matches(line)
     block = b"{}\n" + line + b"\n{}\n"
-    spans = prefilter.hit_spans(block, 0, len(block), spaced=ascii_json)
+    spans = prefilter.hit_spans(block, 0, len(block))
     assert (3, 3 + len(line)) in spans
 
 
