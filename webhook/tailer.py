@@ -317,6 +317,9 @@ class Tailer:
 
     def _save(self) -> None:
         self._sync_follow_stats()
+        # The key first: a sink thread acknowledging findings while the checkpoint is built and
+        # fsynced must make the next key differ, or that checkpoint's backlog stays on disk.
+        key = self._state_key()
         position = self.follower.position()
         checkpoint = Checkpoint(
             position=position,
@@ -331,7 +334,7 @@ class Tailer:
         self.store.save(checkpoint)
         if self.baseline is not None:
             self.baseline.flush()  # after the checkpoint, which holds the same rows (never ahead)
-        self._saved_key = self._state_key()
+        self._saved_key = key
         self._checkpointed_at = checkpoint.written_at
         self._checkpoint_offset = position.offset if position else 0
 

@@ -1,10 +1,15 @@
-"""The new-agent baseline (SQLite) is never committed ahead of the checkpoint that covers it."""
+"""The checkpoint against what happens around it: the baseline's commit, sinks' acknowledgements.
+
+The new-agent baseline (SQLite) is never committed ahead of the checkpoint that covers it, and a
+finding a sink acknowledges while a checkpoint is written does not stay in the saved backlog.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +20,7 @@ from webhook.baseline import Baseline
 from webhook.checkpoint import CheckpointStore
 from webhook.detect import Detector
 from webhook.findings import Finding
-from webhook.sinks import open_sink, parse_sink
+from webhook.sinks import Sink, open_sink, parse_sink
 from webhook.tailer import TailConfig, Tailer
 
 from .conftest import fixture_lines
@@ -123,3 +128,53 @@ def test_sightings_saved_in_the_checkpoint_are_committed_after_a_crash_before_th
         log.write(_refusal(2, T0 + dt.timedelta(minutes=1)))
     assert _read_all(again) == []  # curl/7 is known: not new again
     baseline.close()
+
+
+class GatedSink:
+    """The real file sink, holding each delivery until the test opens the gate."""
+
+    def __init__(self, inner: Sink) -> None:
+        self.inner = inner
+        self.gate = threading.Event()
+
+    def deliver(self, finding: Finding) -> None:
+        assert self.gate.wait(10)
+        self.inner.deliver(finding)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_finding_acknowledged_while_the_checkpoint_is_written_leaves_the_next_backlog(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "audit.log").write_bytes(_refusal(1, T0))
+    spec = parse_sink(f"file:{tmp_path / 'findings.jsonl'}")
+    sink = GatedSink(open_sink(spec))
+    store = CheckpointStore(tmp_path / "state")
+    tailer = Tailer(
+        TailConfig(path=str(tmp_path / "audit.log"), state_dir=str(tmp_path / "state"), from_start=True),
+        Detector(ALLOWLIST),
+        [(spec, sink)],
+        store=store,
+    )
+    while (batch := tailer.follower.read()).lines or batch.consumed:
+        tailer._deliver(tailer._detect(batch))
+    (outbox,) = tailer.outboxes
+    assert len(outbox) == 1
+    save = store.save
+
+    def save_while_the_sink_acknowledges(checkpoint: Any) -> None:
+        save(checkpoint)
+        sink.gate.set()
+        assert outbox.drain(10)
+
+    monkeypatch.setattr(store, "save", save_while_the_sink_acknowledges)
+    tailer.checkpoint()
+    saved = store.load()
+    assert saved is not None and len(saved.backlog[spec.key]) == 1  # written before the ack
+    monkeypatch.undo()
+    tailer.checkpoint(force=False)  # the periodic one: the acknowledgement is news
+    again = store.load()
+    assert again is not None and again.backlog[spec.key] == []
+    tailer.shutdown()
