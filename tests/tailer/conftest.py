@@ -129,7 +129,7 @@ class Tail:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                return self.proc.wait(20)
+                return self.proc.wait(60)  # drain (5 s) + closes; generous for a starved CI machine
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
