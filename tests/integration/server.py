@@ -190,7 +190,7 @@ class ServeProcess:
                     return float(sample.value)
         return None
 
-    def stop(self, timeout: float = 15.0) -> int | None:
+    def stop(self, timeout: float = 60.0) -> int | None:
         """SIGTERM (graceful), then SIGKILL after ``timeout``; returns the exit status."""
         process = self.process
         if process is None or process.poll() is not None:

@@ -53,7 +53,7 @@ def test_devrun_writes_certificates_prints_snippets_and_serves(tmp_path: Path) -
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         # uvicorn shuts down gracefully, then re-raises the signal: the exit shows it was asked to stop.
-        assert process.wait(15) == -signal.SIGTERM
+        assert process.wait(60) == -signal.SIGTERM
     assert '"msg":"Application shutdown complete."' in stderr.read_text()
     # A second run reuses the certificates.
     before = (certs_dir / "tls.crt").read_bytes()
