@@ -165,6 +165,31 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+class _Refused(Exception):
+    """The request is answered before its body is parsed: :attr:`response` says why."""
+
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+
+async def _accepted_body(
+    request: Request, *, requires: PeerRole | None, ca_flag: str, limit: int, what: str, errors: Any
+) -> bytes:
+    """The body of a request from a permitted peer, or :class:`_Refused` (403, 413 or 400),
+    counted in ``errors`` (a Counter labelled by reason)."""
+    if not _peer_ok(request, requires):
+        errors.labels("client_cert").inc()
+        raise _Refused(_status(403, f"a client certificate signed by {ca_flag} is required"))
+    try:
+        return await _read_body(request, limit)
+    except _TooLarge:
+        errors.labels("too_large").inc()
+        raise _Refused(_status(413, f"{what} larger than {limit} bytes")) from None
+    except _Gone:
+        errors.labels("disconnected").inc()
+        raise _Refused(_status(400, "the client disconnected before sending the whole body")) from None
+
+
 def _peer_ok(request: Request, required: PeerRole | None) -> bool:
     if required is None:
         return True
@@ -215,17 +240,17 @@ def create_app(
     )
     async def validate(request: Request) -> Response:
         started = time.perf_counter()
-        if not _peer_ok(request, state.validate_requires):
-            metrics.review_errors.labels("client_cert").inc()
-            return _status(403, "a client certificate signed by --client-ca is required")
         try:
-            body = await _read_body(request, state.max_body_bytes)
-        except _TooLarge:
-            metrics.review_errors.labels("too_large").inc()
-            return _status(413, f"AdmissionReview larger than {state.max_body_bytes} bytes")
-        except _Gone:
-            metrics.review_errors.labels("disconnected").inc()
-            return _status(400, "the client disconnected before sending the whole body")
+            body = await _accepted_body(
+                request,
+                requires=state.validate_requires,
+                ca_flag="--client-ca",
+                limit=state.max_body_bytes,
+                what="AdmissionReview",
+                errors=metrics.review_errors,
+            )
+        except _Refused as refused:
+            return refused.response
         try:
             review = admission.parse_review(body)
         except admission.ReviewError as exc:
@@ -285,17 +310,17 @@ def create_app(
     )
     async def audit(request: Request) -> Response:
         started = time.perf_counter()
-        if not _peer_ok(request, state.audit_requires):
-            metrics.audit_requests.labels("client_cert").inc()
-            return _status(403, "a client certificate signed by --audit-client-ca is required")
         try:
-            body = await _read_body(request, state.max_audit_body_bytes)
-        except _TooLarge:
-            metrics.audit_requests.labels("too_large").inc()
-            return _status(413, f"EventList larger than {state.max_audit_body_bytes} bytes")
-        except _Gone:
-            metrics.audit_requests.labels("disconnected").inc()
-            return _status(400, "the client disconnected before sending the whole body")
+            body = await _accepted_body(
+                request,
+                requires=state.audit_requires,
+                ca_flag="--audit-client-ca",
+                limit=state.max_audit_body_bytes,
+                what="EventList",
+                errors=metrics.audit_requests,
+            )
+        except _Refused as refused:
+            return refused.response
         try:
             batch = parse_event_list(body)
         except AuditBodyError as exc:
