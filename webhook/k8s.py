@@ -167,23 +167,9 @@ class ConfigMapSource:
         event = self.live.apply_text(
             text, source=f"{self.source} (resourceVersion {version})", version=version
         )
-        if event is not None and self.recorder is not None:
-            if event.ok and had_error:
-                self.recorder.emit(
-                    configmap,
-                    kind="ConfigMap",
-                    type_="Normal",
-                    reason="AllowlistApplied",
-                    message=event.message,
-                )
-            elif not event.ok:
-                self.recorder.emit(
-                    configmap,
-                    kind="ConfigMap",
-                    type_="Warning",
-                    reason="AllowlistInvalid",
-                    message=event.message,
-                )
+        if event is not None and self.recorder is not None and (had_error or not event.ok):
+            type_, reason = ("Normal", "AllowlistApplied") if event.ok else ("Warning", "AllowlistInvalid")
+            self.recorder.emit(configmap, kind="ConfigMap", type_=type_, reason=reason, message=event.message)
         return event
 
     def _new_watch(self) -> Any:
