@@ -18,7 +18,7 @@ venv: $(STAMP)
 # apiserver files and the kubectl/apiserver snippet are written to certs/ on the first run).
 run: $(STAMP)
 	$(BIN)/ua-sentinel replay tests/data/audit/audit-2026-11-27T18-10-45.450.log tests/data/audit/audit.log
-	$(BIN)/python -m webhook.devrun
+	$(BIN)/python -m webhook.tools.devrun
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

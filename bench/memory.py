@@ -38,10 +38,10 @@ def _replay_child(path: str) -> None:
     """Run in a child process: replay ``path``, sampling our own RSS; print one JSON line."""
     import os
 
-    from webhook.allowlist import default_allowlist
-    from webhook.detect import Detector
-    from webhook.findings import Finding
-    from webhook.replay import replay
+    from webhook.core.allowlist import default_allowlist
+    from webhook.core.findings import Finding
+    from webhook.detect.detector import Detector
+    from webhook.tools.replay import replay
 
     class CountingSink:
         findings = 0
@@ -125,7 +125,7 @@ def replay_section(lines: int, baseline_log: Path) -> list[str]:
     base_peak = base["peak_kb"] / 1024
     verdict = "met" if peak < RSS_GOAL_MB else f"**missed** by {peak - RSS_GOAL_MB:.0f} MB"
     return [
-        "a) Replay (`webhook.replay.replay`, the code of `ua-sentinel replay`, one process):",
+        "a) Replay (`webhook.tools.replay.replay`, the code of `ua-sentinel replay`, one process):",
         "",
         "| log | lines | peak RSS | RSS at 20/40/60/80/100% of the run (MB) | time |",
         "|---|---|---|---|---|",

@@ -4,7 +4,7 @@
   20 KB Pod and the 200 KB object at saturation, ``/audit`` at saturation, and the distinct-agent
   replay of item 5. Each table lists the functions with the most *own* time (native code is
   charged to the Python function that called it).
-- Before/after of the change the profiles led to (webhook/serve.py ``_tune_gc``: start-up
+- Before/after of the change the profiles led to (webhook/serve/service.py ``_tune_gc``: start-up
   objects frozen, young-generation threshold 700 -> 10,000): ``/audit`` and ``/validate`` req/s with
   CPython's default GC (``bench.serve_main --gc-default``) and as shipped, in the same run.
 """

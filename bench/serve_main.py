@@ -4,7 +4,7 @@ server, with one thing changed.
     python -m bench.serve_main [--join-ttl SECONDS] [--gc-default] -- serve --tls-cert ... (serve's flags)
 
 ``--join-ttl`` replaces ``ServeSettings.join_ttl`` (not a flag); ``--gc-default`` skips
-``webhook.serve._tune_gc`` (CPython's default GC thresholds, nothing frozen: the "before").
+``webhook.serve.service._tune_gc`` (CPython's default GC thresholds, nothing frozen: the "before").
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import dataclasses
 import sys
 from typing import Any
 
-from webhook import cli, serve
+from webhook import cli
+from webhook.serve import service as serve
 
 
 def main() -> None:

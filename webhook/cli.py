@@ -13,9 +13,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from webhook import __version__, useragent
-from webhook.allowlist import Allowlist, AllowlistError, default_allowlist
-from webhook.detect import Detector, DetectorConfig
+from webhook import __version__
+from webhook.core import useragent
+from webhook.core.allowlist import Allowlist, AllowlistError, default_allowlist
+from webhook.detect.detector import Detector, DetectorConfig
 
 __all__ = ["CliError", "load_allowlist", "main"]
 
@@ -140,8 +141,8 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _run_replay(args: argparse.Namespace) -> int:
-    from webhook.findings import JsonLinesSink
-    from webhook.replay import replay
+    from webhook.core.findings import JsonLinesSink
+    from webhook.tools.replay import replay
 
     if args.workers < 1:
         raise CliError("--workers must be at least 1")
@@ -149,7 +150,7 @@ def _run_replay(args: argparse.Namespace) -> int:
     allowlist = load_allowlist(args.allowlist)
     baseline = None
     if args.baseline and args.baseline_days:
-        from webhook.baseline import Baseline
+        from webhook.detect.baseline import Baseline
 
         baseline = Baseline(args.baseline, days=args.baseline_days)
     detector = Detector(allowlist, config=config, baseline=baseline)
@@ -207,7 +208,7 @@ def _add_certs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _run_certs(args: argparse.Namespace) -> int:
-    from webhook.certs import write_serving_set
+    from webhook.tools.certs import write_serving_set
 
     if args.days <= 0:
         raise CliError("--days must be positive")
@@ -257,7 +258,8 @@ def _add_apiserver_config(sub: argparse._SubParsersAction[argparse.ArgumentParse
 def _run_apiserver_config(args: argparse.Namespace) -> int:
     import os
 
-    from webhook import apiserverconfig, certs
+    from webhook.tools import apiserver_config as apiserverconfig
+    from webhook.tools import certs
 
     base = Path(args.certs_dir) if args.certs_dir else None
     given = {"--ca": args.ca, "--client-cert": args.client_cert, "--client-key": args.client_key}
@@ -365,7 +367,8 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from webhook import logs, serve
+    from webhook import logs
+    from webhook.serve import service as serve
 
     logs.configure(args.log_level)
     try:
@@ -452,7 +455,7 @@ def _add_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _run_tail(args: argparse.Namespace) -> int:
     from webhook.logs import configure
-    from webhook.tailcmd import TailOptions, TailSetupError, run_tail
+    from webhook.tail.command import TailOptions, TailSetupError, run_tail
 
     configure(args.log_level)
     config = _detector_config(args)
@@ -505,8 +508,8 @@ def _add_suggest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 def _run_suggest(args: argparse.Namespace) -> int:
     import contextlib
 
-    from webhook.replay import open_log
-    from webhook.suggest import propose, render_report, render_yaml, survey
+    from webhook.tools.replay import open_log
+    from webhook.tools.suggest import propose, render_report, render_yaml, survey
 
     if args.days is not None and args.days < 1:
         raise CliError("--days must be at least 1")

@@ -2,7 +2,7 @@
 
 stdout belongs to findings (JSON lines a collector ingests), so logs never go there. A record's
 structured fields travel in ``extra={"fields": {...}}``; ``fields(...)`` builds that. User
-agents are attacker input: callers put them in fields only through :func:`webhook.useragent.display`,
+agents are attacker input: callers put them in fields only through :func:`webhook.core.useragent.display`,
 and no request body is ever logged.
 """
 

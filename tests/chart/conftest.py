@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.e2e.tools import ToolError, ensure_helm
-from webhook import certs
+from webhook.tools import certs
 
 ROOT = Path(__file__).parents[2]
 CHART = ROOT / "charts" / "ua-sentinel"

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from webhook import apiserverconfig
+from webhook.tools import apiserver_config as apiserverconfig
 
 from .conftest import CHART, FULLNAME, NAMESPACE, ROOT, Render
 
@@ -146,7 +146,7 @@ def test_notes_kubeconfig_is_the_cli_kubeconfig(notes: Notes) -> None:
     assert f"get service {FULLNAME} -o jsonpath='{{.spec.clusterIP}}'" in text
     assert f"get secret {FULLNAME}-tls -o jsonpath='{{.data.ca\\.crt}}'" in text
     assert f"get secret {FULLNAME}-audit-client -o jsonpath='{{.data.tls\\.key}}'" in text
-    from webhook import certs
+    from webhook.tools import certs
 
     ca = certs.make_ca("ca")
     client = apiserverconfig.issue_audit_client(ca.cert_pem, ca.key_pem)

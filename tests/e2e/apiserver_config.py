@@ -1,7 +1,7 @@
 """What the e2e apiserver is configured with: users, RBAC objects, kubeconfigs, admission config.
 
 The audit policy, audit webhook kubeconfig and audit flags are the product's own
-(`webhook.apiserverconfig`, i.e. `ua-sentinel apiserver-config`), so e2e runs check them too.
+(`webhook.tools.apiserver_config`, i.e. `ua-sentinel apiserver-config`), so e2e runs check them too.
 
 Pure data and builders (no processes); `harness.ControlPlane` writes them to files.
 """

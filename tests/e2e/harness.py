@@ -10,7 +10,7 @@ Users (static bearer tokens), the identities of the recorded fixtures in tests/d
 namespace `team` through Role `cm-editor` / RoleBinding `alice-cm`, but has no `patch` verb) and
 `mallory` (uid 1002, group `devs` too, which is bound to nothing: no rights).
 
-Audit: the product's own policy, webhook kubeconfig and flags (`webhook.apiserverconfig`, what
+Audit: the product's own policy, webhook kubeconfig and flags (`webhook.tools.apiserver_config`, what
 `ua-sentinel apiserver-config` prints), so every run checks them on a real apiserver. The file
 backend is always on (JSON, small `--audit-log-maxsize` so rotation happens); the webhook backend
 (batch mode, never blocking) and a client certificate the apiserver presents to webhooks are
@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 import yaml
 
-from webhook import apiserverconfig
+from webhook.tools import apiserver_config as apiserverconfig
 
 from .apiserver_config import (
     RBAC_MANIFESTS,

@@ -1,6 +1,6 @@
-"""Certificates for the e2e harness, made with the product's own `webhook.certs`.
+"""Certificates for the e2e harness, made with the product's own `webhook.tools.certs`.
 
-Only the service-account signing key pair (RSA, which `webhook.certs` does not make) is local.
+Only the service-account signing key pair (RSA, which `webhook.tools.certs` does not make) is local.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from webhook.certs import CertPair, issue, make_ca, write_pair
+from webhook.tools.certs import CertPair, issue, make_ca, write_pair
 
 __all__ = ["CertPair", "KeyPair", "issue", "make_ca", "write_keypair", "write_service_account_keys"]
 

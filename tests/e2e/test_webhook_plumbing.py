@@ -1,5 +1,5 @@
 """The wiring scenario tests rely on, checked against the real apiserver with a recording endpoint:
-the audit webhook kubeconfig and flags of `webhook.apiserverconfig` (batch mode, client
+the audit webhook kubeconfig and flags of `webhook.tools.apiserver_config` (batch mode, client
 certificate), and the ValidatingWebhookConfiguration builder with the admission client
 certificate; kubectl prints the webhook's warning."""
 

@@ -12,11 +12,12 @@ from collections.abc import Callable
 
 import orjson
 
-from webhook import admission, useragent
-from webhook.allowlist import Allowlist, AllowlistError
-from webhook.audit import MalformedEvent, parse_event
-from webhook.correlate import JoinResult, Pending
-from webhook.detect import Detector
+from webhook.core import useragent
+from webhook.core.allowlist import Allowlist, AllowlistError
+from webhook.core.audit import MalformedEvent, parse_event
+from webhook.detect.detector import Detector
+from webhook.serve import admission
+from webhook.serve.join import JoinResult, Pending
 
 UNSAFE = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"}
 _SCAN_ALLOWLIST = Allowlist.from_yaml('agents: ["kubectl/*", "kube-*"]\ndenied: [{product: peirates}]')

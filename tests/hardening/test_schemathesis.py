@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from tests.hardening.conftest import Launch
 from tests.hardening.schemathesis_support import ensure_schemathesis
 from tests.integration.server import PKI, ServeProcess
-from webhook.serve import ServeSettings, Service
-from webhook.server import TLSFiles
+from webhook.serve.service import ServeSettings, Service
+from webhook.serve.tls import TLSFiles
 
 EXAMPLES = 150
 """Per operation and generation mode (positive, negative)."""

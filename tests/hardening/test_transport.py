@@ -18,7 +18,7 @@ from tests.hardening.conftest import Launch
 from tests.hardening.tlsutil import client_cert
 from tests.integration.server import PKI, KeyPair, ServeProcess, wait_for
 from tests.integration.traffic import admission, audit_batch
-from webhook.server import DEFAULT_REQUEST_TIMEOUT
+from webhook.serve.tls import DEFAULT_REQUEST_TIMEOUT
 
 MiB = 1024 * 1024
 

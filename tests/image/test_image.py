@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from webhook import certs
+from webhook.tools import certs
 
 from .conftest import ROOT, UID, Image, read_only_run, stages
 from .dockerfile import ignored, parse_ignore

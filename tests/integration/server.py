@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from webhook import certs
+from webhook.tools import certs
 
 __all__ = ["PKI", "KeyPair", "ServeProcess", "make_pki", "wait_for"]
 

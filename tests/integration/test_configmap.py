@@ -17,9 +17,9 @@ from tests.integration.conftest import Launch
 from tests.integration.fake_apiserver import FakeApiserver
 from tests.integration.server import wait_for
 from tests.integration.traffic import admission, audit_batch
-from webhook.allowlist import Allowlist, default_allowlist
-from webhook.k8s import ConfigMapSource, EventRecorder, parse_configmap_ref
-from webhook.reload import LiveAllowlist
+from webhook.core.allowlist import Allowlist, default_allowlist
+from webhook.core.live_allowlist import LiveAllowlist
+from webhook.kube.configmap import ConfigMapSource, EventRecorder, parse_configmap_ref
 
 NS, NAME = "ua-sentinel", "ua-sentinel-allowlist"
 GOOD = 'agents: ["kubectl/*"]\n'

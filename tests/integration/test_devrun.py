@@ -1,4 +1,4 @@
-"""`make run` (python -m webhook.devrun): certificates on first run, the snippets, a serving webhook."""
+"""`make run` (python -m webhook.tools.devrun): certificates on first run, the snippets, a serving webhook."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def test_devrun_writes_certificates_prints_snippets_and_serves(tmp_path: Path) -
     stderr = tmp_path / "stderr.log"
     with open(stderr, "wb") as err:
         process = subprocess.Popen(
-            [sys.executable, "-m", "webhook.devrun", "--certs", str(certs_dir), "--port", "0"],
+            [sys.executable, "-m", "webhook.tools.devrun", "--certs", str(certs_dir), "--port", "0"],
             stdout=subprocess.DEVNULL,
             stderr=err,
             start_new_session=True,
@@ -61,7 +61,7 @@ def test_devrun_writes_certificates_prints_snippets_and_serves(tmp_path: Path) -
         [
             sys.executable,
             "-c",
-            "import sys, webhook.devrun as d; d.os.execv = lambda *a: sys.exit(0); "
+            "import sys, webhook.tools.devrun as d; d.os.execv = lambda *a: sys.exit(0); "
             f"d.main(['--certs', {str(certs_dir)!r}])",
         ],
         capture_output=True,

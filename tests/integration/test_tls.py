@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.integration.conftest import Launch
 from tests.integration.server import PKI, KeyPair, ServeProcess, wait_for
 from tests.integration.traffic import admission, audit_batch
-from webhook import certs
+from webhook.tools import certs
 
 
 def presented_serial(server: ServeProcess, *, client: KeyPair | None = None) -> int:

@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
-from webhook.allowlist import Allowlist
-from webhook.baseline import Baseline
-from webhook.checkpoint import CheckpointStore
-from webhook.detect import Detector
-from webhook.findings import Finding
-from webhook.sinks import Sink, open_sink, parse_sink
-from webhook.tailer import TailConfig, Tailer
+from webhook.core.allowlist import Allowlist
+from webhook.core.findings import Finding
+from webhook.detect.baseline import Baseline
+from webhook.detect.detector import Detector
+from webhook.sinks.outbox import Sink, open_sink, parse_sink
+from webhook.tail.checkpoint import CheckpointStore
+from webhook.tail.tailer import TailConfig, Tailer
 
 from .conftest import fixture_lines
 

@@ -8,7 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
-from webhook.follow import Follower, Position
+from webhook.tail.follow import Follower, Position
 
 from .conftest import fixture_lines
 

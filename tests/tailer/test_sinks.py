@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from webhook.allowlist import Allowlist
-from webhook.audit import parse_event
-from webhook.detect import Detector
-from webhook.findings import Finding
-from webhook.sinks import FileSink, HttpSink, Outbox, parse_sink, slack_text
+from webhook.core.allowlist import Allowlist
+from webhook.core.audit import parse_event
+from webhook.core.findings import Finding
+from webhook.detect.detector import Detector
+from webhook.sinks.outbox import FileSink, HttpSink, Outbox, parse_sink, slack_text
 
 from .conftest import ACCEPTANCE_ALLOWLIST, findings_in, fixture_lines, wait_for
 
@@ -209,7 +209,7 @@ def test_k8s_events_go_to_the_refused_namespace_and_a_repeat_is_already_there(
 
 
 def test_findings_survive_the_checkpoint_backlog_round_trip(findings: list[Finding]) -> None:
-    from webhook.sinks import restore_findings
+    from webhook.sinks.outbox import restore_findings
 
     saved = json.loads(json.dumps([f.model_dump(by_alias=True, mode="json") for f in findings]))
     assert restore_findings(saved) == findings

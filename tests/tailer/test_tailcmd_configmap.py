@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from webhook import k8s, tailcmd
-from webhook.allowlist import default_allowlist
-from webhook.reload import LiveAllowlist
+from webhook.core.allowlist import default_allowlist
+from webhook.core.live_allowlist import LiveAllowlist
+from webhook.kube import configmap as k8s
+from webhook.tail import command as tailcmd
 
 AGENT = "python-requests/2.34.2"  # denied by the built-in allowlist
 LISTING = 'agents: ["python-requests/*"]\n'

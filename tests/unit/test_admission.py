@@ -14,9 +14,9 @@ from pydantic import ValidationError
 
 from tests.conftest import DATA
 from tests.integration.traffic import admission, recorded
-from webhook import admission as adm
-from webhook.allowlist import Allowlist
-from webhook.correlate import JoinResult, Pending
+from webhook.core.allowlist import Allowlist
+from webhook.serve import admission as adm
+from webhook.serve.join import JoinResult, Pending
 
 ALLOWLIST = Allowlist.from_yaml('agents: ["kubectl/*"]\ndenied: [{product: peirates}]', source="test")
 KUBECTL = "kubectl/v1.32.4 (linux/amd64) kubernetes/4cb5f07"

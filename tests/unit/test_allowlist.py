@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from webhook.allowlist import Allowlist, AllowlistError, default_allowlist
+from webhook.core.allowlist import Allowlist, AllowlistError, default_allowlist
 
 KUBECTL = "kubectl/v1.32.4 (linux/amd64) kubernetes/4cb5f07"
 

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from webhook import allowlist as allowlist_module
-from webhook.allowlist import Allowlist, default_allowlist
+from webhook.core import allowlist as allowlist_module
+from webhook.core.allowlist import Allowlist, default_allowlist
 
 CUSTOM_TEXT = r"""
 agents:

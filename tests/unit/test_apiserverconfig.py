@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from webhook import apiserverconfig as ac
-from webhook import certs
+from webhook.tools import apiserver_config as ac
+from webhook.tools import certs
 
 FIXTURE_POLICY = Path(__file__).parents[1] / "data" / "audit-policy.yaml"
 

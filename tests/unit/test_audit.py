@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from tests.conftest import DATA
-from webhook.audit import Event, EventList, MalformedEvent, parse_event
+from webhook.core.audit import Event, EventList, MalformedEvent, parse_event
 
 
 def events(lines: list[bytes]) -> list[Event]:

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from tests.integration.traffic import admission, audit_batch, recorded
-from webhook.admission import AdmissionReview, lookup_of
-from webhook.audit import Event, EventList, parse_event
-from webhook.correlate import JoinResult, Lookup, RequestIndex, candidate_keys, event_key
+from webhook.core.audit import Event, EventList, parse_event
+from webhook.serve.admission import AdmissionReview, lookup_of
+from webhook.serve.join import JoinResult, Lookup, RequestIndex, candidate_keys, event_key
 
 
 class FakeClock:

@@ -6,10 +6,10 @@ from typing import Any
 
 import orjson
 
-from webhook.allowlist import Allowlist
-from webhook.audit import parse_event
-from webhook.detect import Detector, DetectorConfig, might_matter
-from webhook.findings import Finding
+from webhook.core.allowlist import Allowlist
+from webhook.core.audit import parse_event
+from webhook.core.findings import Finding
+from webhook.detect.detector import Detector, DetectorConfig, might_matter
 
 ACCEPTANCE_ALLOWLIST = Allowlist.from_yaml('agents: ["kubectl/*", "kube-*"]')
 

@@ -9,11 +9,11 @@ import time
 import pytest
 
 from tests.integration.traffic import audit_batch, recorded
-from webhook.allowlist import Allowlist
-from webhook.audit import Event, EventList
-from webhook.detect import Detector
-from webhook.feed import AuditBodyError, DetectorFeed, parse_event_list
-from webhook.findings import Finding
+from webhook.core.allowlist import Allowlist
+from webhook.core.audit import Event, EventList
+from webhook.core.findings import Finding
+from webhook.detect.detector import Detector
+from webhook.serve.feed import AuditBodyError, DetectorFeed, parse_event_list
 
 ALLOWLIST = Allowlist.from_yaml('agents: ["kubectl/*", "kubectl-dispatcher/*", "kube-apiserver/*"]')
 

@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 import pytest
 
-from webhook.audit import MalformedEvent, parse_event
-from webhook.formats import decode, gke_event
+from webhook.core.audit import MalformedEvent, parse_event
+from webhook.inputs.formats import decode, gke_event
 
 from .test_detect import EXPECTED
 

@@ -8,9 +8,9 @@ import pickle
 import pytest
 import re2
 
-from webhook.allowlist import Allowlist, default_allowlist
-from webhook.audit import parse_event
-from webhook.prefilter import BLOCK_FORMS, REFUSAL_FORM, STATIC_NEEDLES, VERDICT_NEEDLE, Prefilter
+from webhook.core.allowlist import Allowlist, default_allowlist
+from webhook.core.audit import parse_event
+from webhook.detect.prefilter import BLOCK_FORMS, REFUSAL_FORM, STATIC_NEEDLES, VERDICT_NEEDLE, Prefilter
 
 DEFAULT = default_allowlist()
 

@@ -6,8 +6,8 @@ import threading
 import time
 from pathlib import Path
 
-from webhook.allowlist import Allowlist, default_allowlist
-from webhook.reload import FileSource, LiveAllowlist, ReloadEvent
+from webhook.core.allowlist import Allowlist, default_allowlist
+from webhook.core.live_allowlist import FileSource, LiveAllowlist, ReloadEvent
 
 GOOD = 'agents: ["kubectl/*"]\n'
 OTHER = 'agents: ["kubectl/*", "helm/*"]\n'

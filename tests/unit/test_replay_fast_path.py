@@ -12,12 +12,12 @@ import orjson
 import pytest
 
 from bench.generate import generate
-from webhook import scan
-from webhook.allowlist import default_allowlist
-from webhook.audit import parse_event
-from webhook.detect import Detector
-from webhook.findings import Finding
-from webhook.replay import replay
+from webhook.core.allowlist import default_allowlist
+from webhook.core.audit import parse_event
+from webhook.core.findings import Finding
+from webhook.detect.detector import Detector
+from webhook.inputs import scan
+from webhook.tools.replay import replay
 
 
 class Collect:

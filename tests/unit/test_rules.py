@@ -12,13 +12,13 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from webhook.allowlist import Allowlist, default_allowlist
-from webhook.audit import parse_event
-from webhook.baseline import Baseline, family
-from webhook.detect import Detector, DetectorConfig
-from webhook.findings import Finding
-from webhook.prefilter import Prefilter
-from webhook.replay import replay
+from webhook.core.allowlist import Allowlist, default_allowlist
+from webhook.core.audit import parse_event
+from webhook.core.findings import Finding
+from webhook.detect.baseline import Baseline, family
+from webhook.detect.detector import Detector, DetectorConfig
+from webhook.detect.prefilter import Prefilter
+from webhook.tools.replay import replay
 
 from .test_detect import ACCEPTANCE_ALLOWLIST, _forbidden_template
 

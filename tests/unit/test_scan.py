@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from webhook import scan
-from webhook.allowlist import default_allowlist
-from webhook.prefilter import Prefilter
+from webhook.core.allowlist import default_allowlist
+from webhook.detect.prefilter import Prefilter
+from webhook.inputs import scan
 
 PREFILTER = Prefilter(default_allowlist())
 HEAD = b'{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"'

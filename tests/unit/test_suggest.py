@@ -12,8 +12,8 @@ from pathlib import Path
 import yaml
 
 from tests.conftest import AUDIT_LOGS
-from webhook.allowlist import Allowlist, default_allowlist
-from webhook.suggest import propose, render_report, render_yaml, survey
+from webhook.core.allowlist import Allowlist, default_allowlist
+from webhook.tools.suggest import propose, render_report, render_yaml, survey
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBECTL = "kubectl/v1.32.4 (linux/amd64) kubernetes/4cb5f07"

@@ -5,7 +5,7 @@ import unicodedata
 from hypothesis import given
 from hypothesis import strategies as st
 
-from webhook import useragent
+from webhook.core import useragent
 
 
 def test_kubectl_agent_is_split_into_products_and_comment() -> None:

@@ -1,0 +1,385 @@
+"""The allowlist: which user agents a cluster expects, and which it knows to be hostile.
+
+File format (YAML; also the ConfigMap key ``allowlist.yaml``)::
+
+    agents:                      # listed agents
+      - "kubectl/*"              # a string is a case-insensitive glob over the whole agent
+      - regex: "^helm/v3\\."     # google-re2 (linear time), case-insensitive, search semantics
+      - product: kube-scheduler  # the first product token's name, with optional version bounds
+        minVersion: v1.20.0
+        users: ["system:kube-scheduler"]   # scopes (globs); users OR groups, AND namespaces
+        reason: "control plane"
+        expires: 2027-01-31      # after this date the entry stops matching and is reported
+    denied:                      # known-bad agents: same item forms, never "listed"
+      - product: peirates
+
+Every pattern is compiled with google-re2, so no allowlist entry can make matching
+super-linear on an attacker's agent. A broken file raises :class:`AllowlistError` naming the
+entry, and a caller keeps its last good :class:`Allowlist`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import re2
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from webhook.core import useragent
+
+__all__ = [
+    "Allowlist",
+    "AllowlistError",
+    "Decision",
+    "Entry",
+    "Verdict",
+    "default_allowlist",
+    "default_allowlist_text",
+]
+
+Verdict = Literal["listed", "unlisted", "denied"]
+Section = Literal["agents", "denied"]
+
+_CACHE_SIZE = 8192
+
+
+class AllowlistError(ValueError):
+    """The allowlist text cannot be used; the message names the entry and the problem."""
+
+
+class Entry(BaseModel):
+    """One mapping item of ``agents:`` or ``denied:``. Strict: a typo is an error, not silence."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+    glob: str | None = None
+    regex: str | None = None
+    product: str | None = None
+    min_version: str | None = Field(default=None, alias="minVersion")
+    max_version: str | None = Field(default=None, alias="maxVersion")
+    users: list[str] | None = None
+    groups: list[str] | None = None
+    namespaces: list[str] | None = None
+    reason: str | None = None
+    expires: dt.date | None = None
+
+    @model_validator(mode="after")
+    def _one_matcher(self) -> Entry:
+        given = [k for k in ("glob", "regex", "product") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of glob, regex or product")
+        if self.product is None and (self.min_version or self.max_version):
+            raise ValueError("minVersion/maxVersion need product")
+        for bound in (self.min_version, self.max_version):
+            if bound is not None and useragent.version_tuple(bound) is None:
+                raise ValueError(f"version bound {bound!r} has no release number")
+        for key in ("glob", "regex", "product"):
+            value = getattr(self, key)
+            if value is not None and not value:
+                raise ValueError(f"{key} must not be empty")
+        return self
+
+    def describe(self) -> str:
+        if self.glob is not None:
+            return f"glob {self.glob!r}"
+        if self.regex is not None:
+            return f"regex {self.regex!r}"
+        bounds = "".join(f" {op}{v}" for op, v in ((">=", self.min_version), ("<=", self.max_version)) if v)
+        return f"product {self.product!r}{bounds}"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The verdict for one agent and principal, and which entry decided it."""
+
+    verdict: Verdict
+    entry: str | None
+    """``agents[3] (glob 'kubectl/*')`` or None when nothing matched."""
+    reason: str
+    expired: tuple[str, ...] = ()
+    """Entries that would have matched but are past their ``expires`` date."""
+
+
+def _re2_options(case_sensitive: bool) -> Any:
+    options = re2.Options()
+    options.log_errors = False
+    options.case_sensitive = case_sensitive
+    options.dot_nl = True
+    return options
+
+
+_INSENSITIVE = _re2_options(case_sensitive=False)
+_SENSITIVE = _re2_options(case_sensitive=True)
+
+
+def _glob_pattern(glob: str) -> str:
+    parts = []
+    for ch in glob:
+        if ch == "*":
+            parts.append(".*")
+        elif ch == "?":
+            parts.append(".")
+        else:
+            parts.append(re2.escape(ch))
+    return "".join(parts)
+
+
+def _compile_glob(glob: str, case_sensitive: bool) -> Any:
+    return re2.compile(_glob_pattern(glob), _SENSITIVE if case_sensitive else _INSENSITIVE)
+
+
+class _Scope:
+    """users/groups/namespaces globs of one entry, compiled."""
+
+    def __init__(self, entry: Entry) -> None:
+        self.users = [_compile_glob(g, True) for g in entry.users or ()]
+        self.groups = [_compile_glob(g, True) for g in entry.groups or ()]
+        self.namespaces = [_compile_glob(g, True) for g in entry.namespaces or ()]
+        self.unscoped = not (self.users or self.groups or self.namespaces)
+
+    def admits(self, user: str | None, groups: Sequence[str], namespace: str | None) -> bool:
+        if self.unscoped:
+            return True
+        if self.users or self.groups:
+            by_user = user is not None and any(p.fullmatch(user) for p in self.users)
+            by_group = any(p.fullmatch(g) for p in self.groups for g in groups)
+            if not (by_user or by_group):
+                return False
+        if self.namespaces:
+            return namespace is not None and any(p.fullmatch(namespace) for p in self.namespaces)
+        return True
+
+
+class _Compiled:
+    def __init__(self, section: Section, index: int, entry: Entry) -> None:
+        self.label = f"{section}[{index}] ({entry.describe()})"
+        self.entry = entry
+        self.scope = _Scope(entry)
+        self.pattern: Any = None
+        self.product = entry.product.lower() if entry.product else None
+        self.min = useragent.version_tuple(entry.min_version) if entry.min_version else None
+        self.max = useragent.version_tuple(entry.max_version) if entry.max_version else None
+        if entry.glob is not None:
+            self.pattern = _compile_glob(entry.glob, False)
+        elif entry.regex is not None:
+            try:
+                self.pattern = re2.compile(entry.regex, _INSENSITIVE)
+            except re2.error as exc:
+                detail = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc
+                raise AllowlistError(
+                    f"{section}[{index}]: regex {entry.regex!r} is not valid RE2 syntax: {detail}"
+                ) from None
+
+    @property
+    def set_pattern(self) -> str | None:
+        """This entry's pattern for an unanchored RE2 Set (None for a product entry)."""
+        if self.entry.glob is not None:
+            return rf"\A(?:{_glob_pattern(self.entry.glob)})\z"
+        return self.entry.regex
+
+    def matches_agent(self, agent: str) -> bool:
+        if self.entry.glob is not None:
+            return self.pattern.fullmatch(agent) is not None
+        if self.pattern is not None:
+            return self.pattern.search(agent) is not None
+        return self.matches_product(useragent.parse(agent).primary)
+
+    def matches_product(self, primary: useragent.Product | None) -> bool:
+        """A product entry against the agent's first product token (parsed once by the caller)."""
+        if primary is None or primary.name.lower() != self.product:
+            return False
+        if self.min is None and self.max is None:
+            return True
+        version = useragent.version_tuple(primary.version or "")
+        if version is None:
+            return False
+        return (self.min is None or version >= self.min) and (self.max is None or version <= self.max)
+
+    def expired(self, today: dt.date) -> bool:
+        return self.entry.expires is not None and self.entry.expires < today
+
+
+class _Section:
+    """Which entries of one section match an agent, scopes aside, in entry order.
+
+    One RE2 Set pass over the agent pre-selects the glob and regex entries (a never-seen agent
+    costs one match, not one per entry), each candidate is confirmed by its own pattern, and the
+    product entries share one parse of the agent. A Set that cannot be built leaves every
+    entry to its own pattern.
+    """
+
+    def __init__(self, entries: list[_Compiled]) -> None:
+        self.entries = entries
+        self.products = [i for i, c in enumerate(entries) if c.product is not None]
+        self.patterned = [i for i, c in enumerate(entries) if c.product is None]
+        self.set: Any = _compile_set([entries[i].set_pattern or "" for i in self.patterned])
+
+    def matching(self, agent: str) -> tuple[int, ...]:
+        if self.set is not None:
+            candidates = [self.patterned[k] for k in self.set.Match(agent) or ()]
+        else:
+            candidates = self.patterned
+        found = [i for i in candidates if self.entries[i].matches_agent(agent)]
+        if self.products:
+            primary = useragent.parse(agent).primary
+            found += [i for i in self.products if self.entries[i].matches_product(primary)]
+        return tuple(sorted(found))
+
+
+def _compile_set(patterns: list[str]) -> Any:
+    """An unanchored, case-insensitive RE2 Set of ``patterns``; None when empty or not buildable."""
+    if not patterns:
+        return None
+    try:
+        compiled = re2.Set.SearchSet(_INSENSITIVE)
+        for pattern in patterns:
+            compiled.Add(pattern)
+        compiled.Compile()
+    except re2.error:
+        return None
+    return compiled
+
+
+def _parse_items(section: Section, items: Any) -> list[Entry]:
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise AllowlistError(f"{section}: must be a list, got {type(items).__name__}")
+    entries: list[Entry] = []
+    for index, item in enumerate(items):
+        if isinstance(item, str):
+            if not item:
+                raise AllowlistError(f"{section}[{index}]: empty glob")
+            entries.append(Entry(glob=item))
+            continue
+        if not isinstance(item, dict):
+            raise AllowlistError(
+                f"{section}[{index}]: expected a glob string or a mapping, got {type(item).__name__}"
+            )
+        try:
+            entries.append(Entry.model_validate(item))
+        except ValidationError as exc:
+            problems = "; ".join(
+                (".".join(str(p) for p in err["loc"]) + ": " if err["loc"] else "")
+                + err["msg"].removeprefix("Value error, ")
+                for err in exc.errors()
+            )
+            raise AllowlistError(f"{section}[{index}]: {problems}") from None
+    return entries
+
+
+class Allowlist:
+    """A compiled allowlist. Immutable; build a new one to change it."""
+
+    def __init__(
+        self, agents: Iterable[Entry] = (), denied: Iterable[Entry] = (), *, source: str = ""
+    ) -> None:
+        self.source = source
+        self.agents = [_Compiled("agents", i, e) for i, e in enumerate(agents)]
+        self.denied = [_Compiled("denied", i, e) for i, e in enumerate(denied)]
+        canonical = repr(([e.entry for e in self.agents], [e.entry for e in self.denied]))
+        self.hash = hashlib.sha256(canonical.encode()).hexdigest()[:12]
+        self._sections = (_Section(self.denied), _Section(self.agents))
+        self._candidates = lru_cache(maxsize=_CACHE_SIZE)(self._match_agent)
+
+    @classmethod
+    def from_yaml(cls, text: str, *, source: str = "allowlist.yaml") -> Allowlist:
+        """Parse and compile; raise :class:`AllowlistError` with the entry index on any problem."""
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise AllowlistError(f"{source}: not valid YAML{where}: {problem}") from None
+        except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+            # PyYAML's constructors raise these for values like 2026-02-31.
+            raise AllowlistError(f"{source}: not valid YAML: {exc}") from None
+        if doc is None:
+            doc = {}
+        if not isinstance(doc, dict):
+            raise AllowlistError(f"{source}: top level must be a mapping with agents: and denied:")
+        unknown = sorted(str(k) for k in doc if k not in ("agents", "denied"))
+        if unknown:
+            raise AllowlistError(f"{source}: unknown key(s) {', '.join(unknown)}; expected agents, denied")
+        try:
+            return cls(
+                _parse_items("agents", doc.get("agents")),
+                _parse_items("denied", doc.get("denied")),
+                source=source,
+            )
+        except AllowlistError as exc:
+            raise AllowlistError(f"{source}: {exc}") from None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Allowlist:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise AllowlistError(f"{path}: cannot read: {exc}") from None
+        return cls.from_yaml(text, source=str(path))
+
+    def _match_agent(self, agent: str) -> tuple[tuple[int, ...], tuple[int, ...], bool]:
+        """Entries whose pattern matches ``agent`` (scopes aside), and whether it is spoofed."""
+        spoofed = useragent.has_unsafe_chars(agent)
+        if spoofed and not agent.isascii():
+            # RE2 needs valid UTF-8: lone surrogates (undecodable bytes) are matched as U+FFFD.
+            agent = agent.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        denied, agents = (section.matching(agent) for section in self._sections)
+        return denied, agents, spoofed
+
+    def decide(
+        self,
+        agent: str | None,
+        *,
+        user: str | None = None,
+        groups: Sequence[str] = (),
+        namespace: str | None = None,
+        today: dt.date | None = None,
+    ) -> Decision:
+        """The verdict for ``agent`` sent by ``user`` (in ``groups``) on ``namespace``."""
+        if not agent:
+            return Decision("unlisted", None, "no user agent")
+        day = today or dt.date.today()
+        denied_idx, agent_idx, spoofed = self._candidates(agent)
+        expired: list[str] = []
+        for i in denied_idx:
+            entry = self.denied[i]
+            if entry.expired(day):
+                expired.append(entry.label)
+            elif entry.scope.admits(user, groups, namespace):
+                return Decision("denied", entry.label, "known-bad agent", tuple(expired))
+        if spoofed:
+            return Decision(
+                "unlisted", None, "agent holds control, bidi or zero-width characters", tuple(expired)
+            )
+        for i in agent_idx:
+            entry = self.agents[i]
+            if entry.expired(day):
+                expired.append(entry.label)
+            elif entry.scope.admits(user, groups, namespace):
+                return Decision("listed", entry.label, "matched", tuple(expired))
+        return Decision("unlisted", None, "no entry matched", tuple(expired))
+
+    def expired_entries(self, today: dt.date | None = None) -> list[str]:
+        """Entries past their ``expires`` date, for start-up and reload reports."""
+        day = today or dt.date.today()
+        return [c.label for c in (*self.agents, *self.denied) if c.expired(day)]
+
+
+def default_allowlist_text() -> str:
+    """The built-in allowlist shipped in the package (``webhook/data/default-allowlist.yaml``)."""
+    return resources.files("webhook").joinpath("data/default-allowlist.yaml").read_text(encoding="utf-8")
+
+
+@lru_cache(maxsize=1)
+def default_allowlist() -> Allowlist:
+    return Allowlist.from_yaml(default_allowlist_text(), source="built-in default allowlist")

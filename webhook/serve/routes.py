@@ -1,0 +1,373 @@
+"""FastAPI routes for ``serve``: read bodies, call the protocol modules, map errors to status codes.
+
+==================  =====================================================================
+route               answers
+==================  =====================================================================
+POST /validate      AdmissionReview (v1 / v1beta1) decided by :mod:`webhook.serve.admission`;
+                    400 bad review, 413 too large, 403 missing client certificate
+POST /audit         EventList into the RequestIndex and the Detector; 200 fast,
+                    400 unparseable body (never 5xx for bad input: the apiserver retries)
+GET  /healthz       200 while the process runs
+GET  /readyz        200 when the certificate and an allowlist are loaded (and the certificate
+                    files on disk are servable), details as JSON
+GET  /metrics       Prometheus text
+==================  =====================================================================
+
+No decision is made here, and no request body or raw user agent is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from pydantic import BaseModel
+from starlette.requests import ClientDisconnect
+
+from webhook.core import useragent
+from webhook.core.audit import EventList
+from webhook.core.live_allowlist import LiveAllowlist
+from webhook.logs import fields
+from webhook.serve import admission
+from webhook.serve.feed import AuditBodyError, DetectorFeed, parse_event_list
+from webhook.serve.join import RequestIndex
+from webhook.serve.metrics import CONTENT_TYPE, Metrics
+from webhook.serve.tls import PEER_ROLES_KEY, PeerRole
+
+__all__ = [
+    "DEFAULT_JOIN_WAIT",
+    "DEFAULT_MAX_AUDIT_BODY_BYTES",
+    "DEFAULT_MAX_BODY_BYTES",
+    "AppState",
+    "create_app",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_JOIN_WAIT: Final = 0.05
+DEFAULT_MAX_BODY_BYTES: Final = 8 * 1024 * 1024
+"""An UPDATE review carries ``object`` and ``oldObject``, each up to kube-apiserver's 3 MiB request
+limit, as JSON: a lower limit would let a bloated object slip past the verdict (413, and
+failurePolicy Ignore admits it unjudged)."""
+DEFAULT_MAX_AUDIT_BODY_BYTES: Final = 32 * 1024 * 1024
+"""A batch of up to 400 events (the apiserver's default batch size), generously sized."""
+_DRAIN_FACTOR: Final = 4
+JSON: Final = "application/json"
+
+
+@dataclass(kw_only=True, slots=True)
+class AppState:
+    """Everything the routes use; built by :mod:`webhook.serve.service`."""
+
+    policy: admission.Policy
+    index: RequestIndex
+    allowlist: LiveAllowlist
+    feed: DetectorFeed
+    metrics: Metrics
+    certificate: Callable[[], dict[str, Any]]
+    join_wait: float = DEFAULT_JOIN_WAIT
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_audit_body_bytes: int = DEFAULT_MAX_AUDIT_BODY_BYTES
+    validate_requires: PeerRole | None = None
+    audit_requires: PeerRole | None = None
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Gone(Exception):
+    """The client went away (or was cut off as too slow) before its whole body arrived."""
+
+
+def _inline(schema: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return _inline(defs[ref.removeprefix("#/$defs/")], defs)
+        return {k: _inline(v, defs) for k, v in schema.items() if k != "$defs"}
+    if isinstance(schema, list):
+        return [_inline(v, defs) for v in schema]
+    return schema
+
+
+def _json_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON schema (wire names) with its ``$defs`` inlined, for an OpenAPI document."""
+    schema = model.model_json_schema(by_alias=True)
+    inlined: dict[str, Any] = _inline(schema, schema.get("$defs", {}))
+    return inlined
+
+
+_STATUS_SCHEMA: Final = {
+    "type": "object",
+    "required": ["kind", "apiVersion", "status", "message", "reason", "code"],
+    "properties": {
+        "kind": {"const": "Status"},
+        "apiVersion": {"const": "v1"},
+        "status": {"const": "Failure"},
+        "message": {"type": "string", "minLength": 1},
+        "reason": {"type": "string", "minLength": 1},
+        "code": {"type": "integer"},
+    },
+}
+
+
+def _openapi(model: type[BaseModel], ok: str, errors: dict[int, str]) -> dict[str, Any]:
+    """Route documentation: the request body schema (the routes read raw bodies, so FastAPI cannot
+    infer it) and every answer; ``/openapi.json`` is not served, ``app.openapi()`` builds it."""
+    status = {"application/json": {"schema": _STATUS_SCHEMA}}
+    return {
+        "openapi_extra": {
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _json_schema(model)}},
+            }
+        },
+        "responses": {200: {"description": ok}}
+        | {code: {"description": why, "content": status} for code, why in errors.items()},
+    }
+
+
+def _status(code: int, message: str) -> Response:
+    """A metav1.Status body: client-go (the apiserver) puts its message into its error."""
+    reason = {400: "BadRequest", 403: "Forbidden", 413: "RequestEntityTooLarge"}.get(code, "BadRequest")
+    body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": reason}
+    # After a 413 the rest of the body is still on its way: close rather than read it.
+    headers = {"Connection": "close"} if code == 413 else None
+    return Response(orjson.dumps({**body, "code": code}), status_code=code, media_type=JSON, headers=headers)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, or :class:`_TooLarge`. An oversized body is read on (not kept) up to a bound,
+    so the client sees the 413 instead of a reset connection."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit * _DRAIN_FACTOR:
+        raise _TooLarge
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit * _DRAIN_FACTOR:
+                raise _TooLarge
+            if size <= limit:
+                chunks.append(chunk)
+    except ClientDisconnect:
+        raise _Gone from None
+    if size > limit:
+        raise _TooLarge
+    return b"".join(chunks)
+
+
+class _Refused(Exception):
+    """The request is answered before its body is parsed: :attr:`response` says why."""
+
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+
+async def _accepted_body(
+    request: Request, *, requires: PeerRole | None, ca_flag: str, limit: int, what: str, errors: Any
+) -> bytes:
+    """The body of a request from a permitted peer, or :class:`_Refused` (403, 413 or 400),
+    counted in ``errors`` (a Counter labelled by reason)."""
+    if not _peer_ok(request, requires):
+        errors.labels("client_cert").inc()
+        raise _Refused(_status(403, f"a client certificate signed by {ca_flag} is required"))
+    try:
+        return await _read_body(request, limit)
+    except _TooLarge:
+        errors.labels("too_large").inc()
+        raise _Refused(_status(413, f"{what} larger than {limit} bytes")) from None
+    except _Gone:
+        errors.labels("disconnected").inc()
+        raise _Refused(_status(400, "the client disconnected before sending the whole body")) from None
+
+
+def _peer_ok(request: Request, required: PeerRole | None) -> bool:
+    if required is None:
+        return True
+    roles: frozenset[str] = request.scope.get(PEER_ROLES_KEY, frozenset())
+    return required in roles
+
+
+def create_app(
+    state: AppState,
+    *,
+    on_startup: Callable[[], Awaitable[None]] | None = None,
+    on_shutdown: Callable[[], Awaitable[None]] | None = None,
+) -> FastAPI:
+    """The ASGI app. ``on_startup``/``on_shutdown`` run in its lifespan (background workers)."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if on_startup is not None:
+            await on_startup()
+        try:
+            yield
+        finally:
+            if on_shutdown is not None:
+                await on_shutdown()
+
+    app = FastAPI(title="ua-sentinel", openapi_url=None, docs_url=None, redoc_url=None, lifespan=lifespan)
+    metrics = state.metrics
+    mode = state.policy.mode
+    validate_latency = metrics.latency.labels("validate")
+    audit_latency = metrics.latency.labels("audit")
+    review_counters = {
+        (verdict, allowed): metrics.reviews.labels(verdict, mode, "true" if allowed else "false")
+        for verdict in ("listed", "unlisted", "denied", "unknown")
+        for allowed in (True, False)
+    }
+
+    @app.post(
+        "/validate",
+        **_openapi(
+            admission.AdmissionReview,
+            "the AdmissionReview response",
+            {
+                400: "not an AdmissionReview",
+                403: "no client certificate signed by --client-ca",
+                413: "body over --max-body-bytes",
+            },
+        ),
+    )
+    async def validate(request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            body = await _accepted_body(
+                request,
+                requires=state.validate_requires,
+                ca_flag="--client-ca",
+                limit=state.max_body_bytes,
+                what="AdmissionReview",
+                errors=metrics.review_errors,
+            )
+        except _Refused as refused:
+            return refused.response
+        try:
+            review = admission.parse_review(body)
+        except admission.ReviewError as exc:
+            metrics.review_errors.labels("bad_request").inc()
+            logger.info("bad AdmissionReview", **fields(reason=str(exc)))
+            return _status(400, str(exc))
+        req = review.request
+        allowlist = state.allowlist.current()
+        try:
+            if allowlist is None:
+                outcome = admission.decide(req, None, None, state.policy)
+            else:
+                joined_at = time.perf_counter()
+                join = await state.index.join(admission.lookup_of(req), state.join_wait)
+                metrics.join_wait.observe(time.perf_counter() - joined_at)
+                outcome = admission.decide(req, join, allowlist, state.policy)
+        except Exception:
+            metrics.review_errors.labels("internal").inc()
+            logger.exception("verdict failed; answering unknown", **fields(uid=req.uid))
+            outcome = admission.unknown(allowlist.hash if allowlist else None, reason="internal error")
+        payload = admission.render(review.api_version, req.uid, outcome)
+        review_counters[outcome.verdict, outcome.allowed].inc()
+        if outcome.verdict not in ("listed", "unknown") or logger.isEnabledFor(logging.DEBUG):
+            logger.log(
+                logging.DEBUG if outcome.verdict in ("listed", "unknown") else logging.INFO,
+                "admission verdict",
+                **fields(
+                    uid=req.uid,
+                    verdict=outcome.verdict,
+                    allowed=outcome.allowed,
+                    agent=useragent.display(outcome.agent) if outcome.verdict != "unknown" else None,
+                    user=req.user_info.username,
+                    operation=req.operation,
+                    resource=req.resource.resource,
+                    subresource=req.sub_resource or None,
+                    namespace=req.namespace or None,
+                    name=req.name or None,
+                    dryRun=req.dry_run,
+                    ambiguous=outcome.ambiguous or None,
+                    exempt=outcome.exempt or None,
+                ),
+            )
+        validate_latency.observe(time.perf_counter() - started)
+        return Response(payload, media_type=JSON)
+
+    @app.post(
+        "/audit",
+        **_openapi(
+            EventList,
+            "accepted, skipped and queued event counts",
+            {
+                400: "not an audit.k8s.io/v1 EventList",
+                403: "no client certificate signed by --audit-client-ca",
+                413: "body too large",
+            },
+        ),
+    )
+    async def audit(request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            body = await _accepted_body(
+                request,
+                requires=state.audit_requires,
+                ca_flag="--audit-client-ca",
+                limit=state.max_audit_body_bytes,
+                what="EventList",
+                errors=metrics.audit_requests,
+            )
+        except _Refused as refused:
+            return refused.response
+        try:
+            batch = parse_event_list(body)
+        except AuditBodyError as exc:
+            metrics.audit_requests.labels("bad_request").inc()
+            logger.info("bad audit EventList", **fields(reason=str(exc)))
+            return _status(400, str(exc))
+        state.index.observe_all(batch.events)
+        queued = state.feed.submit(batch.events)
+        metrics.audit_events.inc(len(batch.events))
+        if batch.skipped:
+            metrics.audit_malformed.inc(batch.skipped)
+            logger.warning("audit events skipped", **fields(skipped=batch.skipped, reasons=batch.reasons))
+        metrics.audit_requests.labels("ok").inc()
+        audit_latency.observe(time.perf_counter() - started)
+        answer: dict[str, object] = {
+            "accepted": len(batch.events),
+            "skipped": batch.skipped,
+            "queued": queued,
+        }
+        if batch.reasons:
+            answer["reasons"] = batch.reasons
+        return Response(orjson.dumps(answer), media_type=JSON)
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return Response(b'{"status":"ok"}', media_type=JSON)
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        allow = state.allowlist.status()
+        certificate = state.certificate()
+        # Files on disk that cannot be served (garbage, a mismatched pair) keep the previous
+        # certificate in use but make the pod not ready, so the broken rotation is seen.
+        ready = bool(certificate.get("loaded")) and not certificate.get("lastError") and allow.loaded
+        body = {
+            "ready": ready,
+            "mode": mode,
+            "certificate": certificate,
+            "allowlist": allow.to_dict(),
+            "join": {"pending": len(state.index), "waitSeconds": state.join_wait},
+            "detector": {"queued": state.feed.pending, "dropped": state.feed.stats.dropped},
+        }
+        return Response(orjson.dumps(body), status_code=200 if ready else 503, media_type=JSON)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    return app

@@ -1,0 +1,290 @@
+"""``ua-sentinel serve``: one settings object, the wiring of the components, and the run.
+
+Start-up order: certificate files (a bad pair is fatal: there is nothing to serve), then the
+allowlist (a broken file is fatal at start; a ConfigMap is watched and ``/readyz`` stays 503
+until it loads), then the app. Shutdown (SIGTERM) stops accepting, lets in-flight requests
+finish, stops the watchers and drains the detector queue into the sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from webhook.core.allowlist import default_allowlist
+from webhook.core.findings import Sink
+from webhook.core.live_allowlist import DEFAULT_POLL_INTERVAL, FileSource, LiveAllowlist
+from webhook.detect.detector import Detector
+from webhook.logs import fields
+from webhook.serve import admission
+from webhook.serve.feed import DEFAULT_QUEUE_EVENTS, DetectorFeed, FanOutSink
+from webhook.serve.join import DEFAULT_MAX_ENTRIES, DEFAULT_TTL, RequestIndex
+from webhook.serve.metrics import Metrics, StateSources
+from webhook.serve.routes import (
+    DEFAULT_JOIN_WAIT,
+    DEFAULT_MAX_AUDIT_BODY_BYTES,
+    DEFAULT_MAX_BODY_BYTES,
+    AppState,
+    create_app,
+)
+from webhook.serve.tls import DEFAULT_CERT_INTERVAL, CertificateReloader, TLSFiles, run_uvicorn
+
+__all__ = ["DEFAULT_PORT", "ServeSettings", "Service", "SettingsError", "build_settings", "serve"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PORT: Final = 8443
+DEFAULT_HOST: Final = "127.0.0.1"
+GC_THRESHOLD: Final = (10_000, 10, 10)
+"""CPython's cyclic GC thresholds while serving (its default first threshold is 700)."""
+
+
+class SettingsError(ValueError):
+    """A setting cannot be used (bad allowlist at start, unreadable certificate); says which."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ServeSettings:
+    tls: TLSFiles
+    allowlist_file: Path | None = None
+    allowlist_configmap: tuple[str, str] | None = None
+    """(namespace, name); the ConfigMap's key ``allowlist.yaml``."""
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    policy: admission.Policy = field(default_factory=admission.Policy)
+    join_wait: float = DEFAULT_JOIN_WAIT
+    join_ttl: float = DEFAULT_TTL
+    join_max_entries: int = DEFAULT_MAX_ENTRIES
+    webhook_name: str = "ua-sentinel"
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_audit_body_bytes: int = DEFAULT_MAX_AUDIT_BODY_BYTES
+    cert_interval: float = DEFAULT_CERT_INTERVAL
+    allowlist_interval: float = DEFAULT_POLL_INTERVAL
+    detector_queue: int = DEFAULT_QUEUE_EVENTS
+    sinks: tuple[str, ...] = ("stdout",)
+    """Where findings go: ``stdout`` | ``file:PATH`` | ``k8s-events[:NS]`` | ``http:URL`` | ``slack:URL``."""
+
+
+class Service:
+    """The components of one ``serve`` process; :meth:`start`/:meth:`stop` run in the app's lifespan."""
+
+    def __init__(self, settings: ServeSettings, *, sink: Sink | None = None) -> None:
+        self.settings = settings
+        try:
+            self.certificates = CertificateReloader(settings.tls, interval=settings.cert_interval)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
+        self.allowlist = LiveAllowlist(fallback=default_allowlist())
+        self.file_source: FileSource | None = None
+        self.configmap_source: Any = None
+        if settings.allowlist_file is not None:
+            self.file_source = FileSource(
+                self.allowlist, settings.allowlist_file, interval=settings.allowlist_interval
+            )
+            event = self.file_source.poll()
+            if event is None or not event.ok:
+                raise SettingsError(event.message if event is not None else "allowlist file unchanged")
+        elif settings.allowlist_configmap is None:
+            self.allowlist = LiveAllowlist(default_allowlist(), fallback=default_allowlist())
+        else:
+            self.configmap_source = self._configmap_source(*settings.allowlist_configmap)
+        self.index = RequestIndex(ttl=settings.join_ttl, max_entries=settings.join_max_entries)
+        self.metrics = Metrics()
+        detector = Detector(self.allowlist.current_or_fallback)
+        self.sinks: FanOutSink | None = None
+        if sink is None:
+            self.sinks = sink = self._open_sinks(settings.sinks)
+        self.feed = DetectorFeed(detector, sink, max_events=settings.detector_queue)
+        self.metrics.watch(
+            StateSources(
+                index=lambda: (self.index.stats, len(self.index)),
+                feed=lambda: (self.feed.stats, self.feed.pending),
+                allowlist=self.allowlist.status,
+                certificate=self.certificates.state,
+                sinks=self.sinks.state if self.sinks is not None else list,
+            )
+        )
+        tls = settings.tls
+        self.state = AppState(
+            policy=settings.policy,
+            index=self.index,
+            allowlist=self.allowlist,
+            feed=self.feed,
+            metrics=self.metrics,
+            certificate=self.certificates.details,
+            join_wait=settings.join_wait,
+            max_body_bytes=settings.max_body_bytes,
+            max_audit_body_bytes=settings.max_audit_body_bytes,
+            validate_requires="client" if tls.client_ca else None,
+            audit_requires="audit" if tls.audit_client_ca else ("client" if tls.client_ca else None),
+        )
+
+    @staticmethod
+    def _open_sinks(texts: tuple[str, ...]) -> FanOutSink:
+        from webhook.sinks.outbox import parse_sink
+
+        try:
+            specs = [parse_sink(text) for text in texts]
+        except ValueError as exc:
+            raise SettingsError(f"--sink {exc}") from None
+        try:
+            return FanOutSink(specs)
+        except Exception as exc:  # a sink that cannot even be opened (k8s-events without API access)
+            raise SettingsError(f"--sink: {exc}") from None
+
+    def _configmap_source(self, namespace: str, name: str) -> Any:
+        from webhook.kube import configmap as k8s
+
+        try:
+            api = k8s.api_client()
+        except Exception as exc:
+            raise SettingsError(f"--allowlist-configmap: no Kubernetes API access: {exc}") from None
+        return k8s.ConfigMapSource(self.allowlist, namespace, name, api=api, recorder=k8s.EventRecorder(api))
+
+    async def start(self) -> None:
+        self.feed.start()
+        self.certificates.start()
+        if self.file_source is not None:
+            self.file_source.start()
+        if self.configmap_source is not None:
+            self.configmap_source.start()
+
+    async def stop(self) -> None:
+        await self.certificates.stop()
+        if self.file_source is not None:
+            self.file_source.stop()
+        if self.configmap_source is not None:
+            self.configmap_source.stop()
+        await asyncio.to_thread(self.feed.close)
+
+    def app(self) -> Any:
+        return create_app(self.state, on_startup=self.start, on_shutdown=self.stop)
+
+
+def _tune_gc() -> None:
+    """Fewer young-generation GC passes, and none over what start-up left alive.
+
+    ``/audit`` allocates about ten GC-tracked objects per event (400 per EventList); with the
+    default threshold the collector ran every ~70 events and took most of the handler's time
+    (bench/RESULTS.md, item 3: about 1.5x the events/s with these settings). Objects alive after
+    start-up (modules, the app, the allowlist) are frozen: they live for the whole process.
+    """
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
+
+
+def serve(settings: ServeSettings) -> None:
+    """Build everything and serve until SIGTERM/SIGINT. Raises :class:`SettingsError` at start-up."""
+    service = Service(settings)
+    _tune_gc()
+    status = service.allowlist.status()
+    logger.info(
+        "starting",
+        **fields(
+            pid=os.getpid(),
+            mode=settings.policy.mode,
+            webhook=settings.webhook_name,
+            allowlist=status.source
+            or (
+                f"configmap {'/'.join(settings.allowlist_configmap)}"
+                if settings.allowlist_configmap
+                else None
+            ),
+            allowlistHash=status.hash,
+            joinWait=settings.join_wait,
+            clientCA=str(settings.tls.client_ca) if settings.tls.client_ca else None,
+            auditClientCA=str(settings.tls.audit_client_ca) if settings.tls.audit_client_ca else None,
+        ),
+    )
+
+    def listening(port: int) -> None:
+        logger.info(
+            "listening", **fields(host=settings.host, port=port, url=f"https://{settings.host}:{port}")
+        )
+
+    asyncio.run(
+        run_uvicorn(
+            service.app(), service.certificates, host=settings.host, port=settings.port, ready=listening
+        )
+    )
+
+
+def build_settings(
+    *,
+    tls_cert: str,
+    tls_key: str,
+    client_ca: str | None = None,
+    audit_client_ca: str | None = None,
+    allowlist: str | None = None,
+    allowlist_configmap: str | None = None,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    mode: str = "warn",
+    join_wait: float = DEFAULT_JOIN_WAIT,
+    join_ttl: float = DEFAULT_TTL,
+    exempt_users: list[str] | None = None,
+    exempt_groups: list[str] | None = None,
+    webhook_name: str = "ua-sentinel",
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    cert_interval: float = DEFAULT_CERT_INTERVAL,
+    allowlist_interval: float = DEFAULT_POLL_INTERVAL,
+    sinks: list[str] | None = None,
+) -> ServeSettings:
+    """Command-line values → :class:`ServeSettings`; :class:`SettingsError` names the bad flag.
+
+    ``exempt_groups`` replaces the default exempt groups when given (so a cluster can drop one).
+    """
+    from webhook.kube.configmap import parse_configmap_ref
+
+    if allowlist is not None and allowlist_configmap is not None:
+        raise SettingsError("give --allowlist or --allowlist-configmap, not both")
+    if mode not in admission.MODES:
+        raise SettingsError(f"--mode must be one of {', '.join(admission.MODES)}")
+    checks = (
+        ("--join-wait", join_wait >= 0 and join_wait <= 30, "between 0 and 30 seconds"),
+        ("--join-ttl", join_wait < join_ttl <= 3600, "longer than --join-wait and at most 3600 seconds"),
+        ("--port", 0 <= port <= 65535, "a TCP port (0 picks a free one)"),
+        ("--max-body-bytes", max_body_bytes >= 1024, "at least 1024"),
+        ("--cert-reload-interval", cert_interval > 0, "positive"),
+        ("--allowlist-reload-interval", allowlist_interval > 0, "positive"),
+    )
+    for flag, ok, expected in checks:
+        if not ok:
+            raise SettingsError(f"{flag} must be {expected}")
+    configmap = None
+    if allowlist_configmap is not None:
+        try:
+            configmap = parse_configmap_ref(allowlist_configmap, os.environ.get("POD_NAMESPACE"))
+        except ValueError as exc:
+            raise SettingsError(f"--allowlist-configmap {exc}") from None
+    groups = admission.DEFAULT_EXEMPT_GROUPS if exempt_groups is None else tuple(exempt_groups)
+    return ServeSettings(
+        tls=TLSFiles(
+            cert=Path(tls_cert),
+            key=Path(tls_key),
+            client_ca=Path(client_ca) if client_ca else None,
+            audit_client_ca=Path(audit_client_ca) if audit_client_ca else None,
+        ),
+        allowlist_file=Path(allowlist) if allowlist is not None else None,
+        allowlist_configmap=configmap,
+        host=host,
+        port=port,
+        policy=admission.Policy(
+            mode=mode,  # type: ignore[arg-type]  # checked against MODES above
+            exempt_users=frozenset(exempt_users or ()),
+            exempt_groups=frozenset(groups),
+        ),
+        join_wait=join_wait,
+        join_ttl=join_ttl,
+        webhook_name=webhook_name,
+        max_body_bytes=max_body_bytes,
+        max_audit_body_bytes=max(DEFAULT_MAX_AUDIT_BODY_BYTES, max_body_bytes),
+        cert_interval=cert_interval,
+        allowlist_interval=allowlist_interval,
+        sinks=tuple(sinks) if sinks else ("stdout",),
+    )

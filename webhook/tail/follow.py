@@ -1,0 +1,346 @@
+"""Follow an audit log across the apiserver's rotations, never reading a line twice or half.
+
+kube-apiserver rotates its audit log with lumberjack: the live file is renamed to
+``<stem>-<UTC time>.<ext>`` (``audit-2026-11-27T18-10-45.450.log``), a new file is created at
+the path, and older backups may later be gzipped (``.log.gz``, the plain one then removed).
+logrotate's ``copytruncate`` instead copies the file and truncates it in place. This module
+follows both:
+
+- a file is known by device + inode **and** a fingerprint of its first bytes (inodes are reused;
+  a copied or gzipped backup has a new inode but the same first bytes);
+- after a rename the old file is read to its end before the new one is opened, and any backup
+  rotated in between (several rotations while we were slow or down) is read in order;
+- a truncated live file is finished from its copy (found by fingerprint), then read from 0;
+- a copy made before we had read enough of the live file to know it by its first bytes (a
+  copytruncate right after a rotation, or while we were down) is found as a backup newer than
+  our opening of the live file, and read before the live file goes on;
+- only complete lines are returned; a partial last line waits for its newline, except at the
+  end of a file that was rotated away (no more writes will come), where it counts as a line;
+- a line longer than ``MAX_LINE_BYTES`` is skipped (memory stays bounded) and counted.
+
+:class:`Follower` never raises for a vanished or unreadable backup: it logs, counts and moves on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import zlib
+from dataclasses import dataclass
+
+from webhook.tail.logfiles import (
+    FP_MIN_TRUST,
+    Batch,
+    Candidate,
+    LogFile,
+    Position,
+    rotated_candidates,
+    same_file,
+    starts_like,
+)
+
+__all__ = ["Batch", "FollowStats", "Follower", "Position"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class FollowStats:
+    rotations: int = 0
+    truncations: int = 0
+    unreadable: int = 0
+    lost: int = 0
+    """Files (or parts of files) known to be gone before they were read."""
+
+
+class Follower:
+    """Yields batches of complete lines from ``path`` and its rotations, in write order.
+
+    Create it with the checkpointed :class:`Position` (or None for a first start), call
+    :meth:`read` in a loop (an empty batch with nothing consumed means: at the end, wait) and
+    checkpoint :meth:`position` after the lines returned so far are handled.
+    """
+
+    def __init__(self, path: str, resume: Position | None = None, *, from_start: bool = False) -> None:
+        self.path = os.path.abspath(path)
+        self.stats = FollowStats()
+        self._current: LogFile | None = None
+        self._queue: list[Candidate] = []
+        self._done: list[Position] = []
+        self._gap: Position | None = None
+        self._back_to_live: Position | None = None
+        """Where to go on in the live file after reading copies of it first."""
+        self.idle = False
+        """True after a read found nothing new at the end of the live file."""
+        if resume is not None and resume.dev == 0:
+            self._queue = [c for c in rotated_candidates(self.path) if resume.key and c.key > resume.key]
+            self._open_next()
+        elif resume is not None:
+            self._resume(resume)
+        elif from_start:
+            self._queue = rotated_candidates(self.path)
+            self._open_next()
+        else:
+            self._open_live(at_end=True)
+
+    # -- start-up -------------------------------------------------------------------------
+    def _resume(self, pos: Position) -> None:
+        live = not pos.closed and same_file(self.path, pos, need_inode=True)
+        if live and self._open_live(offset=pos.offset, skipping=pos.skipping, opened_at=pos.opened_at):
+            return
+        found = next((c for c in rotated_candidates(self.path) if same_file(c.path, pos)), None)
+        if found is not None:
+            log.info("resuming %s at offset %d (rotated since the checkpoint)", found.path, pos.offset)
+            self._open(found, offset=pos.offset, skipping=pos.skipping)
+            return
+        if pos.offset > 0 and not pos.finished:
+            self.stats.lost += 1
+            log.error(
+                "the checkpointed file %s (inode %d) is gone: what followed offset %d is lost; "
+                "reading the backups rotated after it",
+                pos.path,
+                pos.ino,
+                pos.offset,
+            )
+        after = pos.key if pos.key is not None else pos.opened_at
+        self._queue = [c for c in rotated_candidates(self.path) if c.key > after]
+        self._open_next()
+
+    # -- opening --------------------------------------------------------------------------
+    def _open(self, cand: Candidate, *, offset: int = 0, skipping: bool = False) -> bool:
+        try:
+            source = LogFile(cand.path, closed=True, key=cand.key, opened_at=time.time())
+            try:
+                source.seek(offset, skipping)
+            except BaseException:
+                source.close()
+                raise
+        except (OSError, EOFError, zlib.error) as exc:
+            self.stats.unreadable += 1
+            log.error("cannot read rotated audit log %s, skipped: %s", cand.path, exc)
+            return False
+        self._switch(source)
+        return True
+
+    def _open_live(
+        self, *, at_end: bool = False, offset: int = 0, skipping: bool = False, opened_at: float | None = None
+    ) -> bool:
+        try:
+            source = LogFile(self.path, closed=False, key=None, opened_at=opened_at or time.time())
+        except FileNotFoundError:
+            self._switch(None)
+            return False
+        except OSError as exc:
+            log.error("cannot open %s: %s", self.path, exc)
+            self._switch(None)
+            return False
+        if at_end:
+            offset = source.last_line_end()
+        source.seek(offset, skipping)
+        self._switch(source)
+        return True
+
+    def _switch(self, source: LogFile | None) -> None:
+        previous = self._current
+        if previous is not None:
+            self._done.append(previous.position())
+            self._done = self._done[-64:]
+            previous.close()
+        if previous is not None:
+            log.debug("left %s at offset %d (closed=%s)", previous.path, previous.offset, previous.closed)
+        self._current = source
+        if source is not None:
+            log.debug("reading %s from offset %d (closed=%s)", source.path, source.offset, source.closed)
+            self._gap = None
+        else:
+            # Nothing open: remember where we stood so a checkpoint can resume after it.
+            if previous is not None and previous.closed:
+                self._gap = previous.position()
+                self._gap.finished = True
+                if self._gap.key is None:
+                    self._gap.key = previous.opened_at
+            elif self._gap is None:
+                now = time.time()
+                self._gap = Position(
+                    self.path, 0, 0, "", 0, 0, closed=True, key=now, opened_at=now, finished=True
+                )
+
+    def _open_next(self) -> None:
+        while self._queue:
+            if self._open(self._queue.pop(0)):
+                return
+        back, self._back_to_live = self._back_to_live, None
+        if back is not None:
+            if same_file(self.path, back, need_inode=True):
+                self._open_live(offset=back.offset, skipping=back.skipping, opened_at=back.opened_at)
+                return
+            moved = next((c for c in rotated_candidates(self.path) if same_file(c.path, back)), None)
+            if moved is not None and self._open(moved, offset=back.offset, skipping=back.skipping):
+                return
+        self._open_live()
+
+    # -- reading --------------------------------------------------------------------------
+    def read(self) -> Batch:
+        """The next lines; an empty batch with ``consumed == 0`` means nothing new yet.
+
+        :attr:`idle` tells whether that is because the live file is read to its end.
+        """
+        self.idle = False
+        for _ in range(64):
+            source = self._current
+            if source is None:
+                if not self._open_live():
+                    self.idle = True
+                    return Batch()
+                source = self._current
+                assert source is not None
+            before = source.save()
+            try:
+                batch = source.read()
+            except (OSError, EOFError, zlib.error) as exc:
+                self.stats.unreadable += 1
+                log.error("reading %s failed, rest of file skipped: %s", source.path, exc)
+                self._after_closed(source)
+                continue
+            if (batch.lines or batch.consumed) and not source.closed and not source.head_intact():
+                source.restore(before)  # truncated under us: what we just read may be new content
+                self._truncated(source)
+                continue
+            if batch.lines or batch.consumed:
+                return batch
+            if source.closed:
+                self._after_closed(source)
+                continue
+            if not self._check_live(source):
+                self.idle = True
+                return Batch()
+        return Batch()
+
+    def _after_closed(self, source: LogFile) -> None:
+        """A rotated file is finished: read what was rotated after it, then the live file."""
+        if not self._queue:
+            after = source.key
+            if after is None:
+                own = next((c for c in rotated_candidates(self.path) if self._is(c.path, source)), None)
+                after = own.key if own is not None else source.opened_at
+            self._queue = [
+                c
+                for c in rotated_candidates(self.path)
+                if c.key > after and not self._is(c.path, source) and not self._was_read(c.path)
+            ]
+        self._open_next()
+
+    def _is(self, path: str, source: LogFile) -> bool:
+        return same_file(path, source.position())
+
+    def _was_read(self, path: str) -> bool:
+        return any(same_file(path, done) for done in self._done)
+
+    def _check_live(self, source: LogFile) -> bool:
+        """At the end of the live file: has it been rotated? True when there is more to read."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False  # renamed, the new file not created yet: wait
+        except OSError as exc:
+            log.warning("cannot stat %s: %s", self.path, exc)
+            return False
+        if (st.st_dev, st.st_ino) != (source.dev, source.ino):
+            self.stats.rotations += 1
+            log.info("%s was rotated; finishing the old file before switching", self.path)
+            source.closed = True
+            return True
+        if st.st_size >= source.read_so_far and source.head_intact():
+            unseen = self._unseen_copies(source)
+            if not unseen:
+                return False
+            self._read_copies_first(source, unseen)
+            return True
+        self._truncated(source)
+        return True
+
+    def _unseen_copies(self, source: LogFile) -> list[Candidate]:
+        """Backups made since we opened the live file that do not hold what we read of it.
+
+        The live file kept its inode and its first bytes, so such a backup is a copytruncate we
+        could not notice: made before we had read enough to know the content by its first bytes.
+        """
+        pos = source.position()
+        return [
+            c
+            for c in rotated_candidates(self.path)
+            if c.key > source.opened_at
+            and not self._was_read(c.path)
+            and not (pos.fp_len >= FP_MIN_TRUST and starts_like(c.path, pos))
+        ]
+
+    def _read_copies_first(self, source: LogFile, copies: list[Candidate]) -> None:
+        self.stats.truncations += 1
+        self.stats.rotations += 1
+        log.warning(
+            "%s was copied to %s and truncated before we could tell; reading the copy, then going on",
+            self.path,
+            copies[0].path,
+        )
+        back = source.position()
+        back.opened_at = max(back.opened_at, copies[-1].key)
+        self._switch(None)
+        self._done.pop()  # not finished: its later copies must not count as read
+        self._queue = list(copies)  # from 0: fewer than FP_MIN_TRUST bytes (no whole line) read twice
+        self._back_to_live = back
+        self._open_next()
+
+    def _truncated(self, source: LogFile) -> None:
+        """copytruncate: finish the old content from its copy (found by fingerprint), then read from 0."""
+        pos = source.position()
+        self.stats.truncations += 1
+        self.stats.rotations += 1
+        # A copy has a new inode, so a short fingerprint (every audit line starts alike) cannot
+        # find it; then the copy is the oldest unread backup made since we opened the file.
+        weak = pos.fp_len < FP_MIN_TRUST
+        if weak:
+            candidates = [c for c in rotated_candidates(self.path) if c.key > source.opened_at]
+        else:
+            candidates = [c for c in reversed(rotated_candidates(self.path)) if same_file(c.path, pos)]
+        copy = next((c for c in candidates if not self._was_read(c.path)), None)
+        if copy is None:
+            self.stats.lost += 1
+            log.error(
+                "%s was truncated and no copy of it was found: lines after offset %d may be lost",
+                self.path,
+                source.offset,
+            )
+            self._switch(None)
+            self._open_live()
+            return
+        log.info("%s was copied to %s and truncated; finishing the copy", self.path, copy.path)
+        self._switch(None)
+        self._queue = []
+        offset, skipping = (0, False) if weak else (pos.offset, pos.skipping)
+        if not self._open(copy, offset=offset, skipping=skipping):
+            self._open_live()
+
+    def position(self) -> Position:
+        """Where the lines returned so far end (when no file is open: what to resume after)."""
+        if self._current is not None:
+            return self._current.position()
+        if self._gap is None:
+            now = time.time()
+            self._gap = Position(
+                self.path, 0, 0, "", 0, 0, closed=True, key=now, opened_at=now, finished=True
+            )
+        return self._gap
+
+    def pending_bytes(self) -> int:
+        """Bytes written but not yet returned, in the current file (for the lag metric)."""
+        source = self._current
+        if source is None or source.compressed:
+            return 0
+        try:
+            return max(0, source.size() - source.offset)
+        except OSError:
+            return 0
+
+    def close(self) -> None:
+        self._switch(None)

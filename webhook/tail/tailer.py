@@ -1,0 +1,384 @@
+"""``ua-sentinel tail``: follow the apiserver's audit log, detect, deliver, checkpoint.
+
+Delivery guarantee (at least once, duplicates recognisable): the checkpoint in ``--state``
+holds the file identity and offset, the Detector's open windows (:meth:`Detector.snapshot`),
+and, per sink, every finding from the lines before that offset that the sink has not
+acknowledged. It is replaced atomically and only as a whole, so after ``kill -9`` at any
+moment a restart redelivers the saved backlog and re-reads the lines after the offset: the
+restored Detector derives the same findings with the same ``event.id`` and ``event.sequence``.
+A finding is therefore delivered at least once; one delivered just before the crash may be
+delivered again, identical, and sinks can drop it (the file sink does).
+
+Windows close in event time, as in ``replay``. When the tailer is at the end of a *live* log
+(the newest event is less than ``grace`` seconds old) it also closes windows older than
+``window + grace`` by the wall clock, so a quiet attacker's totals still come out; a late event
+of a closed window would then open a new one (replay would have folded it), which ``grace``
+makes unlikely. On startup without a checkpoint reading starts at the end of the live file
+(``from_start`` reads the rotated backups and the live file from their beginning).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from webhook.core.audit import MalformedEvent, parse_event
+from webhook.core.findings import Finding, Sink
+from webhook.detect.baseline import Baseline
+from webhook.detect.detector import Detector
+from webhook.inputs.formats import Format, decode
+from webhook.sinks.outbox import DEFAULT_MAX_BACKLOG, Outbox, SinkSpec, restore_findings
+from webhook.tail.checkpoint import Checkpoint, CheckpointStore
+from webhook.tail.follow import Batch, Follower
+from webhook.tail.metrics import TailMetrics
+
+__all__ = ["DEFAULT_GRACE", "TailConfig", "Tailer"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GRACE = 30.0
+MAX_LOGGED_MALFORMED = 20
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TailConfig:
+    path: str
+    state_dir: str
+    fmt: Format = "k8s"
+    from_start: bool = False
+    poll_interval: float = 0.2
+    checkpoint_interval: float = 2.0
+    grace: float = DEFAULT_GRACE
+    max_backlog: int = DEFAULT_MAX_BACKLOG
+    drain_timeout: float = 5.0
+
+
+@dataclass(slots=True)
+class _Totals:
+    """Running counters, saved in the checkpoint so they survive restarts."""
+
+    values: Counter[str] = field(default_factory=Counter)
+
+    def add(self, name: str, n: int = 1) -> None:
+        if n:
+            self.values[name] += n
+
+
+class Tailer:
+    """One tail run: :meth:`run` until ``stop`` is set, then drain sinks and checkpoint."""
+
+    def __init__(
+        self,
+        config: TailConfig,
+        detector: Detector,
+        sinks: Sequence[tuple[SinkSpec, Sink]],
+        *,
+        store: CheckpointStore,
+        baseline: Baseline | None = None,
+        metrics: TailMetrics | None = None,
+    ) -> None:
+        self.config = config
+        self.detector = detector
+        self.baseline = baseline
+        self.store = store
+        self.metrics = metrics
+        self.totals = _Totals()
+        self._follow_seen: dict[str, int] = {}
+        self._live = False
+        """The last lines read were fresh (newest event within ``grace`` of the wall clock)."""
+        self._malformed_logged = 0
+        self.outboxes = [
+            Outbox(
+                spec,
+                sink,
+                max_backlog=config.max_backlog,
+                on_failure=self._sink_failed,
+                on_drop=self._sink_dropped,
+            )
+            for spec, sink in sinks
+        ]
+        if metrics:
+            for outbox in self.outboxes:  # every sink's series exists from the start, at 0
+                metrics.sink_failures.labels(outbox.spec.label)
+                metrics.sink_dropped.labels(outbox.spec.label)
+        checkpoint = store.load()
+        if checkpoint is None:
+            # After a lost checkpoint the safe position is the beginning, not the end of the log.
+            self.follower = Follower(config.path, from_start=config.from_start or store.lost)
+        else:
+            self._restore(checkpoint)
+        self._checkpointed_at = 0.0
+        self._saved_key: tuple[Any, ...] = ()
+        self._checkpoint_offset = 0
+        self._checkpoint_error: str | None = None
+        self.checkpoint()  # a first start records where it starts, before reading anything
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def _restore(self, checkpoint: Checkpoint) -> None:
+        self.detector.restore(checkpoint.detector)
+        if self.baseline is not None and checkpoint.baseline:
+            self.baseline.merge(checkpoint.baseline)  # committed with the first checkpoint below
+        self.totals.values.update(checkpoint.stats)
+        self.follower = Follower(
+            self.config.path, checkpoint.position, from_start=checkpoint.position is None
+        )
+        known = {outbox.spec.key for outbox in self.outboxes}
+        for outbox in self.outboxes:
+            saved = restore_findings(checkpoint.backlog.get(outbox.spec.key, []))
+            if saved:
+                log.info(
+                    "sink %s: redelivering %d findings from the checkpoint", outbox.spec.label, len(saved)
+                )
+                outbox.put(saved)
+        for key, items in checkpoint.backlog.items():
+            if key not in known and items:
+                log.error(
+                    "checkpoint backlog for sink %s (no longer configured): %d findings dropped",
+                    key,
+                    len(items),
+                )
+        position = checkpoint.position
+        log.info(
+            "resuming from checkpoint: %s",
+            f"{position.path} at offset {position.offset}" if position else "no file yet",
+        )
+
+    def run(self, stop: threading.Event) -> None:
+        """Read, detect and deliver until ``stop`` is set; then drain and write a last checkpoint."""
+        try:
+            while not stop.is_set():
+                batch = self.follower.read()
+                if batch.lines or batch.consumed:
+                    self._deliver(self._detect(batch))
+                elif self.follower.idle:
+                    self._deliver(self._close_by_wall_clock())
+                if time.time() - self._checkpointed_at >= self.config.checkpoint_interval:
+                    self.checkpoint(force=False)
+                self._update_gauges()
+                if not (batch.lines or batch.consumed):
+                    stop.wait(self.config.poll_interval)
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """Give sinks ``drain_timeout`` to empty their queues, checkpoint what is left, close."""
+        deadline = time.monotonic() + self.config.drain_timeout
+        for outbox in self.outboxes:
+            outbox.drain(max(0.0, deadline - time.monotonic()))
+        with contextlib.suppress(OSError):
+            self.checkpoint()
+        for outbox in self.outboxes:
+            outbox.close()
+        self.follower.close()
+        if self.baseline is not None:
+            self.baseline.close()
+        self.store.close()
+
+    # -- one batch ------------------------------------------------------------------------
+    def _malformed(self, reason: str) -> None:
+        self.totals.add("malformed")
+        if self.metrics:
+            self.metrics.malformed.inc()
+        self._malformed_logged += 1
+        if self._malformed_logged <= MAX_LOGGED_MALFORMED or self._malformed_logged % 1000 == 0:
+            log.warning(
+                "malformed audit input skipped (%d so far): %s", self.totals.values["malformed"], reason
+            )
+
+    def _detect(self, batch: Batch) -> list[Finding]:
+        self.totals.add("lines", len(batch.lines))
+        self.totals.add("bytes", batch.consumed)
+        if self.metrics:
+            self.metrics.lines.inc(len(batch.lines))
+            self.metrics.bytes.inc(batch.consumed)
+        for _ in range(batch.overlong):
+            self._malformed("line longer than the 4 MiB limit, skipped")
+        prefilter = self.detector.prefilter
+        k8s = self.config.fmt == "k8s"
+        findings: list[Finding] = []
+        for raw in batch.lines:
+            line = raw.rstrip(b"\r")
+            if not line.strip():
+                continue
+            inputs: list[Any]
+            if k8s:
+                if line[:1] != b"{" or line[-1:] != b"}":
+                    self._malformed("not a JSON object line")
+                    continue
+                if not prefilter.matches(line):
+                    continue
+                inputs = [line]
+            else:
+                decoded = decode(self.config.fmt, line)
+                for error in decoded.errors:
+                    self._malformed(error)
+                self.totals.add("skipped_records", decoded.skipped)
+                inputs = decoded.events
+            for item in inputs:
+                try:
+                    event = parse_event(item)
+                except MalformedEvent as exc:
+                    self._malformed(str(exc))
+                    continue
+                findings.extend(self.detector.process(event))
+        watermark = self.detector.watermark
+        if batch.lines and watermark is not None:
+            self._live = time.time() - watermark <= self.config.grace
+        return findings
+
+    def _close_by_wall_clock(self) -> list[Finding]:
+        if not self._live:
+            return []  # the lines read last were old (catching up, or replaying history): event time only
+        return self.detector.close_expired(time.time() - self.config.grace)
+
+    def _deliver(self, findings: list[Finding]) -> None:
+        if not findings:
+            return
+        for finding in findings:
+            self.totals.add(f"findings.{finding.rule.name}")
+            if self.metrics:
+                self.metrics.findings.labels(finding.rule.name).inc()
+        for outbox in self.outboxes:
+            outbox.put(findings)
+
+    # -- checkpoint and metrics -----------------------------------------------------------
+    def _sync_follow_stats(self) -> None:
+        stats = self.follower.stats
+        for name in ("rotations", "truncations", "unreadable", "lost"):
+            delta = getattr(stats, name) - self._follow_seen.get(name, 0)
+            if delta <= 0:
+                continue
+            self._follow_seen[name] = getattr(stats, name)
+            self.totals.add(name, delta)
+            metric = {"rotations": "rotations", "unreadable": "unreadable", "lost": "lost"}.get(name)
+            if self.metrics and metric:
+                getattr(self.metrics, metric).inc(delta)
+
+    def _state_key(self) -> tuple[Any, ...]:
+        """Changes whenever a checkpoint would differ (so an idle tailer does not fsync)."""
+        position = self.follower.position()
+        return (
+            position.path,
+            position.ino,
+            position.offset,
+            position.fp,
+            self.detector.stats.events,
+            self.detector.stats.findings,
+            tuple((o.delivered, o.dropped, len(o)) for o in self.outboxes),
+            tuple(sorted(self.totals.values.items())),
+            (
+                self.follower.stats.rotations,
+                self.follower.stats.truncations,
+                self.follower.stats.unreadable,
+                self.follower.stats.lost,
+            ),
+        )
+
+    def checkpoint(self, *, force: bool = True) -> None:
+        """Save position + detector + backlog atomically; the baseline's new sightings go in it too
+        and are committed to SQLite after it, so the baseline is never ahead of the checkpoint.
+
+        With ``force`` False nothing is written when nothing changed since the last one.
+        """
+        key = self._state_key()
+        if not force and key == self._saved_key:
+            self._checkpointed_at = time.time()
+            return
+        try:
+            self._save()
+        except (OSError, sqlite3.Error) as exc:
+            # A full or failing disk under --state: keep reading and delivering (the sinks do not
+            # depend on it), retry every checkpoint_interval. A crash now resumes from the last
+            # checkpoint written, so lines are read again and nothing is lost.
+            self._checkpointed_at = time.time()
+            self.totals.add("checkpoint_errors")
+            if self.metrics:
+                self.metrics.checkpoint_errors.inc()
+            if str(exc) != self._checkpoint_error:
+                log.error(
+                    "cannot write the checkpoint in %s (%s); still reading and delivering, retrying "
+                    "every %.1f s; a restart now would read again from the last checkpoint written",
+                    self.config.state_dir,
+                    exc,
+                    self.config.checkpoint_interval,
+                )
+            self._checkpoint_error = str(exc)
+            return
+        if self._checkpoint_error is not None:
+            log.info("checkpoint written again in %s", self.config.state_dir)
+            self._checkpoint_error = None
+
+    def _save(self) -> None:
+        self._sync_follow_stats()
+        # The key first: a sink thread acknowledging findings while the checkpoint is built and
+        # fsynced must make the next key differ, or that checkpoint's backlog stays on disk.
+        key = self._state_key()
+        position = self.follower.position()
+        checkpoint = Checkpoint(
+            position=position,
+            detector=self.detector.snapshot(),
+            backlog={
+                o.spec.key: [f.model_dump(by_alias=True, mode="json") for f in o.pending()]
+                for o in self.outboxes
+            },
+            stats=dict(self.totals.values),
+            baseline=self.baseline.pending() if self.baseline is not None else [],
+        )
+        self.store.save(checkpoint)
+        if self.baseline is not None:
+            self.baseline.flush()  # after the checkpoint, which holds the same rows (never ahead)
+        self._saved_key = key
+        self._checkpointed_at = checkpoint.written_at
+        self._checkpoint_offset = position.offset if position else 0
+
+    def _update_gauges(self) -> None:
+        if not self.metrics:
+            return
+        position = self.follower.position()
+        offset = position.offset if position else 0
+        self.metrics.lag_bytes.set(max(0, offset - self._checkpoint_offset) + self.follower.pending_bytes())
+        self.metrics.lag_seconds.set(max(0.0, time.time() - self._checkpointed_at))
+        watermark = self.detector.watermark
+        if watermark is not None:
+            self.metrics.event_lag.set(max(0.0, time.time() - watermark))
+        self.metrics.open_windows.set(self.detector.open_windows)
+        for outbox in self.outboxes:
+            self.metrics.sink_backlog.labels(outbox.spec.label).set(len(outbox))
+
+    def _sink_failed(self, label: str) -> None:
+        self.totals.add("sink_failures")
+        if self.metrics:
+            self.metrics.sink_failures.labels(label).inc()
+
+    def _sink_dropped(self, label: str, count: int) -> None:
+        self.totals.add("dropped", count)
+        if self.metrics:
+            self.metrics.sink_dropped.labels(label).inc(count)
+
+
+def make_stop_event(signals: Sequence[int]) -> tuple[threading.Event, Callable[[], None]]:
+    """A stop event set by ``signals`` (SIGTERM, SIGINT); returns it and a function restoring handlers."""
+    import signal
+
+    stop = threading.Event()
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+
+    def handler(signum: int, frame: object) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    for sig in signals:
+        signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return stop, restore
