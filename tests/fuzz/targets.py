@@ -14,7 +14,7 @@ import orjson
 
 from webhook.core import useragent
 from webhook.core.allowlist import Allowlist, AllowlistError
-from webhook.core.audit import MalformedEvent, parse_event
+from webhook.core.audit import AGENT_ANNOTATION, MalformedEvent, parse_event
 from webhook.detect.detector import Detector
 from webhook.serve import admission
 from webhook.serve.join import JoinResult, Pending
@@ -82,7 +82,7 @@ def admission_target(data: bytes) -> None:
         )
         for warning in outcome.warnings:
             assert_inert(warning, admission.WARNING_MAX)
-        assert_inert(outcome.annotations.get(admission.ANNOTATION_AGENT, ""), useragent.DISPLAY_MAX)
+        assert_inert(outcome.annotations.get(AGENT_ANNOTATION, ""), useragent.DISPLAY_MAX)
         if outcome.verdict == "listed" or mode != "enforce":
             assert outcome.allowed
         body = admission.render(review.api_version, review.request.uid, outcome)

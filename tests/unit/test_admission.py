@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from tests.conftest import DATA
 from tests.integration.traffic import admission, recorded
-from webhook.core.allowlist import Allowlist
+from webhook.core.allowlist import Allowlist, AnnotatedVerdict
 from webhook.serve import admission as adm
 from webhook.serve.join import JoinResult, Pending
 
@@ -299,7 +299,7 @@ def test_spoofing_agent_is_escaped_everywhere() -> None:
 
 @given(st.text(min_size=1, max_size=2000))
 def test_warnings_stay_short_and_printable(agent: str) -> None:
-    verdicts: tuple[adm.Verdict, ...] = ("unlisted", "denied")
+    verdicts: tuple[AnnotatedVerdict, ...] = ("unlisted", "denied")
     for verdict in verdicts:
         text = adm.warning_text(verdict, agent)
         assert len(text) <= adm.WARNING_MAX

@@ -36,8 +36,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from webhook.core import useragent
 
 __all__ = [
+    "VERDICT_RANK",
     "Allowlist",
     "AllowlistError",
+    "AnnotatedVerdict",
     "Decision",
     "Entry",
     "Verdict",
@@ -46,6 +48,11 @@ __all__ = [
 ]
 
 Verdict = Literal["listed", "unlisted", "denied"]
+"""What the allowlist says of an agent."""
+AnnotatedVerdict = Literal["listed", "unlisted", "denied", "unknown"]
+"""What the webhook annotates: a :data:`Verdict`, or ``unknown`` when it found no agent to judge."""
+VERDICT_RANK: dict[str, int] = {"listed": 0, "unknown": 1, "unlisted": 2, "denied": 3}
+"""Worse is higher; where several verdicts apply to one request, the worst one wins."""
 Section = Literal["agents", "denied"]
 
 _CACHE_SIZE = 8192

@@ -14,8 +14,13 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 __all__ = [
+    "AGENT_ANNOTATION",
     "DECISION_ANNOTATION",
+    "HASH_ANNOTATION",
+    "JOIN_ANNOTATION",
     "MAX_LINE_BYTES",
+    "MUTATING_VERBS",
+    "VERDICT_ANNOTATION",
     "Event",
     "EventList",
     "MalformedEvent",
@@ -27,6 +32,12 @@ __all__ = [
 ]
 
 DECISION_ANNOTATION = "authorization.k8s.io/decision"
+VERDICT_ANNOTATION = "user-agent-verdict"
+AGENT_ANNOTATION = "user-agent"
+HASH_ANNOTATION = "allowlist-hash"
+JOIN_ANNOTATION = "user-agent-join"
+"""The webhook's auditAnnotations keys; the apiserver prefixes each with the webhook's name."""
+MUTATING_VERBS = frozenset(("create", "update", "patch", "delete", "deletecollection"))
 MAX_LINE_BYTES = 4 * 1024 * 1024
 """Longest audit line accepted. Metadata-level events are ~1 KB; anything this big is not ours."""
 

@@ -14,6 +14,8 @@ from typing import IO, Any, Literal, Protocol
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from webhook.core.allowlist import Verdict
+
 __all__ = [
     "RULES",
     "THREAT",
@@ -137,8 +139,10 @@ class Source(_Out):
     ip: str | None = None
 
 
-class Verdict(_Out):
-    verdict: Literal["listed", "unlisted", "denied"]
+class VerdictDetail(_Out):
+    """The allowlist's :data:`~webhook.core.allowlist.Verdict` on the agent, and which entry gave it."""
+
+    verdict: Verdict
     entry: str | None = None
     reason: str = ""
     allowlist_hash: str = ""

@@ -33,7 +33,7 @@ from webhook.core.audit import Event
 from webhook.core.findings import Finding
 from webhook.detect.baseline import Baseline, family
 from webhook.detect.flagged import Correlation
-from webhook.detect.prefilter import STATIC_NEEDLES, Prefilter
+from webhook.detect.prefilter import Prefilter
 from webhook.detect.rules import (
     FORBIDDEN_BURST,
     KNOWN_BAD_AGENT,
@@ -47,14 +47,11 @@ from webhook.detect.rules import (
 
 __all__ = [
     "DEFAULT_CONFIG",
-    "PREFILTER_NEEDLES",
     "Detector",
     "DetectorConfig",
     "DetectorStats",
-    "might_matter",
 ]
 
-RULE_UNUSUAL_AGENT_FORBIDDEN = UNUSUAL_AGENT_FORBIDDEN
 SNAPSHOT_VERSION = 2
 
 
@@ -92,21 +89,6 @@ class DetectorStats:
     known_bad: int = 0
     flagged: int = 0
     new_agents: int = 0
-
-
-PREFILTER_NEEDLES: tuple[bytes, ...] = STATIC_NEEDLES
-"""Byte strings of which every line that can give a finding holds one, *except* known-bad-agent.
-
-A refusal's ``responseStatus.code`` is written ``"code":403`` by kube-apiserver (compact JSON)
-and ``"code": 403`` by re-serialisers such as Python's json; the webhook's verdict annotation
-is ``<name>/user-agent-verdict``. known-bad-agent also needs lines whose agent may be denied,
-which depends on the allowlist: use :attr:`Detector.prefilter` for the full superset.
-"""
-
-
-def might_matter(line: bytes) -> bool:
-    """Allowlist-independent pre-filter (see :data:`PREFILTER_NEEDLES`)."""
-    return any(needle in line for needle in PREFILTER_NEEDLES)
 
 
 def _timestamp(event: Event) -> tuple[str, float | None]:

@@ -18,13 +18,10 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from webhook.core.audit import Event
+from webhook.core.allowlist import VERDICT_RANK
+from webhook.core.audit import MUTATING_VERBS, VERDICT_ANNOTATION, Event
 
-__all__ = ["VERDICT_ANNOTATION", "Correlation", "Flagged", "webhook_verdict"]
-
-VERDICT_ANNOTATION = "user-agent-verdict"
-MUTATING = frozenset({"create", "update", "patch", "delete", "deletecollection"})
-_RANK = {"listed": 0, "unknown": 1, "unlisted": 2, "denied": 3}
+__all__ = ["Correlation", "Flagged", "webhook_verdict"]
 
 
 def webhook_verdict(annotations: dict[str, str]) -> str | None:
@@ -32,7 +29,7 @@ def webhook_verdict(annotations: dict[str, str]) -> str | None:
     found: str | None = None
     for key, value in annotations.items():
         ours = key == VERDICT_ANNOTATION or key.endswith("/" + VERDICT_ANNOTATION)
-        if ours and value in _RANK and (found is None or _RANK[value] > _RANK[found]):
+        if ours and value in VERDICT_RANK and (found is None or VERDICT_RANK[value] > VERDICT_RANK[found]):
             found = value
     return found
 
@@ -83,7 +80,7 @@ class Correlation:
         self._memory[key] = entry
         entry.count += 1
         code = event.code or 0
-        if event.verb in MUTATING and 0 < code < 400:
+        if event.verb in MUTATING_VERBS and 0 < code < 400:
             entry.acting += 1
         for values, value in (
             (entry.verbs, event.verb),

@@ -29,7 +29,7 @@ from webhook.core.findings import (
     User,
     UserAgentField,
     UserGroup,
-    Verdict,
+    VerdictDetail,
 )
 from webhook.detect.flagged import Flagged
 
@@ -154,7 +154,7 @@ def build_finding(window: Window, *, sequence: int, related: Flagged | None) -> 
     success = window.rule == KNOWN_BAD_AGENT
     extra: dict[str, Any] = {
         "severity": severity,
-        "verdict": Verdict(
+        "verdict": VerdictDetail(
             verdict=window.verdict,
             entry=window.entry,
             reason=window.reason,

@@ -29,14 +29,11 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from webhook.core import useragent
-from webhook.core.allowlist import Allowlist, Decision
+from webhook.core.allowlist import VERDICT_RANK, Allowlist, AnnotatedVerdict, Decision
+from webhook.core.audit import AGENT_ANNOTATION, HASH_ANNOTATION, JOIN_ANNOTATION, VERDICT_ANNOTATION
 from webhook.serve.join import JoinResult, Lookup
 
 __all__ = [
-    "ANNOTATION_AGENT",
-    "ANNOTATION_HASH",
-    "ANNOTATION_JOIN",
-    "ANNOTATION_VERDICT",
     "API_VERSIONS",
     "DEFAULT_EXEMPT_GROUPS",
     "MODES",
@@ -47,7 +44,6 @@ __all__ = [
     "Outcome",
     "Policy",
     "ReviewError",
-    "Verdict",
     "decide",
     "lookup_of",
     "parse_review",
@@ -58,20 +54,11 @@ __all__ = [
 
 Mode = Literal["observe", "warn", "enforce"]
 MODES: Final = ("observe", "warn", "enforce")
-Verdict = Literal["listed", "unlisted", "denied", "unknown"]
 API_VERSIONS: Final = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
 DEFAULT_EXEMPT_GROUPS: Final = ("system:masters", "system:nodes", "system:serviceaccounts:kube-system")
 
-ANNOTATION_VERDICT: Final = "user-agent-verdict"
-ANNOTATION_AGENT: Final = "user-agent"
-ANNOTATION_HASH: Final = "allowlist-hash"
-ANNOTATION_JOIN: Final = "user-agent-join"
-"""auditAnnotations keys; the apiserver prefixes them with the webhook name."""
-
 WARNING_MAX: Final = 120
 """Longest warning we send: kubectl prints it on one line after ``Warning: ``."""
-
-_RANK: dict[str, int] = {"listed": 0, "unlisted": 1, "denied": 2}
 
 _shown = lru_cache(maxsize=4096)(useragent.display)
 """Escaping is pure and agents repeat (every kubectl call sends the same one): cache it."""
@@ -203,7 +190,7 @@ class Policy:
 class Outcome:
     """The decision for one review, ready to render."""
 
-    verdict: Verdict
+    verdict: AnnotatedVerdict
     agent: str | None = None
     allowed: bool = True
     warnings: tuple[str, ...] = ()
@@ -216,7 +203,7 @@ class Outcome:
 
 
 @lru_cache(maxsize=4096)
-def warning_text(verdict: Verdict, agent: str | None) -> str:
+def warning_text(verdict: AnnotatedVerdict, agent: str | None) -> str:
     """The warning kubectl prints (after ``Warning: ``): escaped, at most :data:`WARNING_MAX` chars."""
     if agent is None:
         return "this request sent no User-Agent; requests without one are recorded"
@@ -227,7 +214,7 @@ def warning_text(verdict: Verdict, agent: str | None) -> str:
     return head + useragent.display(agent, WARNING_MAX - len(head) - len(tail)) + tail
 
 
-def _deny_message(verdict: Verdict, agent: str | None, allowlist_hash: str) -> str:
+def _deny_message(verdict: AnnotatedVerdict, agent: str | None, allowlist_hash: str) -> str:
     shown = (
         f'user agent "{useragent.display(agent, 96)}"'
         if agent is not None
@@ -243,9 +230,9 @@ def _deny_message(verdict: Verdict, agent: str | None, allowlist_hash: str) -> s
 
 def unknown(allowlist_hash: str | None, *, reason: str | None = None) -> Outcome:
     """Allowed, no warning: nothing tells us the agent (or something went wrong finding it)."""
-    annotations = {ANNOTATION_VERDICT: "unknown", ANNOTATION_HASH: allowlist_hash or "none"}
+    annotations = {VERDICT_ANNOTATION: "unknown", HASH_ANNOTATION: allowlist_hash or "none"}
     if reason:
-        annotations[ANNOTATION_JOIN] = reason
+        annotations[JOIN_ANNOTATION] = reason
     return Outcome(verdict="unknown", annotations=annotations)
 
 
@@ -272,18 +259,18 @@ def decide(
         decision = allowlist.decide(
             agent, user=user.username, groups=user.groups, namespace=request.namespace or None, today=today
         )
-        if worst is None or _RANK[decision.verdict] > _RANK[worst[1].verdict]:
+        if worst is None or VERDICT_RANK[decision.verdict] > VERDICT_RANK[worst[1].verdict]:
             worst = (agent, decision)
     assert worst is not None  # a JoinResult holds at least one entry
     agent, decision = worst
-    verdict: Verdict = decision.verdict
+    verdict: AnnotatedVerdict = decision.verdict
     annotations = {
-        ANNOTATION_VERDICT: verdict,
-        ANNOTATION_AGENT: _shown(agent),
-        ANNOTATION_HASH: allowlist.hash,
+        VERDICT_ANNOTATION: verdict,
+        AGENT_ANNOTATION: _shown(agent),
+        HASH_ANNOTATION: allowlist.hash,
     }
     if join.ambiguous:
-        annotations[ANNOTATION_JOIN] = (
+        annotations[JOIN_ANNOTATION] = (
             f"ambiguous: {len(join.entries)} pending requests with {len(join.agents)} different agents "
             "matched; the worst verdict was used"
         )

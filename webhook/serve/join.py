@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from sys import intern
 
-from webhook.core.audit import Event
+from webhook.core.audit import MUTATING_VERBS, Event
 
 __all__ = [
     "CONNECT_SUBRESOURCES",
@@ -66,7 +66,6 @@ DEFAULT_TTL = 10.0
 DEFAULT_MAX_ENTRIES = 100_000
 """Pending requests kept; ~0.9 KB each (measured: bench/RESULTS.md, item 5), ~90 MB at the cap."""
 
-MUTATING_VERBS = frozenset(("create", "update", "patch", "delete", "deletecollection"))
 CONNECT_SUBRESOURCES = frozenset(("exec", "attach", "portforward", "proxy"))
 OPERATION_VERBS: dict[str, tuple[str, ...]] = {
     "CREATE": ("create",),

@@ -85,7 +85,7 @@ would take core events along, so the default is spelled out:
     (.Capabilities.APIVersions), minus webhook.excludedGroups.
 A lone "*" never matches a subresource, so the non-status subresources are listed (the rule resource
 "*" + "/exec" means the exec subresource of any resource). A CRD group installed later is covered after the next `helm upgrade`;
-set webhook.detect.rules for anything else. */}}
+set webhook.rules for anything else. */}}
 {{- define "ua-sentinel.coreResources" -}}
 {{- list "bindings" "configmaps" "endpoints" "limitranges" "namespaces" "nodes" "persistentvolumeclaims" "persistentvolumes" "pods" "podtemplates" "replicationcontrollers" "resourcequotas" "secrets" "serviceaccounts" "services" | toJson }}
 {{- end }}
@@ -103,8 +103,8 @@ set webhook.detect.rules for anything else. */}}
 {{- keys $groups | sortAlpha | toJson }}
 {{- end }}
 {{- define "ua-sentinel.webhookRules" -}}
-{{- if .Values.webhook.detect.rules }}
-{{- toYaml .Values.webhook.detect.rules }}
+{{- if .Values.webhook.rules }}
+{{- toYaml .Values.webhook.rules }}
 {{- else }}
 {{- $ops := list "CREATE" "UPDATE" "DELETE" "CONNECT" }}
 {{- $sub := include "ua-sentinel.subresources" . | fromJsonArray }}
