@@ -17,13 +17,14 @@ from webhook import __version__
 from webhook.core import useragent
 from webhook.core.allowlist import Allowlist, AllowlistError, default_allowlist
 from webhook.detect.detector import Detector, DetectorConfig
+from webhook.errors import SetupError
 
 __all__ = ["CliError", "load_allowlist", "main"]
 
 Runner = Callable[[argparse.Namespace], int]
 
 
-class CliError(Exception):
+class CliError(SetupError):
     """A problem the user can fix; printed as one line, exit status 1."""
 
 

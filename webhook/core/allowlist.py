@@ -34,6 +34,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from webhook.core import useragent
+from webhook.errors import SetupError
 
 __all__ = [
     "VERDICT_RANK",
@@ -58,7 +59,7 @@ Section = Literal["agents", "denied"]
 _CACHE_SIZE = 8192
 
 
-class AllowlistError(ValueError):
+class AllowlistError(SetupError, ValueError):
     """The allowlist text cannot be used; the message names the entry and the problem."""
 
 

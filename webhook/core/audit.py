@@ -13,6 +13,8 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from webhook.errors import InputError
+
 __all__ = [
     "AGENT_ANNOTATION",
     "DECISION_ANNOTATION",
@@ -143,7 +145,7 @@ class EventList(_Wire):
     items: list[Event] = Field(default_factory=list)
 
 
-class MalformedEvent(ValueError):
+class MalformedEvent(InputError):
     """An audit line that is not a usable Event; the message says why (never the line itself)."""
 
 

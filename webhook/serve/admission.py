@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from webhook.core import useragent
 from webhook.core.allowlist import VERDICT_RANK, Allowlist, AnnotatedVerdict, Decision
 from webhook.core.audit import AGENT_ANNOTATION, HASH_ANNOTATION, JOIN_ANNOTATION, VERDICT_ANNOTATION
+from webhook.errors import InputError
 from webhook.serve.join import JoinResult, Lookup
 
 __all__ = [
@@ -64,7 +65,7 @@ _shown = lru_cache(maxsize=4096)(useragent.display)
 """Escaping is pure and agents repeat (every kubectl call sends the same one): cache it."""
 
 
-class ReviewError(ValueError):
+class ReviewError(InputError):
     """The AdmissionReview cannot be answered; the message says what is wrong with it (HTTP 400)."""
 
 

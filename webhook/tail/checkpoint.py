@@ -31,6 +31,7 @@ from typing import Any
 
 import orjson
 
+from webhook.errors import SetupError
 from webhook.tail.follow import Position
 
 __all__ = ["CHECKPOINT_FILE", "PREVIOUS_FILE", "Checkpoint", "CheckpointStore", "StateLocked"]
@@ -46,7 +47,7 @@ def _checksum(payload: dict[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-class StateLocked(RuntimeError):
+class StateLocked(SetupError, RuntimeError):
     """Another tailer holds the state directory."""
 
 
