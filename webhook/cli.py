@@ -19,7 +19,7 @@ from webhook.core.allowlist import Allowlist, AllowlistError, default_allowlist
 from webhook.detect.detector import Detector, DetectorConfig
 from webhook.errors import SetupError
 
-__all__ = ["CliError", "load_allowlist", "main"]
+__all__ = ["CliError", "build_parser", "load_allowlist", "main"]
 
 Runner = Callable[[argparse.Namespace], int]
 

@@ -359,22 +359,25 @@ class Allowlist:
         day = today or dt.date.today()
         denied_idx, agent_idx, spoofed = self._candidates(agent)
         expired: list[str] = []
-        for i in denied_idx:
-            entry = self.denied[i]
-            if entry.expired(day):
-                expired.append(entry.label)
-            elif entry.scope.admits(user, groups, namespace):
-                return Decision("denied", entry.label, "known-bad agent", tuple(expired))
+
+        def first(entries: Sequence[_Compiled], candidates: Sequence[int]) -> _Compiled | None:
+            """The first candidate in force whose scope admits the principal; expired ones noted."""
+            for i in candidates:
+                entry = entries[i]
+                if entry.expired(day):
+                    expired.append(entry.label)
+                elif entry.scope.admits(user, groups, namespace):
+                    return entry
+            return None
+
+        if (hit := first(self.denied, denied_idx)) is not None:
+            return Decision("denied", hit.label, "known-bad agent", tuple(expired))
         if spoofed:
             return Decision(
                 "unlisted", None, "agent holds control, bidi or zero-width characters", tuple(expired)
             )
-        for i in agent_idx:
-            entry = self.agents[i]
-            if entry.expired(day):
-                expired.append(entry.label)
-            elif entry.scope.admits(user, groups, namespace):
-                return Decision("listed", entry.label, "matched", tuple(expired))
+        if (hit := first(self.agents, agent_idx)) is not None:
+            return Decision("listed", hit.label, "matched", tuple(expired))
         return Decision("unlisted", None, "no entry matched", tuple(expired))
 
     def expired_entries(self, today: dt.date | None = None) -> list[str]:

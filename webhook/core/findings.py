@@ -19,12 +19,19 @@ from webhook.core.allowlist import Verdict
 __all__ = [
     "RULES",
     "THREAT",
+    "Aggregate",
+    "EffectiveUser",
     "Finding",
     "FindingEvent",
     "JsonLinesSink",
     "Rule",
     "Severity",
     "Sink",
+    "Source",
+    "User",
+    "UserAgentField",
+    "UserGroup",
+    "VerdictDetail",
     "dumps",
 ]
 
