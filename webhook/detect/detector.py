@@ -214,6 +214,14 @@ class Detector:
             start_epoch=epoch if epoch is not None else self._watermark,
         )
 
+    def _make_room(self, table: OrderedDict[tuple[Any, ...], Window], cap: int, out: list[Finding]) -> bool:
+        """Close the oldest window of a full ``table`` into ``out``; True when one was evicted."""
+        if len(table) < cap:
+            return False
+        _, oldest = table.popitem(last=False)
+        out.extend(self._close(oldest))
+        return True
+
     def _fold(
         self,
         rule: str,
@@ -234,10 +242,8 @@ class Detector:
         )
         window = self._windows.get(key)
         if window is None:
-            if len(self._windows) >= self.config.max_windows:
-                _, oldest = self._windows.popitem(last=False)
+            if self._make_room(self._windows, self.config.max_windows, out):
                 self.stats.windows_evicted += 1
-                out.extend(self._close(oldest))
             window = self._open(rule, key, event, decision, allowlist_hash, text, epoch)
             self._windows[key] = window
         self._add(window, event, text)
@@ -259,10 +265,8 @@ class Detector:
         )
         window = self._bursts.get(key)
         if window is None:
-            if len(self._bursts) >= self.config.max_bursts:
-                _, oldest = self._bursts.popitem(last=False)
+            if self._make_room(self._bursts, self.config.max_bursts, out):
                 self.stats.bursts_evicted += 1
-                out.extend(self._close(oldest))
             window = self._open(FORBIDDEN_BURST, key, event, decision, allowlist_hash, text, epoch)
             window.fired = False
             window.extra = {
