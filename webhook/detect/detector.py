@@ -91,6 +91,12 @@ class DetectorStats:
     new_agents: int = 0
 
 
+def _principal(event: Event) -> tuple[str, str | None, str | None]:
+    """Who refused requests are folded by: the user, whom it impersonated, and its agent."""
+    effective = event.impersonated_user
+    return event.user.username, effective.username if effective else None, event.user_agent
+
+
 def _timestamp(event: Event) -> tuple[str, float | None]:
     text = event.stage_timestamp or event.request_received_timestamp
     try:
@@ -232,14 +238,7 @@ class Detector:
         epoch: float | None,
     ) -> list[Finding]:
         out: list[Finding] = []
-        effective = event.impersonated_user
-        key = (
-            rule,
-            event.user.username,
-            effective.username if effective else None,
-            event.user_agent,
-            event.source_ip,
-        )
+        key = (rule, *_principal(event), event.source_ip)
         window = self._windows.get(key)
         if window is None:
             if self._make_room(self._windows, self.config.max_windows, out):
@@ -256,13 +255,7 @@ class Detector:
         self, event: Event, decision: Decision, allowlist_hash: str, text: str, epoch: float | None
     ) -> list[Finding]:
         out: list[Finding] = []
-        effective = event.impersonated_user
-        key = (
-            FORBIDDEN_BURST,
-            event.user.username,
-            effective.username if effective else None,
-            event.user_agent,
-        )
+        key = (FORBIDDEN_BURST, *_principal(event))
         window = self._bursts.get(key)
         if window is None:
             if self._make_room(self._bursts, self.config.max_bursts, out):
