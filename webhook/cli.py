@@ -141,7 +141,7 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _run_replay(args: argparse.Namespace) -> int:
-    from webhook.core.findings import JsonLinesSink
+    from webhook.sinks.base import JsonLinesSink
     from webhook.tools.replay import replay
 
     if args.workers < 1:

@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any, Final
 
 from webhook.core.allowlist import default_allowlist
-from webhook.core.findings import Sink
 from webhook.core.live_allowlist import DEFAULT_POLL_INTERVAL, FileSource, LiveAllowlist
 from webhook.detect.detector import Detector
 from webhook.logs import fields
 from webhook.serve import admission
-from webhook.serve.feed import DEFAULT_QUEUE_EVENTS, DetectorFeed, FanOutSink
+from webhook.serve.feed import DEFAULT_QUEUE_EVENTS, DetectorFeed
 from webhook.serve.join import DEFAULT_MAX_ENTRIES, DEFAULT_TTL, RequestIndex
 from webhook.serve.metrics import Metrics, StateSources
 from webhook.serve.routes import (
@@ -33,6 +32,8 @@ from webhook.serve.routes import (
     create_app,
 )
 from webhook.serve.tls import DEFAULT_CERT_INTERVAL, CertificateReloader, TLSFiles, run_uvicorn
+from webhook.sinks.base import Sink
+from webhook.sinks.fanout import FanOutSink
 
 __all__ = ["DEFAULT_PORT", "ServeSettings", "Service", "SettingsError", "build_settings", "serve"]
 
@@ -126,14 +127,14 @@ class Service:
 
     @staticmethod
     def _open_sinks(texts: tuple[str, ...]) -> FanOutSink:
-        from webhook.sinks.outbox import parse_sink
+        from webhook.sinks.spec import open_sink, parse_sink
 
         try:
             specs = [parse_sink(text) for text in texts]
         except ValueError as exc:
             raise SettingsError(f"--sink {exc}") from None
         try:
-            return FanOutSink(specs)
+            return FanOutSink([(spec, open_sink(spec)) for spec in specs])
         except Exception as exc:  # a sink that cannot even be opened (k8s-events without API access)
             raise SettingsError(f"--sink: {exc}") from None
 

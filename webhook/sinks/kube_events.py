@@ -16,6 +16,7 @@ import socket
 from typing import Any
 
 from webhook.core.findings import Finding
+from webhook.sinks.base import SinkError
 
 __all__ = ["KubernetesEventsSink", "event_body", "own_namespace"]
 
@@ -134,8 +135,6 @@ class KubernetesEventsSink:
             log.info("event in namespace %s refused (HTTP %s); using %s", target, status, self.namespace)
         status = self._create(self.namespace, event_body(finding, self.namespace, own=True))
         if status not in (201, 409):
-            from webhook.sinks.outbox import SinkError
-
             raise SinkError(f"creating the Event failed: HTTP {status}")
 
     def close(self) -> None:

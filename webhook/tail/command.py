@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from webhook.core.allowlist import Allowlist, AllowlistError, default_allowlist
-from webhook.core.findings import Sink
 from webhook.detect.baseline import Baseline
 from webhook.detect.detector import Detector, DetectorConfig
 from webhook.inputs.formats import Format
-from webhook.sinks.outbox import DEFAULT_MAX_BACKLOG, SinkSpec, open_sink, parse_sink
+from webhook.sinks.base import Sink
+from webhook.sinks.outbox import DEFAULT_MAX_BACKLOG
+from webhook.sinks.spec import SinkSpec, open_sink, parse_sink
 from webhook.tail.checkpoint import CheckpointStore, StateLocked
 from webhook.tail.metrics import TailMetrics
 from webhook.tail.tailer import DEFAULT_GRACE, TailConfig, Tailer, make_stop_event
