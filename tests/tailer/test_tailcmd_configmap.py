@@ -16,6 +16,7 @@ import pytest
 
 from webhook.core.allowlist import default_allowlist
 from webhook.core.live_allowlist import LiveAllowlist
+from webhook.kube import client as kube_client
 from webhook.kube import configmap as k8s
 from webhook.tail import command as tailcmd
 
@@ -28,7 +29,7 @@ class StubSource:
 
     outcome: Callable[[LiveAllowlist], object] = staticmethod(lambda live: None)
 
-    def __init__(self, live: LiveAllowlist, namespace: str, name: str, *, api: Any, recorder: Any) -> None:
+    def __init__(self, live: LiveAllowlist, namespace: str, name: str, *, api: Any, events: Any) -> None:
         self.live = live
         self.release = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -53,7 +54,7 @@ class StubSource:
 
 @pytest.fixture
 def stub_k8s(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[StubSource]]:
-    monkeypatch.setattr(k8s, "api_client", lambda: object())
+    monkeypatch.setattr(kube_client, "api_client", lambda: object())
     monkeypatch.setattr(k8s, "ConfigMapSource", StubSource)
     yield StubSource
     StubSource.outcome = staticmethod(lambda live: None)

@@ -139,13 +139,15 @@ class Service:
             raise SettingsError(f"--sink: {exc}") from None
 
     def _configmap_source(self, namespace: str, name: str) -> Any:
-        from webhook.kube import configmap as k8s
+        from webhook.kube.client import api_client
+        from webhook.kube.configmap import ConfigMapSource
+        from webhook.kube.events import EventWriter
 
         try:
-            api = k8s.api_client()
+            api = api_client()
         except Exception as exc:
             raise SettingsError(f"--allowlist-configmap: no Kubernetes API access: {exc}") from None
-        return k8s.ConfigMapSource(self.allowlist, namespace, name, api=api, recorder=k8s.EventRecorder(api))
+        return ConfigMapSource(self.allowlist, namespace, name, api=api, events=EventWriter(api))
 
     async def start(self) -> None:
         self.feed.start()
@@ -240,7 +242,7 @@ def build_settings(
 
     ``exempt_groups`` replaces the default exempt groups when given (so a cluster can drop one).
     """
-    from webhook.kube.configmap import parse_configmap_ref
+    from webhook.kube.client import parse_configmap_ref
 
     if allowlist is not None and allowlist_configmap is not None:
         raise SettingsError("give --allowlist or --allowlist-configmap, not both")

@@ -65,15 +65,17 @@ def _allowlist_source(options: TailOptions) -> tuple[Callable[[], Allowlist], Ca
     if options.allowlist and options.allowlist_configmap:
         raise TailSetupError("give --allowlist or --allowlist-configmap, not both")
     if options.allowlist_configmap:
+        from webhook.kube import client as kube_client
         from webhook.kube import configmap as k8s
+        from webhook.kube.events import EventWriter
 
         try:
-            namespace, name = k8s.parse_configmap_ref(options.allowlist_configmap)
+            namespace, name = kube_client.parse_configmap_ref(options.allowlist_configmap)
         except ValueError as exc:
             raise TailSetupError(f"--allowlist-configmap {exc}") from None
         live = LiveAllowlist(fallback=default_allowlist())
-        api = k8s.api_client()
-        cm_source = k8s.ConfigMapSource(live, namespace, name, api=api, recorder=k8s.EventRecorder(api))
+        api = kube_client.api_client()
+        cm_source = k8s.ConfigMapSource(live, namespace, name, api=api, events=EventWriter(api))
         # Events are judged when read, so reading before the first list would judge the lines
         # of a --from-start or a resumed checkpoint by the built-in allowlist: wait for the
         # ConfigMap's first outcome (applied, or refused/missing/forbidden), bounded.
