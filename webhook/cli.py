@@ -369,6 +369,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def _run_serve(args: argparse.Namespace) -> int:
     from webhook import logs
     from webhook.serve import service as serve
+    from webhook.startup import SettingsError
 
     logs.configure(args.log_level)
     try:
@@ -393,7 +394,7 @@ def _run_serve(args: argparse.Namespace) -> int:
             sinks=args.sink,
         )
         serve.serve(settings)
-    except serve.SettingsError as exc:
+    except SettingsError as exc:
         raise CliError(str(exc)) from None
     return 0
 
@@ -455,7 +456,8 @@ def _add_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _run_tail(args: argparse.Namespace) -> int:
     from webhook.logs import configure
-    from webhook.tail.command import TailOptions, TailSetupError, run_tail
+    from webhook.startup import SettingsError
+    from webhook.tail.command import TailOptions, run_tail
 
     configure(args.log_level)
     config = _detector_config(args)
@@ -479,7 +481,7 @@ def _run_tail(args: argparse.Namespace) -> int:
     )
     try:
         return run_tail(options)
-    except TailSetupError as exc:
+    except SettingsError as exc:
         raise CliError(str(exc)) from None
 
 
