@@ -142,7 +142,7 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _run_replay(args: argparse.Namespace) -> int:
-    from webhook.core.findings import JsonLinesSink
+    from webhook.sinks.base import JsonLinesSink
     from webhook.tools.replay import replay
 
     if args.workers < 1:
@@ -370,6 +370,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def _run_serve(args: argparse.Namespace) -> int:
     from webhook import logs
     from webhook.serve import service as serve
+    from webhook.startup import SettingsError
 
     logs.configure(args.log_level)
     try:
@@ -394,7 +395,7 @@ def _run_serve(args: argparse.Namespace) -> int:
             sinks=args.sink,
         )
         serve.serve(settings)
-    except serve.SettingsError as exc:
+    except SettingsError as exc:
         raise CliError(str(exc)) from None
     return 0
 
@@ -456,7 +457,8 @@ def _add_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _run_tail(args: argparse.Namespace) -> int:
     from webhook.logs import configure
-    from webhook.tail.command import TailOptions, TailSetupError, run_tail
+    from webhook.startup import SettingsError
+    from webhook.tail.command import TailOptions, run_tail
 
     configure(args.log_level)
     config = _detector_config(args)
@@ -480,7 +482,7 @@ def _run_tail(args: argparse.Namespace) -> int:
     )
     try:
         return run_tail(options)
-    except TailSetupError as exc:
+    except SettingsError as exc:
         raise CliError(str(exc)) from None
 
 

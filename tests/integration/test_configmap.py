@@ -19,7 +19,8 @@ from tests.integration.server import wait_for
 from tests.integration.traffic import admission, audit_batch
 from webhook.core.allowlist import Allowlist, default_allowlist
 from webhook.core.live_allowlist import LiveAllowlist
-from webhook.kube.configmap import ConfigMapSource, EventRecorder, parse_configmap_ref
+from webhook.kube.configmap import ConfigMapSource
+from webhook.kube.events import EventWriter
 
 NS, NAME = "ua-sentinel", "ua-sentinel-allowlist"
 GOOD = 'agents: ["kubectl/*"]\n'
@@ -39,9 +40,7 @@ def apiserver() -> Iterator[FakeApiserver]:
 def watching(apiserver: FakeApiserver) -> Iterator[tuple[ConfigMapSource, LiveAllowlist]]:
     api = client.CoreV1Api(client.ApiClient(client.Configuration(host=apiserver.url)))
     live = LiveAllowlist(fallback=default_allowlist())
-    source = ConfigMapSource(
-        live, NS, NAME, api=api, recorder=EventRecorder(api, instance="test-pod"), resync=30
-    )
+    source = ConfigMapSource(live, NS, NAME, api=api, events=EventWriter(api, instance="test-pod"), resync=30)
     source._sleep = lambda seconds: source._stop.wait(min(seconds, 0.05))  # fast backoff
     source.start()
     yield source, live
@@ -149,14 +148,6 @@ def test_api_errors_back_off_and_retry(apiserver: FakeApiserver) -> None:
         apiserver.end_watches()
     assert source.failures == 2
     assert len(sleeps) == 2 and 0.8 <= sleeps[0] <= 1.2 and 1.6 <= sleeps[1] <= 2.4  # doubling, jittered
-
-
-def test_configmap_reference_parsing() -> None:
-    assert parse_configmap_ref("ns/cm") == ("ns", "cm")
-    assert parse_configmap_ref("cm", "from-pod-namespace") == ("from-pod-namespace", "cm")
-    for bad in ("cm", "/cm", "ns/", "a/b/c"):
-        with pytest.raises(ValueError, match="NAMESPACE/NAME"):
-            parse_configmap_ref(bad)
 
 
 def test_serve_with_a_configmap_allowlist(launch: Launch, tmp_path: Path, apiserver: FakeApiserver) -> None:

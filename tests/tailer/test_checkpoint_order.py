@@ -19,7 +19,8 @@ from webhook.core.allowlist import Allowlist
 from webhook.core.findings import Finding
 from webhook.detect.baseline import Baseline
 from webhook.detect.detector import Detector
-from webhook.sinks.outbox import Sink, open_sink, parse_sink
+from webhook.sinks.base import Sink
+from webhook.sinks.spec import open_sink, parse_sink
 from webhook.tail.checkpoint import CheckpointStore
 from webhook.tail.tailer import TailConfig, Tailer
 

@@ -16,7 +16,10 @@ from webhook.core.allowlist import Allowlist
 from webhook.core.audit import parse_event
 from webhook.core.findings import Finding
 from webhook.detect.detector import Detector
-from webhook.sinks.outbox import FileSink, HttpSink, Outbox, parse_sink, slack_text
+from webhook.sinks.file import FileSink
+from webhook.sinks.http import HttpSink, slack_text
+from webhook.sinks.outbox import Outbox
+from webhook.sinks.spec import parse_sink
 
 from .conftest import ACCEPTANCE_ALLOWLIST, findings_in, fixture_lines, wait_for
 

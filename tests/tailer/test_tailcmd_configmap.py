@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from webhook import startup
 from webhook.core.allowlist import default_allowlist
 from webhook.core.live_allowlist import LiveAllowlist
-from webhook.kube import configmap as k8s
 from webhook.tail import command as tailcmd
 
 AGENT = "python-requests/2.34.2"  # denied by the built-in allowlist
@@ -28,8 +28,9 @@ class StubSource:
 
     outcome: Callable[[LiveAllowlist], object] = staticmethod(lambda live: None)
 
-    def __init__(self, live: LiveAllowlist, namespace: str, name: str, *, api: Any, recorder: Any) -> None:
+    def __init__(self, live: LiveAllowlist, namespace: str, name: str, *, api: Any, events: Any) -> None:
         self.live = live
+        self.namespace, self.name = namespace, name
         self.release = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.stopped = False
@@ -53,8 +54,8 @@ class StubSource:
 
 @pytest.fixture
 def stub_k8s(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[StubSource]]:
-    monkeypatch.setattr(k8s, "api_client", lambda: object())
-    monkeypatch.setattr(k8s, "ConfigMapSource", StubSource)
+    monkeypatch.setattr(startup, "api_client", lambda: object())
+    monkeypatch.setattr(startup, "ConfigMapSource", StubSource)
     yield StubSource
     StubSource.outcome = staticmethod(lambda live: None)
 
@@ -67,7 +68,8 @@ def _options(wait: float = 30.0) -> tailcmd.TailOptions:
 
 def test_the_first_configmap_load_is_awaited_before_anything_is_judged(stub_k8s: type[StubSource]) -> None:
     stub_k8s.outcome = staticmethod(lambda live: live.apply_text(LISTING, source="configmap ua/allowlist"))
-    current, stop = tailcmd._allowlist_source(_options())
+    source = tailcmd._allowlist_source(_options())
+    current, stop = source.current, source.stop
     assert current().decide(AGENT).verdict == "listed"
     stop()
     assert stub_k8s.last.stopped
@@ -77,12 +79,12 @@ def test_a_refused_or_missing_configmap_ends_the_wait_with_the_built_in_allowlis
     stub_k8s: type[StubSource],
 ) -> None:
     stub_k8s.outcome = staticmethod(lambda live: live.fail("configmap ua/allowlist: not found", source="cm"))
-    current, _ = tailcmd._allowlist_source(_options())
+    current = tailcmd._allowlist_source(_options()).current
     assert stub_k8s.last.live.status().errors == 1  # returned after the outcome, not before
     assert current() is default_allowlist()
 
 
 def test_the_wait_is_bounded_and_logged(stub_k8s: type[StubSource], caplog: pytest.LogCaptureFixture) -> None:
-    current, _ = tailcmd._allowlist_source(_options(wait=0.05))  # the outcome never comes in time
+    current = tailcmd._allowlist_source(_options(wait=0.05)).current  # the outcome never comes in time
     assert current() is default_allowlist()
     assert "not read within" in caplog.text

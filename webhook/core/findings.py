@@ -1,4 +1,4 @@
-"""Findings (ECS field names, nested) and the sinks that deliver them.
+"""Findings: the schema (ECS field names, nested), the rule descriptions, and their JSON form.
 
 A finding is emitted once when its window opens and, if more refusals followed, once more when
 the window closes, with the same ``event.id`` and the totals. Sinks may therefore see an id
@@ -7,9 +7,7 @@ twice; the later copy supersedes the earlier one.
 
 from __future__ import annotations
 
-import sys
-import threading
-from typing import IO, Any, Literal, Protocol
+from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,10 +21,8 @@ __all__ = [
     "EffectiveUser",
     "Finding",
     "FindingEvent",
-    "JsonLinesSink",
     "Rule",
     "Severity",
-    "Sink",
     "Source",
     "User",
     "UserAgentField",
@@ -186,29 +182,3 @@ class Finding(_Out):
 def dumps(finding: Finding) -> bytes:
     """One JSON line (no trailing newline)."""
     return orjson.dumps(finding.to_dict())
-
-
-class Sink(Protocol):
-    """Where findings go. ``deliver`` returns once the finding is durably handed over."""
-
-    def deliver(self, finding: Finding) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class JsonLinesSink:
-    """JSON lines to a stream (stdout by default), one finding per line, flushed per finding."""
-
-    def __init__(self, stream: IO[bytes] | None = None) -> None:
-        self._stream = stream if stream is not None else sys.stdout.buffer
-        self._lock = threading.Lock()
-
-    def deliver(self, finding: Finding) -> None:
-        line = dumps(finding) + b"\n"
-        with self._lock:
-            self._stream.write(line)
-            self._stream.flush()
-
-    def close(self) -> None:
-        with self._lock:
-            self._stream.flush()

@@ -1,4 +1,4 @@
-"""Kubernetes API access with the official client: the allowlist ConfigMap watch, and Events.
+"""The allowlist ConfigMap watch, with the official client.
 
 :class:`ConfigMapSource` lists the ConfigMap (one object, by field selector), applies its
 ``allowlist.yaml`` to a :class:`~webhook.core.live_allowlist.LiveAllowlist`, then watches from the list's
@@ -6,9 +6,9 @@
 Gone) is followed by a fresh list, which is also the periodic resync; any other failure waits
 with capped exponential backoff before the next list. A deleted ConfigMap or a missing key keeps
 the last good allowlist, as does a bad edit; a bad edit is also reported as a Warning Event
-(``AllowlistInvalid``) on the ConfigMap so ``kubectl describe configmap`` shows it to whoever
-made it, and the edit that repairs it as a Normal one (``AllowlistApplied``). Ordinary edits
-raise no Event: every replica would repeat it.
+(``AllowlistInvalid``, written by :mod:`webhook.kube.events`) on the ConfigMap so ``kubectl
+describe configmap`` shows it to whoever made it, and the edit that repairs it as a Normal one
+(``AllowlistApplied``). Ordinary edits raise no Event: every replica would repeat it.
 
 Runs on its own thread: the client is synchronous, and nothing here touches the event loop.
 """
@@ -16,102 +16,25 @@ Runs on its own thread: the client is synchronous, and nothing here touches the 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import logging
-import os
 import random
-import socket
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, Final
 
 from webhook.core.live_allowlist import LiveAllowlist, ReloadEvent
+from webhook.kube.events import EventType, EventWriter
 from webhook.logs import fields
 
-__all__ = [
-    "ALLOWLIST_KEY",
-    "ConfigMapSource",
-    "EventRecorder",
-    "api_client",
-    "parse_configmap_ref",
-]
+__all__ = ["ALLOWLIST_KEY", "ConfigMapSource"]
 
 logger = logging.getLogger(__name__)
 
 ALLOWLIST_KEY: Final = "allowlist.yaml"
-COMPONENT: Final = "ua-sentinel"
 DEFAULT_RESYNC: Final = 300
 """Seconds a watch runs before the server ends it and the ConfigMap is listed again."""
 BACKOFF_START: Final = 1.0
 BACKOFF_MAX: Final = 30.0
-MAX_EVENT_MESSAGE: Final = 1024
-
-
-def parse_configmap_ref(text: str, default_namespace: str | None = None) -> tuple[str, str]:
-    """``NS/NAME`` (or ``NAME`` with ``default_namespace``, e.g. ``$POD_NAMESPACE``) → (ns, name)."""
-    namespace, sep, name = text.partition("/")
-    if not sep:
-        namespace, name = default_namespace or "", text
-    if not namespace or not name or "/" in name:
-        raise ValueError(f"{text!r}: expected NAMESPACE/NAME (or NAME with $POD_NAMESPACE set)")
-    return namespace, name
-
-
-def api_client() -> Any:
-    """A CoreV1Api: in-cluster config inside a pod, else the kubeconfig ($KUBECONFIG or ~/.kube/config)."""
-    from kubernetes import client, config
-
-    configuration = client.Configuration()
-    if os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    else:
-        config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    return client.CoreV1Api(client.ApiClient(configuration))
-
-
-class EventRecorder:
-    """Creates core/v1 Events; never raises (a failed Event must not stop a reload)."""
-
-    def __init__(self, api: Any, *, instance: str | None = None) -> None:
-        self.api = api
-        self.instance = instance or os.environ.get("POD_NAME") or socket.gethostname()
-
-    def emit(self, involved: Any, *, kind: str, type_: str, reason: str, message: str) -> bool:
-        """An Event about ``involved`` (a client model with ``.metadata``) in its namespace."""
-        from kubernetes import client
-
-        meta = involved.metadata
-        now = dt.datetime.now(dt.UTC)
-        body = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(name=f"{meta.name}.{time.time_ns():x}", namespace=meta.namespace),
-            involved_object=client.V1ObjectReference(
-                api_version="v1",
-                kind=kind,
-                name=meta.name,
-                namespace=meta.namespace,
-                uid=meta.uid,
-                resource_version=meta.resource_version,
-            ),
-            reason=reason,
-            message=message[:MAX_EVENT_MESSAGE],
-            type=type_,
-            source=client.V1EventSource(component=COMPONENT, host=self.instance),
-            reporting_component=COMPONENT,
-            reporting_instance=self.instance,
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
-        )
-        try:
-            self.api.create_namespaced_event(meta.namespace, body)
-        except Exception as exc:
-            logger.warning(
-                "cannot create Event",
-                **fields(reason=reason, object=f"{meta.namespace}/{meta.name}", error=str(exc)),
-            )
-            return False
-        return True
 
 
 class ConfigMapSource:
@@ -124,7 +47,7 @@ class ConfigMapSource:
         name: str,
         *,
         api: Any,
-        recorder: EventRecorder | None = None,
+        events: EventWriter | None = None,
         key: str = ALLOWLIST_KEY,
         resync: int = DEFAULT_RESYNC,
         watch_factory: Callable[[], Any] | None = None,
@@ -134,7 +57,7 @@ class ConfigMapSource:
         self.namespace = namespace
         self.name = name
         self.api = api
-        self.recorder = recorder
+        self.events = events
         self.key = key
         self.resync = resync
         self._watch_factory = watch_factory
@@ -167,9 +90,10 @@ class ConfigMapSource:
         event = self.live.apply_text(
             text, source=f"{self.source} (resourceVersion {version})", version=version
         )
-        if event is not None and self.recorder is not None and (had_error or not event.ok):
-            type_, reason = ("Normal", "AllowlistApplied") if event.ok else ("Warning", "AllowlistInvalid")
-            self.recorder.emit(configmap, kind="ConfigMap", type_=type_, reason=reason, message=event.message)
+        if event is not None and self.events is not None and (had_error or not event.ok):
+            type_: EventType = "Normal" if event.ok else "Warning"
+            reason = "AllowlistApplied" if event.ok else "AllowlistInvalid"
+            self.events.about(configmap, kind="ConfigMap", type_=type_, reason=reason, message=event.message)
         return event
 
     def _new_watch(self) -> Any:

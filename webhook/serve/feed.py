@@ -19,17 +19,16 @@ import orjson
 from pydantic import TypeAdapter, ValidationError
 
 from webhook.core.audit import Event, MalformedEvent, parse_event
-from webhook.core.findings import Finding, Sink
+from webhook.core.findings import Finding
 from webhook.detect.detector import Detector
 from webhook.logs import fields
-from webhook.sinks.outbox import Outbox, SinkSpec, open_sink
+from webhook.sinks.base import Sink
 
 __all__ = [
     "DEFAULT_QUEUE_EVENTS",
     "AuditBatch",
     "AuditBodyError",
     "DetectorFeed",
-    "FanOutSink",
     "FeedStats",
     "parse_event_list",
 ]
@@ -39,7 +38,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_QUEUE_EVENTS: Final = 100_000
 """Events waiting for the Detector before new batches are dropped."""
 MAX_REASONS: Final = 5
-SINK_DRAIN_SECONDS: Final = 5.0
 _EVENTS: Final = TypeAdapter(list[Event])
 
 
@@ -188,27 +186,3 @@ class DetectorFeed:
             self.sink.close()
         except Exception:
             logger.exception("sink failed to close")
-
-
-class FanOutSink:
-    """Every ``--sink``, each behind the tailer's :class:`~webhook.sinks.outbox.Outbox` (own thread,
-    retries with backoff, bounded backlog), so one slow or failing sink delays no other."""
-
-    def __init__(self, specs: Sequence[SinkSpec]) -> None:
-        self.outboxes = [Outbox(spec, open_sink(spec)) for spec in specs]
-
-    def deliver(self, finding: Finding) -> None:
-        for outbox in self.outboxes:
-            outbox.put((finding,))
-
-    def close(self) -> None:
-        for outbox in self.outboxes:
-            if not outbox.drain(SINK_DRAIN_SECONDS):
-                logger.warning(
-                    "sink not drained at shutdown", **fields(sink=outbox.spec.label, pending=len(outbox))
-                )
-            outbox.close()
-
-    def state(self) -> list[tuple[str, int, int, int, int]]:
-        """(label, delivered, failures, dropped, backlog) per sink, for metrics."""
-        return [(o.spec.label, o.delivered, o.failures, o.dropped, len(o)) for o in self.outboxes]

@@ -16,13 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from webhook.core.allowlist import default_allowlist
-from webhook.core.findings import Sink
-from webhook.core.live_allowlist import DEFAULT_POLL_INTERVAL, FileSource, LiveAllowlist
+from webhook.core.live_allowlist import DEFAULT_POLL_INTERVAL
 from webhook.detect.detector import Detector
 from webhook.logs import fields
 from webhook.serve import admission
-from webhook.serve.feed import DEFAULT_QUEUE_EVENTS, DetectorFeed, FanOutSink
+from webhook.serve.feed import DEFAULT_QUEUE_EVENTS, DetectorFeed
 from webhook.serve.join import DEFAULT_MAX_ENTRIES, DEFAULT_TTL, RequestIndex
 from webhook.serve.metrics import Metrics, StateSources
 from webhook.serve.routes import (
@@ -33,8 +31,11 @@ from webhook.serve.routes import (
     create_app,
 )
 from webhook.serve.tls import DEFAULT_CERT_INTERVAL, CertificateReloader, TLSFiles, run_uvicorn
+from webhook.sinks.base import Sink
+from webhook.sinks.fanout import FanOutSink
+from webhook.startup import SettingsError, allowlist_flags, open_allowlist, open_sinks
 
-__all__ = ["DEFAULT_PORT", "ServeSettings", "Service", "SettingsError", "build_settings", "serve"]
+__all__ = ["DEFAULT_PORT", "ServeSettings", "Service", "build_settings", "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +43,6 @@ DEFAULT_PORT: Final = 8443
 DEFAULT_HOST: Final = "127.0.0.1"
 GC_THRESHOLD: Final = (10_000, 10, 10)
 """CPython's cyclic GC thresholds while serving (its default first threshold is 700)."""
-
-
-class SettingsError(ValueError):
-    """A setting cannot be used (bad allowlist at start, unreadable certificate); says which."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -79,26 +76,16 @@ class Service:
             self.certificates = CertificateReloader(settings.tls, interval=settings.cert_interval)
         except ValueError as exc:
             raise SettingsError(str(exc)) from None
-        self.allowlist = LiveAllowlist(fallback=default_allowlist())
-        self.file_source: FileSource | None = None
-        self.configmap_source: Any = None
-        if settings.allowlist_file is not None:
-            self.file_source = FileSource(
-                self.allowlist, settings.allowlist_file, interval=settings.allowlist_interval
-            )
-            event = self.file_source.poll()
-            if event is None or not event.ok:
-                raise SettingsError(event.message if event is not None else "allowlist file unchanged")
-        elif settings.allowlist_configmap is None:
-            self.allowlist = LiveAllowlist(default_allowlist(), fallback=default_allowlist())
-        else:
-            self.configmap_source = self._configmap_source(*settings.allowlist_configmap)
+        self.allowlist_source = open_allowlist(
+            settings.allowlist_file, settings.allowlist_configmap, interval=settings.allowlist_interval
+        )
+        self.allowlist = self.allowlist_source.live
         self.index = RequestIndex(ttl=settings.join_ttl, max_entries=settings.join_max_entries)
         self.metrics = Metrics()
         detector = Detector(self.allowlist.current_or_fallback)
         self.sinks: FanOutSink | None = None
         if sink is None:
-            self.sinks = sink = self._open_sinks(settings.sinks)
+            self.sinks = sink = FanOutSink(open_sinks(settings.sinks))
         self.feed = DetectorFeed(detector, sink, max_events=settings.detector_queue)
         self.metrics.watch(
             StateSources(
@@ -124,42 +111,14 @@ class Service:
             audit_requires="audit" if tls.audit_client_ca else ("client" if tls.client_ca else None),
         )
 
-    @staticmethod
-    def _open_sinks(texts: tuple[str, ...]) -> FanOutSink:
-        from webhook.sinks.outbox import parse_sink
-
-        try:
-            specs = [parse_sink(text) for text in texts]
-        except ValueError as exc:
-            raise SettingsError(f"--sink {exc}") from None
-        try:
-            return FanOutSink(specs)
-        except Exception as exc:  # a sink that cannot even be opened (k8s-events without API access)
-            raise SettingsError(f"--sink: {exc}") from None
-
-    def _configmap_source(self, namespace: str, name: str) -> Any:
-        from webhook.kube import configmap as k8s
-
-        try:
-            api = k8s.api_client()
-        except Exception as exc:
-            raise SettingsError(f"--allowlist-configmap: no Kubernetes API access: {exc}") from None
-        return k8s.ConfigMapSource(self.allowlist, namespace, name, api=api, recorder=k8s.EventRecorder(api))
-
     async def start(self) -> None:
         self.feed.start()
         self.certificates.start()
-        if self.file_source is not None:
-            self.file_source.start()
-        if self.configmap_source is not None:
-            self.configmap_source.start()
+        self.allowlist_source.start()
 
     async def stop(self) -> None:
         await self.certificates.stop()
-        if self.file_source is not None:
-            self.file_source.stop()
-        if self.configmap_source is not None:
-            self.configmap_source.stop()
+        self.allowlist_source.stop()
         await asyncio.to_thread(self.feed.close)
 
     def app(self) -> Any:
@@ -239,10 +198,7 @@ def build_settings(
 
     ``exempt_groups`` replaces the default exempt groups when given (so a cluster can drop one).
     """
-    from webhook.kube.configmap import parse_configmap_ref
-
-    if allowlist is not None and allowlist_configmap is not None:
-        raise SettingsError("give --allowlist or --allowlist-configmap, not both")
+    allowlist_file, configmap = allowlist_flags(allowlist, allowlist_configmap)
     if mode not in admission.MODES:
         raise SettingsError(f"--mode must be one of {', '.join(admission.MODES)}")
     checks = (
@@ -256,12 +212,6 @@ def build_settings(
     for flag, ok, expected in checks:
         if not ok:
             raise SettingsError(f"{flag} must be {expected}")
-    configmap = None
-    if allowlist_configmap is not None:
-        try:
-            configmap = parse_configmap_ref(allowlist_configmap, os.environ.get("POD_NAMESPACE"))
-        except ValueError as exc:
-            raise SettingsError(f"--allowlist-configmap {exc}") from None
     groups = admission.DEFAULT_EXEMPT_GROUPS if exempt_groups is None else tuple(exempt_groups)
     return ServeSettings(
         tls=TLSFiles(
@@ -270,7 +220,7 @@ def build_settings(
             client_ca=Path(client_ca) if client_ca else None,
             audit_client_ca=Path(audit_client_ca) if audit_client_ca else None,
         ),
-        allowlist_file=Path(allowlist) if allowlist is not None else None,
+        allowlist_file=allowlist_file,
         allowlist_configmap=configmap,
         host=host,
         port=port,

@@ -2,26 +2,27 @@
 
 The Event goes to the namespace of the refused request when it has one (so ``kubectl get
 events -n team`` shows who probed ``team``), else to the tailer's own namespace (the pod's
-``POD_NAMESPACE``, else its service account's namespace, else ``default``). Its name is derived
-from the finding id and sequence, so delivering a finding twice meets ``409 AlreadyExists``,
-which counts as delivered: Kubernetes itself drops the duplicate. The message carries the
-escaped agent (``user_agent.display``), never the raw one.
+``POD_NAMESPACE``, else its service account's namespace, else ``default``), about the tailer's
+pod. Its name is derived from the finding id and sequence, so delivering a finding twice meets
+``409 AlreadyExists``, which counts as delivered: Kubernetes itself drops the duplicate. The
+message carries the escaped agent (``user_agent.display``), never the raw one. The body is built
+and created by :class:`webhook.kube.events.EventWriter`, as every Event of ua-sentinel is.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from typing import Any
 
 from webhook.core.findings import Finding
+from webhook.kube.client import api_client, own_namespace
+from webhook.kube.events import DELIVERED, EventWriter
+from webhook.sinks.base import SinkError
 
-__all__ = ["KubernetesEventsSink", "event_body", "own_namespace"]
+__all__ = ["KubernetesEventsSink", "finding_event"]
 
 log = logging.getLogger(__name__)
 
-_SA_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 _KINDS = {
     "pods": "Pod",
     "secrets": "Secret",
@@ -41,33 +42,17 @@ _KINDS = {
 }
 
 
-def own_namespace() -> str:
-    env = os.environ.get("POD_NAMESPACE")
-    if env:
-        return env
-    try:
-        with open(_SA_NAMESPACE, encoding="utf-8") as handle:
-            return handle.read().strip() or "default"
-    except OSError:
-        return "default"
-
-
 def _reason(rule: str) -> str:
     return "".join(part.capitalize() for part in rule.split("-"))
 
 
-def event_body(finding: Finding, namespace: str, *, own: bool) -> dict[str, Any]:
-    """A core/v1 Event (as the JSON the API takes) for ``finding`` in ``namespace``."""
+def finding_event(events: EventWriter, finding: Finding, namespace: str, *, own: bool) -> dict[str, Any]:
+    """The Event for ``finding`` in ``namespace``: about the refused object, or (``own``) our pod."""
     audit = finding.kubernetes.get("audit", {})
     ref = audit.get("objectRef") or {}
     severity = finding.ua_sentinel.get("severity", "medium")
     if own:
-        involved = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "namespace": namespace,
-            "name": os.environ.get("POD_NAME") or socket.gethostname(),
-        }
+        involved = {"apiVersion": "v1", "kind": "Pod", "namespace": namespace, "name": events.instance}
     else:
         group = ref.get("apiGroup")
         involved = {
@@ -82,60 +67,40 @@ def event_body(finding: Finding, namespace: str, *, own: bool) -> dict[str, Any]
         f"{audit.get('verb', '?')} {audit.get('requestURI', '?')} from {finding.source.ip or '?'}; "
         f"finding {finding.id}"
     )
-    return {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {
-            "name": f"ua-sentinel.{finding.id[:24]}.{finding.event.sequence}",
-            "namespace": namespace,
-            "labels": {"app.kubernetes.io/name": "ua-sentinel", "ua-sentinel.io/rule": finding.rule.name},
-            "annotations": {"ua-sentinel.io/finding-id": finding.id},
-        },
-        "involvedObject": involved,
-        "reason": _reason(finding.rule.name),
-        "message": message[:1024],
-        "type": "Warning",
-        "count": finding.event.count,
-        "firstTimestamp": finding.event.start or finding.timestamp,
-        "lastTimestamp": finding.event.end or finding.timestamp,
-        "source": {"component": "ua-sentinel"},
-        "reportingComponent": "ua-sentinel",
-        "reportingInstance": os.environ.get("NODE_NAME") or socket.gethostname(),
-    }
+    return events.body(
+        namespace=namespace,
+        name=f"ua-sentinel.{finding.id[:24]}.{finding.event.sequence}",
+        involved=involved,
+        type_="Warning",
+        reason=_reason(finding.rule.name),
+        message=message,
+        first=finding.event.start or finding.timestamp,
+        last=finding.event.end or finding.timestamp,
+        count=finding.event.count,
+        labels={"app.kubernetes.io/name": "ua-sentinel", "ua-sentinel.io/rule": finding.rule.name},
+        annotations={"ua-sentinel.io/finding-id": finding.id},
+    )
 
 
 class KubernetesEventsSink:
-    """Creates Events through ``CoreV1Api`` (:func:`webhook.kube.configmap.api_client`: in a pod the
+    """Creates Events through ``CoreV1Api`` (:func:`webhook.kube.client.api_client`: in a pod the
     in-cluster config, else the kubeconfig)."""
 
     def __init__(self, *, default_namespace: str | None = None) -> None:
-        from kubernetes import client
-
-        from webhook.kube.configmap import api_client
-
-        self._api = api_client()
-        self._exception = client.ApiException
+        self._events = EventWriter(api_client())
         self.namespace = default_namespace or own_namespace()
-
-    def _create(self, namespace: str, body: dict[str, Any]) -> int:
-        try:
-            self._api.create_namespaced_event(namespace, body)
-        except self._exception as exc:
-            return int(exc.status or 0)
-        return 201
 
     def deliver(self, finding: Finding) -> None:
         ref = finding.kubernetes.get("audit", {}).get("objectRef") or {}
         target = ref.get("namespace")
-        status = self._create(target, event_body(finding, target, own=False)) if target else 0
-        if status in (201, 409):
-            return
         if target:
+            status = self._events.create(target, finding_event(self._events, finding, target, own=False))
+            if status in DELIVERED:
+                return
             log.info("event in namespace %s refused (HTTP %s); using %s", target, status, self.namespace)
-        status = self._create(self.namespace, event_body(finding, self.namespace, own=True))
-        if status not in (201, 409):
-            from webhook.sinks.outbox import SinkError
-
+        own = finding_event(self._events, finding, self.namespace, own=True)
+        status = self._events.create(self.namespace, own)
+        if status not in DELIVERED:
             raise SinkError(f"creating the Event failed: HTTP {status}")
 
     def close(self) -> None:

@@ -30,11 +30,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from webhook.core.audit import MalformedEvent, parse_event
-from webhook.core.findings import Finding, Sink
+from webhook.core.findings import Finding
 from webhook.detect.baseline import Baseline
 from webhook.detect.detector import Detector
 from webhook.inputs.formats import Format, decode
-from webhook.sinks.outbox import DEFAULT_MAX_BACKLOG, Outbox, SinkSpec, restore_findings
+from webhook.sinks.base import Sink
+from webhook.sinks.outbox import DEFAULT_MAX_BACKLOG, Outbox, restore_findings
+from webhook.sinks.spec import SinkSpec
 from webhook.tail.checkpoint import Checkpoint, CheckpointStore
 from webhook.tail.follow import Batch, Follower
 from webhook.tail.metrics import TailMetrics

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from webhook.core.audit import MalformedEvent, parse_event
-from webhook.core.findings import Sink
 from webhook.detect.detector import Detector
 from webhook.inputs.formats import Format, decode
 from webhook.inputs.scan import ScanResult, read_blocks, scan_file
+from webhook.sinks.base import Sink
 
 __all__ = ["MalformedLine", "ReplayReport", "open_log", "replay"]
 

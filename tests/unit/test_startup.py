@@ -1,0 +1,48 @@
+"""webhook.startup: one way for serve and tail to read the allowlist flags and open the sinks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from webhook.core.allowlist import default_allowlist
+from webhook.sinks.base import JsonLinesSink
+from webhook.startup import SettingsError, allowlist_flags, open_allowlist, open_sinks
+
+
+def test_a_configmap_name_alone_is_in_the_pod_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POD_NAMESPACE", "ua")
+    assert allowlist_flags(None, "allowlist") == (None, ("ua", "allowlist"))
+    assert allowlist_flags(None, "other/allowlist") == (None, ("other", "allowlist"))
+    monkeypatch.delenv("POD_NAMESPACE")
+    with pytest.raises(SettingsError, match=r"^--allowlist-configmap 'allowlist': expected NAMESPACE/NAME"):
+        allowlist_flags(None, "allowlist")
+
+
+def test_one_allowlist_source_at_most() -> None:
+    assert allowlist_flags("a.yaml", None) == (Path("a.yaml"), None)
+    with pytest.raises(SettingsError, match="not both"):
+        allowlist_flags("a.yaml", "ns/cm")
+
+
+def test_a_broken_allowlist_file_is_fatal_and_none_is_the_built_in(tmp_path: Path) -> None:
+    broken = tmp_path / "allowlist.yaml"
+    broken.write_text("agents:\n  - {product: kubectl, minVersion: banana}\n")
+    with pytest.raises(SettingsError, match="banana"):
+        open_allowlist(broken, None)
+    with pytest.raises(SettingsError, match="cannot read"):
+        open_allowlist(tmp_path / "missing.yaml", None)
+    builtin = open_allowlist(None, None)
+    assert builtin.current() is default_allowlist() and builtin.wait_first(0)
+    builtin.start()
+    builtin.stop()
+
+
+def test_sinks_are_opened_with_one_wording() -> None:
+    ((spec, sink),) = open_sinks(["stdout"])
+    assert spec.label == "stdout" and isinstance(sink, JsonLinesSink)
+    with pytest.raises(SettingsError, match=r"^--sink unknown sink 'carrier-pigeon'"):
+        open_sinks(["carrier-pigeon:coo"])
+    with pytest.raises(SettingsError, match=r"^--sink http sink needs an http\(s\) URL"):
+        open_sinks(["http:ftp://x"])
