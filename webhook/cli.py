@@ -15,9 +15,11 @@ from pathlib import Path
 
 from webhook import __version__
 from webhook.core import useragent
-from webhook.core.allowlist import Allowlist, AllowlistError, default_allowlist
+from webhook.core.allowlist import MODES, Allowlist, default_allowlist
 from webhook.detect.detector import Detector, DetectorConfig
 from webhook.errors import SetupError
+from webhook.inputs.formats import FORMATS
+from webhook.logs import LOG_LEVELS
 
 __all__ = ["CliError", "build_parser", "load_allowlist", "main"]
 
@@ -30,12 +32,7 @@ class CliError(SetupError):
 
 def load_allowlist(path: str | None) -> Allowlist:
     """The allowlist file, or the built-in default when no path is given."""
-    if path is None:
-        return default_allowlist()
-    try:
-        return Allowlist.from_file(path)
-    except AllowlistError as exc:
-        raise CliError(str(exc)) from None
+    return default_allowlist() if path is None else Allowlist.from_file(path)
 
 
 def _allowlist_arg(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +63,7 @@ def _rule_args(parser: argparse.ArgumentParser) -> None:
     """Input shape and rule tuning shared by replay and tail (so both find the same)."""
     parser.add_argument(
         "--format",
-        choices=("k8s", "eks", "gke", "aks"),
+        choices=FORMATS,
         default="k8s",
         help="input shape: k8s (apiserver JSON lines), eks (CloudWatch), gke (Cloud Audit Logs), "
         "aks (diagnostic records) (default: %(default)s)",
@@ -311,7 +308,6 @@ def _run_apiserver_config(args: argparse.Namespace) -> int:
 
 
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from webhook.logs import LOG_LEVELS
 
     parser = sub.add_parser(
         "serve",
@@ -329,7 +325,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     _live_allowlist_args(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8443, help="port (default: %(default)s; 0: any free)")
-    parser.add_argument("--mode", choices=("observe", "warn", "enforce"), default="warn")
+    parser.add_argument("--mode", choices=MODES, default="warn")
     parser.add_argument(
         "--join-wait",
         type=float,
@@ -370,33 +366,29 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def _run_serve(args: argparse.Namespace) -> int:
     from webhook import logs
     from webhook.serve import service as serve
-    from webhook.startup import SettingsError
 
     logs.configure(args.log_level)
-    try:
-        settings = serve.build_settings(
-            tls_cert=args.tls_cert,
-            tls_key=args.tls_key,
-            client_ca=args.client_ca,
-            audit_client_ca=args.audit_client_ca,
-            allowlist=args.allowlist,
-            allowlist_configmap=args.allowlist_configmap,
-            host=args.host,
-            port=args.port,
-            mode=args.mode,
-            join_wait=args.join_wait,
-            join_ttl=args.join_ttl,
-            exempt_users=args.exempt_user,
-            exempt_groups=args.exempt_group,
-            webhook_name=args.webhook_name,
-            max_body_bytes=args.max_body_bytes,
-            cert_interval=args.cert_reload_interval,
-            allowlist_interval=args.allowlist_reload_interval,
-            sinks=args.sink,
-        )
-        serve.serve(settings)
-    except SettingsError as exc:
-        raise CliError(str(exc)) from None
+    settings = serve.build_settings(
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        client_ca=args.client_ca,
+        audit_client_ca=args.audit_client_ca,
+        allowlist=args.allowlist,
+        allowlist_configmap=args.allowlist_configmap,
+        host=args.host,
+        port=args.port,
+        mode=args.mode,
+        join_wait=args.join_wait,
+        join_ttl=args.join_ttl,
+        exempt_users=args.exempt_user,
+        exempt_groups=args.exempt_group,
+        webhook_name=args.webhook_name,
+        max_body_bytes=args.max_body_bytes,
+        cert_interval=args.cert_reload_interval,
+        allowlist_interval=args.allowlist_reload_interval,
+        sinks=args.sink,
+    )
+    serve.serve(settings)
     return 0
 
 
@@ -448,7 +440,7 @@ def _add_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="N",
         help="undelivered findings kept per sink before the oldest are dropped (default: %(default)s)",
     )
-    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     parser.add_argument(
         "path", metavar="PATH", help="the live audit log (/var/log/kubernetes/audit/audit.log)"
     )
@@ -457,7 +449,6 @@ def _add_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _run_tail(args: argparse.Namespace) -> int:
     from webhook.logs import configure
-    from webhook.startup import SettingsError
     from webhook.tail.command import TailOptions, run_tail
 
     configure(args.log_level)
@@ -471,19 +462,14 @@ def _run_tail(args: argparse.Namespace) -> int:
         fmt=args.format,
         from_start=args.from_start,
         metrics_port=args.metrics_port,
-        window=config.window.total_seconds(),
-        burst_threshold=config.burst_threshold,
-        burst_window=config.burst_window.total_seconds(),
+        detector=config,
         baseline_days=args.baseline_days,
         grace=args.grace,
         poll_interval=args.poll_interval,
         checkpoint_interval=args.checkpoint_interval,
         max_backlog=args.max_backlog,
     )
-    try:
-        return run_tail(options)
-    except SettingsError as exc:
-        raise CliError(str(exc)) from None
+    return run_tail(options)
 
 
 def _add_suggest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -499,7 +485,7 @@ def _add_suggest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "--audit-log", action="append", required=True, metavar="FILE", help="repeatable; - for stdin"
     )
     parser.add_argument("--days", type=int, metavar="N", help="only the last N days before the newest event")
-    parser.add_argument("--format", choices=("k8s", "eks", "gke", "aks"), default="k8s")
+    parser.add_argument("--format", choices=FORMATS, default="k8s")
     parser.add_argument("--min-requests", type=int, default=20, metavar="N", help="(default: %(default)s)")
     parser.add_argument(
         "--max-forbidden-share", type=float, default=0.25, metavar="F", help="(default: %(default)s)"
@@ -565,7 +551,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     run: Runner = args.run
     try:
         code = run(args)
-    except CliError as exc:
+    except SetupError as exc:
         print(f"ua-sentinel {args.command}: {exc}", file=sys.stderr)
         code = 1
     except KeyboardInterrupt:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from webhook.core.allowlist import Allowlist, default_allowlist
 from webhook.core.live_allowlist import DEFAULT_POLL_INTERVAL, FileSource, LiveAllowlist
+from webhook.errors import SetupError
 from webhook.kube.client import api_client, parse_configmap_ref, pod_namespace
 from webhook.kube.configmap import ConfigMapSource
 from webhook.kube.events import EventWriter
@@ -34,7 +35,7 @@ __all__ = ["AllowlistSource", "SettingsError", "allowlist_flags", "open_allowlis
 log = logging.getLogger(__name__)
 
 
-class SettingsError(ValueError):
+class SettingsError(SetupError, ValueError):
     """A setting the user can fix (a flag, a file, API access); the message is one line naming it."""
 
 

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from tests.conftest import DATA
 from tests.integration.traffic import admission, recorded
-from webhook.core.allowlist import Allowlist, AnnotatedVerdict
+from webhook.core.allowlist import MODES, Allowlist, AnnotatedVerdict
 from webhook.serve import admission as adm
 from webhook.serve.join import JoinResult, Pending
 
@@ -259,7 +259,7 @@ def test_replaced_exempt_groups_no_longer_spare_the_defaults() -> None:
 
 
 def test_unknown_is_always_allowed_without_warning() -> None:
-    for mode in adm.MODES:
+    for mode in MODES:
         outcome = adm.decide(request(), None, ALLOWLIST, adm.Policy(mode=mode))
         assert outcome.allowed and outcome.warnings == ()
         assert outcome.annotations == {"user-agent-verdict": "unknown", "allowlist-hash": ALLOWLIST.hash}

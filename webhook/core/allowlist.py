@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import re2
 import yaml
@@ -37,12 +37,14 @@ from webhook.core import useragent
 from webhook.errors import SetupError
 
 __all__ = [
+    "MODES",
     "VERDICT_RANK",
     "Allowlist",
     "AllowlistError",
     "AnnotatedVerdict",
     "Decision",
     "Entry",
+    "Mode",
     "Verdict",
     "default_allowlist",
     "default_allowlist_text",
@@ -52,6 +54,9 @@ Verdict = Literal["listed", "unlisted", "denied"]
 """What the allowlist says of an agent."""
 AnnotatedVerdict = Literal["listed", "unlisted", "denied", "unknown"]
 """What the webhook annotates: a :data:`Verdict`, or ``unknown`` when it found no agent to judge."""
+Mode = Literal["observe", "warn", "enforce"]
+"""What the webhook does with an unlisted or denied verdict: record it, warn the client, or deny."""
+MODES: tuple[Mode, ...] = get_args(Mode)
 VERDICT_RANK: dict[str, int] = {"listed": 0, "unknown": 1, "unlisted": 2, "denied": 3}
 """Worse is higher; where several verdicts apply to one request, the worst one wins."""
 Section = Literal["agents", "denied"]

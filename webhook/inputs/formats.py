@@ -34,14 +34,14 @@ import hashlib
 import io
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import orjson
 
 __all__ = ["FORMATS", "Decoded", "Format", "decode", "gke_event"]
 
 Format = Literal["k8s", "eks", "gke", "aks"]
-FORMATS: tuple[Format, ...] = ("k8s", "eks", "gke", "aks")
+FORMATS: tuple[Format, ...] = get_args(Format)
 
 AuditInput = bytes | dict[str, Any]
 

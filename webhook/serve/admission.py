@@ -29,7 +29,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from webhook.core import useragent
-from webhook.core.allowlist import VERDICT_RANK, Allowlist, AnnotatedVerdict, Decision
+from webhook.core.allowlist import VERDICT_RANK, Allowlist, AnnotatedVerdict, Decision, Mode
 from webhook.core.audit import AGENT_ANNOTATION, HASH_ANNOTATION, JOIN_ANNOTATION, VERDICT_ANNOTATION
 from webhook.errors import InputError
 from webhook.serve.join import JoinResult, Lookup
@@ -37,12 +37,10 @@ from webhook.serve.join import JoinResult, Lookup
 __all__ = [
     "API_VERSIONS",
     "DEFAULT_EXEMPT_GROUPS",
-    "MODES",
     "WARNING_MAX",
     "AdmissionRequest",
     "AdmissionReview",
     "GroupVersionResource",
-    "Mode",
     "Outcome",
     "Policy",
     "ReviewError",
@@ -55,8 +53,6 @@ __all__ = [
     "warning_text",
 ]
 
-Mode = Literal["observe", "warn", "enforce"]
-MODES: Final = ("observe", "warn", "enforce")
 API_VERSIONS: Final = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
 DEFAULT_EXEMPT_GROUPS: Final = ("system:masters", "system:nodes", "system:serviceaccounts:kube-system")
 

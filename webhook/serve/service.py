@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from webhook.core.allowlist import MODES
 from webhook.core.live_allowlist import DEFAULT_POLL_INTERVAL
 from webhook.detect.detector import Detector
 from webhook.logs import fields
@@ -199,8 +200,8 @@ def build_settings(
     ``exempt_groups`` replaces the default exempt groups when given (so a cluster can drop one).
     """
     allowlist_file, configmap = allowlist_flags(allowlist, allowlist_configmap)
-    if mode not in admission.MODES:
-        raise SettingsError(f"--mode must be one of {', '.join(admission.MODES)}")
+    if mode not in MODES:
+        raise SettingsError(f"--mode must be one of {', '.join(MODES)}")
     checks = (
         ("--join-wait", join_wait >= 0 and join_wait <= 30, "between 0 and 30 seconds"),
         ("--join-ttl", join_wait < join_ttl <= 3600, "longer than --join-wait and at most 3600 seconds"),
@@ -225,7 +226,7 @@ def build_settings(
         host=host,
         port=port,
         policy=admission.Policy(
-            mode=mode,  # type: ignore[arg-type]  # checked against MODES above
+            mode=mode,  # narrowed to Mode by the MODES check above
             exempt_users=frozenset(exempt_users or ()),
             exempt_groups=frozenset(groups),
         ),

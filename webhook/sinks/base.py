@@ -12,11 +12,12 @@ import threading
 from typing import IO, Protocol
 
 from webhook.core.findings import Finding, dumps
+from webhook.errors import DeliveryError
 
 __all__ = ["JsonLinesSink", "Sink", "SinkError"]
 
 
-class SinkError(Exception):
+class SinkError(DeliveryError):
     """A finding could not be handed over; the outbox keeps it and retries."""
 
 

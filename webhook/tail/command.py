@@ -7,14 +7,13 @@ source and the sinks are opened by :mod:`webhook.startup`, as ``serve`` opens th
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from webhook.detect.baseline import Baseline
-from webhook.detect.detector import Detector, DetectorConfig
+from webhook.detect.detector import DEFAULT_CONFIG, Detector, DetectorConfig
 from webhook.inputs.formats import Format
 from webhook.sinks.outbox import DEFAULT_MAX_BACKLOG
 from webhook.startup import AllowlistSource, SettingsError, allowlist_flags, open_allowlist, open_sinks
@@ -39,9 +38,8 @@ class TailOptions:
     fmt: Format = "k8s"
     from_start: bool = False
     metrics_port: int | None = None
-    window: float = DetectorConfig().window.total_seconds()
-    burst_threshold: int = DetectorConfig().burst_threshold
-    burst_window: float = DetectorConfig().burst_window.total_seconds()
+    detector: DetectorConfig = DEFAULT_CONFIG
+    """Checked by the CLI, which parses the detector's flags for replay and tail alike."""
     baseline_days: int = 7
     grace: float = DEFAULT_GRACE
     poll_interval: float = 0.2
@@ -64,11 +62,6 @@ def _allowlist_source(options: TailOptions) -> AllowlistSource:
 
 def run_tail(options: TailOptions) -> int:
     """Run until SIGTERM/SIGINT; returns the exit status (0)."""
-    for name, value in (("--window", options.window), ("--burst-window", options.burst_window)):
-        if value <= 0:
-            raise SettingsError(f"{name} must be positive")
-    if options.burst_threshold < 1 or options.baseline_days < 0:
-        raise SettingsError("--burst-threshold must be >= 1 and --baseline-days >= 0")
     state = Path(options.state)
     try:
         store = CheckpointStore(state)
@@ -83,11 +76,6 @@ def run_tail(options: TailOptions) -> int:
         store.close()
         raise
     baseline = Baseline(state / BASELINE_FILE, days=options.baseline_days) if options.baseline_days else None
-    config = DetectorConfig(
-        window=dt.timedelta(seconds=options.window),
-        burst_threshold=options.burst_threshold,
-        burst_window=dt.timedelta(seconds=options.burst_window),
-    )
     metrics = TailMetrics()
     if options.metrics_port is not None:
         metrics.serve(options.metrics_port)
@@ -102,7 +90,7 @@ def run_tail(options: TailOptions) -> int:
             grace=options.grace,
             max_backlog=options.max_backlog,
         ),
-        Detector(allowlist.current, config=config, baseline=baseline),
+        Detector(allowlist.current, config=options.detector, baseline=baseline),
         sinks,
         store=store,
         baseline=baseline,

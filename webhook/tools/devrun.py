@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from webhook.core.allowlist import MODES
 from webhook.tools import apiserver_config as apiserverconfig
 from webhook.tools import certs
 
@@ -78,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--certs", default="certs", metavar="DIR", help="(default: %(default)s)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("UA_SENTINEL_PORT", "8443")))
     parser.add_argument("--allowlist", metavar="FILE", help="default: the built-in allowlist")
-    parser.add_argument("--mode", choices=("observe", "warn", "enforce"), default="warn")
+    parser.add_argument("--mode", choices=MODES, default="warn")
     args = parser.parse_args(argv)
 
     directory = Path(args.certs).resolve()
