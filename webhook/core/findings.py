@@ -13,6 +13,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from webhook.core.allowlist import Verdict
+from webhook.core.useragent import display
 
 __all__ = [
     "RULES",
@@ -177,6 +178,19 @@ class Finding(_Out):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True)
+
+    def one_line(self) -> str:
+        """The finding as one sentence for people (Event messages, chat). Only the escaped agent
+        (``user_agent.display``) appears, never the raw one; user, URI and verb are escaped too,
+        since they come from the same audit event an attacker shaped."""
+        audit = self.kubernetes.get("audit", {})
+        severity = self.ua_sentinel.get("severity", "?")
+        return (
+            f"{self.rule.name} ({severity}): user {display(self.user.name)} with agent "
+            f'"{self.user_agent.display}": {self.event.count} request(s), first '
+            f"{display(str(audit.get('verb', '?')))} {display(str(audit.get('requestURI', '?')))} "
+            f"from {self.source.ip or '?'} at {self.timestamp}; finding {self.id}"
+        )
 
 
 def dumps(finding: Finding) -> bytes:

@@ -19,16 +19,8 @@ __all__ = ["HttpSink", "slack_text"]
 
 
 def slack_text(finding: Finding) -> str:
-    """One line for Slack: the escaped agent only (never the raw one), mrkdwn-escaped."""
-    doc = finding.to_dict()
-    severity = doc.get("ua_sentinel", {}).get("severity", "?")
-    audit = doc.get("kubernetes", {}).get("audit", {})
-    text = (
-        f"ua-sentinel {finding.rule.name} ({severity}): user {finding.user.name} "
-        f'with agent "{finding.user_agent.display}", {finding.event.count} request(s) '
-        f"({audit.get('verb', '?')} {audit.get('requestURI', '?')}), "
-        f"from {finding.source.ip or '?'} at {finding.timestamp}; id {finding.id}"
-    )
+    """:meth:`Finding.one_line`, named as ours and mrkdwn-escaped."""
+    text = f"ua-sentinel {finding.one_line()}"
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 

@@ -50,7 +50,6 @@ def finding_event(events: EventWriter, finding: Finding, namespace: str, *, own:
     """The Event for ``finding`` in ``namespace``: about the refused object, or (``own``) our pod."""
     audit = finding.kubernetes.get("audit", {})
     ref = audit.get("objectRef") or {}
-    severity = finding.ua_sentinel.get("severity", "medium")
     if own:
         involved = {"apiVersion": "v1", "kind": "Pod", "namespace": namespace, "name": events.instance}
     else:
@@ -61,12 +60,7 @@ def finding_event(events: EventWriter, finding: Finding, namespace: str, *, own:
             "namespace": namespace,
             "name": ref.get("name", ""),
         }
-    message = (
-        f"{finding.rule.name} ({severity}): user {finding.user.name} with agent "
-        f'"{finding.user_agent.display}": {finding.event.count} request(s), first '
-        f"{audit.get('verb', '?')} {audit.get('requestURI', '?')} from {finding.source.ip or '?'}; "
-        f"finding {finding.id}"
-    )
+    message = finding.one_line()
     return events.body(
         namespace=namespace,
         name=f"ua-sentinel.{finding.id[:24]}.{finding.event.sequence}",
