@@ -8,7 +8,8 @@ import os
 import shutil
 from pathlib import Path
 
-from webhook.tail.follow import Follower, Position
+from webhook.tail.follow import Follower
+from webhook.tail.logfiles import Position
 
 from .conftest import fixture_lines
 

@@ -1,1 +1,10 @@
-"""detect."""
+"""Audit events in, findings out: pure logic that replay, tail and ``/audit`` share.
+
+- ``detector``: the Detector (windows in event time, snapshot/restore).
+- ``rules``: the four rules, their windows, how a window becomes a Finding.
+- ``flagged``: what the webhook flagged, remembered per principal (enriches findings).
+- ``baseline``: the agent families refused lately (``new-agent-forbidden``), in SQLite.
+- ``prefilter``: which raw lines can give a finding, decided on bytes before any parse.
+"""
+
+__all__ = ["baseline", "detector", "flagged", "prefilter", "rules"]

@@ -1,1 +1,10 @@
-"""inputs."""
+"""Bytes to audit events: one way in for replay, tail, suggest and ``/audit``.
+
+- ``files``: the one opener (plain, gzip by its magic bytes, ``-`` for stdin).
+- ``lines``: the one line decoder (input format → audit events, malformed lines counted).
+- ``scan``: the block scanner that finds the few lines that can matter, at C speed.
+- ``formats``: the EKS, GKE and AKS shapes around an audit event.
+- ``eventlist``: the ``/audit`` webhook body (an EventList), bad items skipped.
+"""
+
+__all__ = ["eventlist", "files", "formats", "lines", "scan"]

@@ -1,5 +1,8 @@
-"""The Kubernetes API, and the only importer of ``kubernetes``.
+"""The Kubernetes API, through the official client; the only importer of ``kubernetes``.
 
-``client`` (API client, own namespace, NS/NAME references), ``configmap`` (the allowlist
-ConfigMap watch), ``events`` (the one Event writer).
+- ``client``: the API client (in-cluster, else kubeconfig), our namespace, ConfigMap references.
+- ``configmap``: the allowlist ConfigMap watch (list, watch, relist, backoff).
+- ``events``: the one Event writer (allowlist Events and finding Events alike).
 """
+
+__all__ = ["client", "configmap", "events"]

@@ -1,6 +1,11 @@
-"""Where findings go.
+"""Where findings go, each behind an outbox so a slow sink never stalls detection.
 
-``base`` (the Sink protocol, SinkError, JSON lines), ``spec`` (``--sink`` parsing and opening),
-``file``, ``http`` (HTTP and Slack), ``kube_events`` (one Kubernetes Event per finding),
-``outbox`` (per-sink queue with retries, backlog restore), ``fanout`` (one sink over many outboxes).
+- ``base``: the Sink protocol, ``SinkError``, JSON lines to a stream.
+- ``spec``: ``--sink`` texts parsed and opened.
+- ``outbox``: the per-sink queue with retries (at least once, duplicates recognisable).
+- ``fanout``: one Sink that feeds several outboxes.
+- ``file``, ``http``, ``kube_events``: the sinks themselves.
+- ``metrics``: the sinks' and findings' Prometheus metrics, the same in serve and tail.
 """
+
+__all__ = ["base", "fanout", "file", "http", "kube_events", "metrics", "outbox", "spec"]

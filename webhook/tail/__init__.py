@@ -1,1 +1,11 @@
-"""tail."""
+"""``ua-sentinel tail``: follow the apiserver's audit log, detect, deliver, checkpoint.
+
+- ``command``: the wiring (allowlist source, detector, baseline, sinks, metrics, signals).
+- ``tailer``: the loop: read, detect, deliver, checkpoint.
+- ``follow`` and ``logfiles``: the follower, one mechanism in two files: ``logfiles`` knows one
+  file (identity, backups, reading forward), ``follow`` strings files across rotations.
+- ``checkpoint``: the durable, atomic, checksummed checkpoint.
+- ``metrics``: tail's Prometheus metrics.
+"""
+
+__all__ = ["checkpoint", "command", "follow", "logfiles", "metrics", "tailer"]

@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 
 from webhook.errors import SetupError
-from webhook.tail.follow import Position
+from webhook.tail.logfiles import Position
 
 __all__ = ["CHECKPOINT_FILE", "PREVIOUS_FILE", "Checkpoint", "CheckpointStore", "StateLocked"]
 

@@ -40,7 +40,7 @@ from webhook.tail.logfiles import (
     starts_like,
 )
 
-__all__ = ["Batch", "FollowStats", "Follower", "Position"]
+__all__ = ["FollowStats", "Follower"]
 
 log = logging.getLogger(__name__)
 

@@ -38,10 +38,11 @@ from webhook.sinks.base import Sink
 from webhook.sinks.outbox import DEFAULT_MAX_BACKLOG, Outbox, restore_findings
 from webhook.sinks.spec import SinkSpec
 from webhook.tail.checkpoint import Checkpoint, CheckpointStore
-from webhook.tail.follow import Batch, Follower
+from webhook.tail.follow import Follower
+from webhook.tail.logfiles import Batch
 from webhook.tail.metrics import TailMetrics
 
-__all__ = ["DEFAULT_GRACE", "TailConfig", "Tailer"]
+__all__ = ["DEFAULT_GRACE", "TailConfig", "Tailer", "make_stop_event"]
 
 log = logging.getLogger(__name__)
 
