@@ -32,11 +32,12 @@ import binascii
 import gzip
 import hashlib
 import io
-import zlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
+
+from webhook.inputs.files import READ_ERRORS, is_gzip
 
 __all__ = ["FORMATS", "Decoded", "Format", "decode", "gke_event"]
 
@@ -91,12 +92,12 @@ def _gunzip_b64(text: str | bytes) -> bytes:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise ValueError("not base64") from None
-    if raw[:2] != b"\x1f\x8b":
+    if not is_gzip(raw):
         return raw
     try:
         with gzip.GzipFile(fileobj=io.BytesIO(raw)) as unzipped:
             out: bytes = unzipped.read(MAX_DECODED_BYTES + 1)
-    except (OSError, EOFError, zlib.error) as exc:
+    except READ_ERRORS as exc:
         raise ValueError(f"bad gzip data: {exc}") from None
     if len(out) > MAX_DECODED_BYTES:
         raise ValueError(f"record expands beyond {MAX_DECODED_BYTES} bytes")

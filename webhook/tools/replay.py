@@ -17,10 +17,11 @@ from typing import IO, Any
 from webhook.core.audit import MalformedEvent, parse_event
 from webhook.core.findings import Sink
 from webhook.detect.detector import Detector
+from webhook.inputs.files import open_log
 from webhook.inputs.formats import Format, decode
 from webhook.inputs.scan import ScanResult, read_blocks, scan_file
 
-__all__ = ["MalformedLine", "ReplayReport", "open_log", "replay"]
+__all__ = ["MalformedLine", "ReplayReport", "replay"]
 
 MAX_REPORTED_MALFORMED = 20
 
@@ -49,16 +50,6 @@ class ReplayReport:
         if self.malformed > len(self.malformed_samples):
             shown.append(f"  ... and {self.malformed - len(self.malformed_samples)} more")
         return "\n".join([text, *shown])
-
-
-def open_log(path: str) -> IO[bytes]:
-    """Open ``path`` for binary reading; ``-`` is stdin; gzip is recognised by its magic bytes."""
-    if path == "-":
-        return sys.stdin.buffer
-    raw = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
-    if raw.peek(2)[:2] == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
-    return raw
 
 
 def _decode_lines(stream: IO[bytes], fmt: Format) -> Iterator[ScanResult]:
