@@ -23,6 +23,7 @@ import yaml
 
 from webhook.core import useragent
 from webhook.core.allowlist import Allowlist, default_allowlist
+from webhook.core.audit import DECISION_ANNOTATION, forbidden_by_authorization
 from webhook.inputs.formats import Format, decode
 from webhook.inputs.scan import read_blocks
 
@@ -114,11 +115,12 @@ def survey(streams: Iterable[IO[bytes]], fmt: Format = "k8s") -> Survey:
             status = _obj(doc.get("responseStatus"))
             raw_code = status.get("code")
             code = raw_code if isinstance(raw_code, int) else 0
-            annotations = _obj(doc.get("annotations"))
-            decision = annotations.get("authorization.k8s.io/decision")
             counts.requests += 1
-            if code == 403 and (
-                decision == "forbid" or (decision is None and status.get("reason") == "Forbidden")
+            if forbidden_by_authorization(
+                stage=doc["stage"],
+                code=code,
+                decision=_obj(doc.get("annotations")).get(DECISION_ANNOTATION),
+                reason=status.get("reason"),
             ):
                 counts.forbidden += 1
             elif 0 < code < 400:
