@@ -39,12 +39,13 @@ import orjson
 
 from webhook.inputs.files import READ_ERRORS, is_gzip
 
-__all__ = ["FORMATS", "Decoded", "Format", "decode", "gke_event"]
+__all__ = ["FORMATS", "AuditInput", "Decoded", "Format", "decode", "gke_event"]
 
 Format = Literal["k8s", "eks", "gke", "aks"]
 FORMATS: tuple[Format, ...] = ("k8s", "eks", "gke", "aks")
 
 AuditInput = bytes | dict[str, Any]
+"""One audit event as an input holds it: a JSON line, or an object already decoded."""
 
 MAX_DECODED_BYTES = 64 * 1024 * 1024
 """A compressed record may not expand beyond this (zip bombs)."""

@@ -10,16 +10,15 @@ import gzip
 import io
 import sys
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import IO, Any
 
-from webhook.core.audit import MalformedEvent, parse_event
+from webhook.core.audit import parse_event
 from webhook.core.findings import Sink
 from webhook.detect.detector import Detector
 from webhook.inputs.files import open_log
-from webhook.inputs.formats import Format, decode
-from webhook.inputs.scan import ScanResult, read_blocks, scan_file
+from webhook.inputs.formats import Format
+from webhook.inputs.lines import LineDecoder
 
 __all__ = ["MalformedLine", "ReplayReport", "replay"]
 
@@ -52,21 +51,6 @@ class ReplayReport:
         return "\n".join([text, *shown])
 
 
-def _decode_lines(stream: IO[bytes], fmt: Format) -> Iterator[ScanResult]:
-    """Other input shapes (:mod:`webhook.inputs.formats`): every line is decoded, no fast path."""
-    for buf, start, end in read_blocks(stream):
-        result = ScanResult()
-        for number, line in enumerate(buf[start:end].split(b"\n")[:-1], start=1):
-            result.lines += 1
-            result.size += len(line) + 1
-            if not line.strip():
-                continue
-            decoded = decode(fmt, line)
-            result.malformed.extend((number, error) for error in decoded.errors)
-            result.events.extend((number, event) for event in decoded.events)
-        yield result
-
-
 def replay(
     paths: Iterable[str], detector: Detector, sink: Sink, *, workers: int = 1, fmt: Format = "k8s"
 ) -> ReplayReport:
@@ -78,43 +62,30 @@ def replay(
     """
     report = ReplayReport()
     samples = report.malformed_samples
+    source = ""
 
-    def bad(source: str, number: int, reason: str) -> None:
+    def bad(number: int, reason: str) -> None:
         report.malformed += 1
         if len(samples) < MAX_REPORTED_MALFORMED:
             samples.append(MalformedLine(source, number, reason))
 
+    decoder = LineDecoder(fmt, parse_event, bad)
     for path in paths:
         source = "<stdin>" if path == "-" else path
         stream = open_log(path)
         try:
             plain = isinstance(stream, io.BufferedReader) and path != "-"
-            results = (
-                scan_file(path, stream, workers=workers if plain else 1, prefilter=detector.prefilter)
-                if fmt == "k8s"
-                else _decode_lines(stream, fmt)
-            )
-            for result in results:
-                base = report.lines
-                report.lines += result.lines
-                report.bytes += result.size
-                for number, reason in result.malformed:
-                    bad(source, base + number, reason)
-                items: list[tuple[int, bytes | dict[str, Any]]] = [*result.hits, *result.events]
-                for number, line in items:
-                    try:
-                        event = parse_event(line)
-                    except MalformedEvent as exc:
-                        bad(source, base + number, str(exc))
-                        continue
-                    for finding in detector.process(event):
-                        sink.deliver(finding)
-                        report.findings += 1
+            events = decoder.read(stream, detector.prefilter, path=path, workers=workers if plain else 1)
+            for event in events:
+                for finding in detector.process(event):
+                    sink.deliver(finding)
+                    report.findings += 1
         except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
             raise OSError(f"{source}: corrupt gzip data: {exc}") from None
         finally:
             if stream is not sys.stdin.buffer:
                 stream.close()
+    report.lines, report.bytes = decoder.lines, decoder.size
     for finding in detector.flush():
         sink.deliver(finding)
         report.findings += 1
