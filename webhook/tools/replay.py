@@ -6,6 +6,7 @@ Every line is still checked for shape, so junk is counted with its line number.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import sys
@@ -40,6 +41,12 @@ class ReplayReport:
     findings: int = 0
     malformed_samples: list[MalformedLine] = field(default_factory=list)
 
+    def bad(self, source: str, line: int, reason: str) -> None:
+        """Count a malformed line (``line`` counts from 1 in ``source``); the first few are kept."""
+        self.malformed += 1
+        if len(self.malformed_samples) < MAX_REPORTED_MALFORMED:
+            self.malformed_samples.append(MalformedLine(source, line, reason))
+
     def summary(self) -> str:
         text = (
             f"ua-sentinel replay: {self.lines} lines ({self.bytes} bytes) read, "
@@ -61,17 +68,9 @@ def replay(
     ``fmt`` selects the input shape (:mod:`webhook.inputs.formats`); ``k8s`` is the apiserver's own.
     """
     report = ReplayReport()
-    samples = report.malformed_samples
-    source = ""
-
-    def bad(number: int, reason: str) -> None:
-        report.malformed += 1
-        if len(samples) < MAX_REPORTED_MALFORMED:
-            samples.append(MalformedLine(source, number, reason))
-
-    decoder = LineDecoder(fmt, parse_event, bad)
     for path in paths:
         source = "<stdin>" if path == "-" else path
+        decoder = LineDecoder(fmt, parse_event, functools.partial(report.bad, source))
         stream = open_log(path)
         try:
             plain = isinstance(stream, io.BufferedReader) and path != "-"
@@ -85,7 +84,8 @@ def replay(
         finally:
             if stream is not sys.stdin.buffer:
                 stream.close()
-    report.lines, report.bytes = decoder.lines, decoder.size
+        report.lines += decoder.lines
+        report.bytes += decoder.size
     for finding in detector.flush():
         sink.deliver(finding)
         report.findings += 1
