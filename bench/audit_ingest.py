@@ -63,7 +63,7 @@ def parse_floor(seconds: float) -> tuple[float, float]:
 def _floor_main(seconds: float) -> None:
     import gc
 
-    from webhook.serve.feed import parse_event_list
+    from webhook.inputs.eventlist import parse_event_list
 
     bodies = [t.replace(reviews.TOKEN, str(n)).encode() for n, t in enumerate(templates())]
     events = sum(len(orjson.loads(b)["items"]) for b in bodies) / len(bodies)

@@ -497,7 +497,7 @@ def _add_suggest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 def _run_suggest(args: argparse.Namespace) -> int:
     import contextlib
 
-    from webhook.tools.replay import open_log
+    from webhook.inputs.files import open_log
     from webhook.tools.suggest import propose, render_report, render_yaml, survey
 
     if args.days is not None and args.days < 1:

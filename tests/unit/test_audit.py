@@ -6,7 +6,14 @@ import orjson
 import pytest
 
 from tests.conftest import DATA
-from webhook.core.audit import Event, EventList, MalformedEvent, parse_event
+from webhook.core.audit import (
+    Event,
+    EventList,
+    MalformedEvent,
+    audit_object,
+    forbidden_by_authorization,
+    parse_event,
+)
 
 
 def events(lines: list[bytes]) -> list[Event]:
@@ -64,6 +71,30 @@ def test_403_without_annotations_falls_back_to_reason(audit_lines: list[bytes]) 
     assert parse_event(raw).forbidden_by_authorization
     raw["responseStatus"]["reason"] = "NotFound"
     assert not parse_event(raw).forbidden_by_authorization
+
+
+@pytest.mark.parametrize("stage", ["ResponseComplete", "ResponseStarted"])
+@pytest.mark.parametrize("code", [403, 401, 200])
+@pytest.mark.parametrize("decision", ["forbid", "allow", None])
+@pytest.mark.parametrize("reason", ["Forbidden", "NotFound", None])
+def test_the_raw_refusal_test_is_the_models(
+    stage: str, code: int, decision: str | None, reason: str | None
+) -> None:
+    """``suggest`` asks it of raw objects, the Detector of Events: one definition for both."""
+    raw: dict[str, object] = {"auditID": "a", "stage": stage, "responseStatus": {"code": code}}
+    if reason is not None:
+        raw["responseStatus"] = {"code": code, "reason": reason}
+    if decision is not None:
+        raw["annotations"] = {"authorization.k8s.io/decision": decision}
+    expected = stage == "ResponseComplete" and code == 403 and (decision or reason) in ("forbid", "Forbidden")
+    assert parse_event(raw).forbidden_by_authorization == expected
+    assert forbidden_by_authorization(stage=stage, code=code, decision=decision, reason=reason) == expected
+
+
+def test_an_audit_object_is_the_json_object_unvalidated() -> None:
+    assert audit_object(b'{"kind": "Other"}') == {"kind": "Other"}
+    with pytest.raises(MalformedEvent, match="not a JSON object"):
+        audit_object(b"[1]")
 
 
 def test_unknown_fields_are_ignored(audit_lines: list[bytes]) -> None:

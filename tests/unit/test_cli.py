@@ -77,6 +77,18 @@ def test_malformed_lines_are_counted_with_line_numbers_and_skipped(tmp_path: Pat
     assert "Traceback" not in err
 
 
+def test_malformed_line_numbers_count_from_one_in_each_file(tmp_path: Path) -> None:
+    first, second = tmp_path / "first.log", tmp_path / "second.log"
+    first.write_bytes(AUDIT_LOGS[1].read_bytes() + b"junk\n")
+    second.write_bytes(b"junk\n")
+    lines = AUDIT_LOGS[1].read_bytes().count(b"\n")
+    result = cli("replay", str(first), str(second))
+    assert result.returncode == 0, result.stderr
+    err = result.stderr.decode()
+    assert f"{first}:{lines + 1}: not a JSON object line" in err
+    assert f"{second}:1: not a JSON object line" in err
+
+
 def test_replay_of_a_missing_file_is_a_one_line_error(tmp_path: Path) -> None:
     result = cli("replay", str(tmp_path / "nope.log"))
     assert result.returncode == 1

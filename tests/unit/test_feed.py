@@ -1,19 +1,16 @@
-"""DetectorFeed: the Detector and a (possibly slow) sink off the event loop; EventList parsing."""
+"""DetectorFeed: the Detector and a (possibly slow) sink off the event loop."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 
-import pytest
-
-from tests.integration.traffic import audit_batch, recorded
+from tests.integration.traffic import recorded
 from webhook.core.allowlist import Allowlist
 from webhook.core.audit import Event, EventList
 from webhook.core.findings import Finding
 from webhook.detect.detector import Detector
-from webhook.serve.feed import AuditBodyError, DetectorFeed, parse_event_list
+from webhook.serve.feed import DetectorFeed
 
 ALLOWLIST = Allowlist.from_yaml('agents: ["kubectl/*", "kubectl-dispatcher/*", "kube-apiserver/*"]')
 
@@ -73,28 +70,3 @@ def test_a_failing_sink_is_counted_and_the_feed_goes_on() -> None:
     feed.submit(all_events())
     feed.close()
     assert feed.stats.sink_errors == feed.stats.findings > 0
-
-
-def test_parse_event_list_reuses_the_audit_models() -> None:
-    batch = parse_event_list(json.dumps(audit_batch(1404)).encode())
-    assert batch.skipped == 0
-    (event,) = batch.events
-    assert event.user_agent == "python-requests/2.34.2" and event.stage == "RequestReceived"
-
-
-@pytest.mark.parametrize(
-    ("body", "reason"),
-    [
-        (b"\xff", "not JSON"),
-        (b"null", "not a JSON object"),
-        (b'{"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": 3}', "items is not a list"),
-    ],
-)
-def test_parse_event_list_rejects_unusable_bodies(body: bytes, reason: str) -> None:
-    with pytest.raises(AuditBodyError, match=reason):
-        parse_event_list(body)
-
-
-def test_an_empty_batch_is_fine() -> None:
-    batch = parse_event_list(b'{"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "metadata": {}}')
-    assert batch.events == [] and batch.skipped == 0

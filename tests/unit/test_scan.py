@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from webhook.core.allowlist import default_allowlist
 from webhook.detect.prefilter import Prefilter
 from webhook.inputs import scan
+from webhook.inputs.lines import EVERY_LINE
 
 PREFILTER = Prefilter(default_allowlist())
 HEAD = b'{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"'
@@ -47,9 +48,9 @@ LINES = [
 ]
 
 
-def careful(block: bytes, base: int = 0) -> scan.ScanResult:
+def careful(block: bytes, base: int = 0, prefilter: Prefilter = PREFILTER) -> scan.ScanResult:
     result = scan.ScanResult(lines=base)
-    scan._careful(block, result, base, PREFILTER)
+    scan._careful(block, result, base, prefilter)
     result.lines += block.count(b"\n")
     result.size = len(block)
     return result
@@ -80,6 +81,26 @@ def test_well_formed_blocks_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.undo()
     assert result == careful(block)
     assert [n for n, _ in result.hits] == [n for n in range(1, 51) if (n - 1) % 5 in (1, 2, 3, 4)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    picks=st.lists(st.sampled_from(range(len(LINES))), min_size=1, max_size=30),
+    base=st.integers(0, 5),
+)
+def test_every_line_is_a_hit_numbered_as_checking_each_line_does(picks: list[int], base: int) -> None:
+    block = b"".join(LINES[i] + b"\n" for i in picks)
+    result = scan.ScanResult(lines=base)
+    scan.scan_block((block, 0, len(block)), result, EVERY_LINE)
+    assert result == careful(block, base, EVERY_LINE)
+
+
+def test_well_formed_blocks_of_every_line_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    block = b"".join(LINES[i % 5] + b"\n" for i in range(50))
+    monkeypatch.setattr(scan, "_careful", lambda *args: pytest.fail("careful path taken"))
+    result = scan.ScanResult(lines=7)
+    scan.scan_block((block, 0, len(block)), result, EVERY_LINE)
+    assert result.hits == list(enumerate(block.split(b"\n")[:-1], start=8))
 
 
 def test_newlines_outside_the_block_are_not_counted() -> None:

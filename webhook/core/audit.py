@@ -30,6 +30,8 @@ __all__ = [
     "ResponseStatus",
     "Stage",
     "UserInfo",
+    "audit_object",
+    "forbidden_by_authorization",
     "parse_event",
 ]
 
@@ -102,17 +104,13 @@ class Event(_Wire):
 
     @property
     def forbidden_by_authorization(self) -> bool:
-        """Refused by the authorizer: the decision annotation says ``forbid``.
-
-        Some exports drop annotations; then a 403 whose reason is ``Forbidden`` counts. A 403
-        with decision ``allow`` was refused later (admission), not by RBAC, and does not.
-        """
-        if self.stage != "ResponseComplete" or self.code != 403:
-            return False
-        decision = self.decision
-        if decision is not None:
-            return decision == "forbid"
-        return self.response_status is not None and self.response_status.reason == "Forbidden"
+        """Refused by the authorizer (see :func:`forbidden_by_authorization`)."""
+        return forbidden_by_authorization(
+            stage=self.stage,
+            code=self.code,
+            decision=self.decision,
+            reason=self.response_status.reason if self.response_status is not None else None,
+        )
 
     @property
     def effective_user(self) -> UserInfo:
@@ -149,10 +147,24 @@ class MalformedEvent(InputError):
     """An audit line that is not a usable Event; the message says why (never the line itself)."""
 
 
-def parse_event(raw: bytes | str | dict[str, Any]) -> Event:
-    """Parse one JSON line (or an already decoded object) into an :class:`Event`.
+def forbidden_by_authorization(*, stage: object, code: object, decision: object, reason: object) -> bool:
+    """Refused by the authorizer: a completed 403 whose decision annotation says ``forbid``.
 
-    Raises :class:`MalformedEvent` with a short reason for oversized, undecodable or invalid input.
+    Some exports drop annotations; then a 403 whose reason is ``Forbidden`` counts. A 403
+    with decision ``allow`` was refused later (admission), not by RBAC, and does not. Takes the
+    fields rather than an :class:`Event`, so ``suggest`` can ask it of raw objects at JSON speed.
+    """
+    if stage != "ResponseComplete" or code != 403:
+        return False
+    if decision is not None:
+        return decision == "forbid"
+    return reason == "Forbidden"
+
+
+def audit_object(raw: bytes | str | dict[str, Any]) -> dict[str, Any]:
+    """The JSON object of one audit line (or the object itself), not validated as an Event.
+
+    Raises :class:`MalformedEvent` with a short reason for oversized or undecodable input.
     """
     if isinstance(raw, dict):
         data: Any = raw
@@ -165,6 +177,15 @@ def parse_event(raw: bytes | str | dict[str, Any]) -> Event:
             raise MalformedEvent(f"not JSON: {str(exc).splitlines()[0][:120]}") from None
     if not isinstance(data, dict):
         raise MalformedEvent(f"not a JSON object but {type(data).__name__}")
+    return data
+
+
+def parse_event(raw: bytes | str | dict[str, Any]) -> Event:
+    """Parse one JSON line (or an already decoded object) into an :class:`Event`.
+
+    Raises :class:`MalformedEvent` with a short reason for oversized, undecodable or invalid input.
+    """
+    data = audit_object(raw)
     try:
         return Event.model_validate(data)
     except ValidationError as exc:

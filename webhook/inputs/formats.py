@@ -32,18 +32,20 @@ import binascii
 import gzip
 import hashlib
 import io
-import zlib
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 import orjson
 
-__all__ = ["FORMATS", "Decoded", "Format", "decode", "gke_event"]
+from webhook.inputs.files import READ_ERRORS, is_gzip
+
+__all__ = ["FORMATS", "AuditInput", "Decoded", "Format", "decode", "gke_event"]
 
 Format = Literal["k8s", "eks", "gke", "aks"]
 FORMATS: tuple[Format, ...] = get_args(Format)
 
 AuditInput = bytes | dict[str, Any]
+"""One audit event as an input holds it: a JSON line, or an object already decoded."""
 
 MAX_DECODED_BYTES = 64 * 1024 * 1024
 """A compressed record may not expand beyond this (zip bombs)."""
@@ -91,12 +93,12 @@ def _gunzip_b64(text: str | bytes) -> bytes:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise ValueError("not base64") from None
-    if raw[:2] != b"\x1f\x8b":
+    if not is_gzip(raw):
         return raw
     try:
         with gzip.GzipFile(fileobj=io.BytesIO(raw)) as unzipped:
             out: bytes = unzipped.read(MAX_DECODED_BYTES + 1)
-    except (OSError, EOFError, zlib.error) as exc:
+    except READ_ERRORS as exc:
         raise ValueError(f"bad gzip data: {exc}") from None
     if len(out) > MAX_DECODED_BYTES:
         raise ValueError(f"record expands beyond {MAX_DECODED_BYTES} bytes")

@@ -43,6 +43,8 @@ class ScanResult:
     malformed: list[tuple[int, str]] = field(default_factory=list)
     events: list[tuple[int, bytes | dict[str, Any]]] = field(default_factory=list)
     """Already decoded events (input shapes other than the apiserver's, see webhook.inputs.formats)."""
+    skipped: int = 0
+    """Well-formed records that are not Kubernetes audit events (see webhook.inputs.formats)."""
 
 
 def _overlong(carry: bytes) -> Block:
@@ -149,6 +151,22 @@ def _numbered_hits(
     return number - 1 + buf.count(boundary, counted, end), hits
 
 
+def _fast_hits(
+    buf: bytes, start: int, end: int, newlines: int, boundary: bytes, prefilter: Prefilter, base: int
+) -> list[tuple[int, bytes]] | None:
+    """The hits numbered from ``base + 1``, or None unless every line boundary is ``boundary``."""
+    if prefilter.all_lines:  # every line a hit: one count, numbered by position
+        if buf.count(boundary, start, end) != newlines - 1:
+            return None
+        lines = buf[start:end].split(b"\n")
+        lines.pop()
+        return list(enumerate(lines, start=base + 1))
+    boundaries, hits = _numbered_hits(buf, start, end, boundary, prefilter)
+    if boundaries != newlines - 1:
+        return None
+    return [(base + number, line) for number, line in hits]
+
+
 def scan_block(block: Block, result: ScanResult, prefilter: Prefilter = _STATIC) -> None:
     """Add one block's lines, hits and malformed lines to ``result``.
 
@@ -161,21 +179,18 @@ def scan_block(block: Block, result: ScanResult, prefilter: Prefilter = _STATIC)
     result.size += end - start
     newlines = _newlines(buf, start, end)
     prefix = buf[start : min(start + PREFIX_BYTES, buf.find(b"\n", start, end))]
-    if (
-        end - start > MAX_LINE_BYTES
-        or prefix[:1] != b"{"
-        or buf[end - 2 : end - 1] != b"}"
-        or (newlines > 1 and len(prefix) < PREFIX_BYTES)
-    ):
-        result.lines += newlines
-        _careful(buf[start:end], result, base, prefilter)
-        return
-    boundaries, hits = _numbered_hits(buf, start, end, b"}\n" + prefix, prefilter)
     result.lines += newlines
-    if boundaries != newlines - 1:
+    shaped = (
+        end - start <= MAX_LINE_BYTES
+        and prefix[:1] == b"{"
+        and buf[end - 2 : end - 1] == b"}"
+        and (newlines <= 1 or len(prefix) == PREFIX_BYTES)
+    )
+    hits = _fast_hits(buf, start, end, newlines, b"}\n" + prefix, prefilter, base) if shaped else None
+    if hits is None:
         _careful(buf[start:end], result, base, prefilter)
         return
-    result.hits.extend((base + number, line) for number, line in hits)
+    result.hits.extend(hits)
 
 
 def scan_stream(

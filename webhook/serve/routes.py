@@ -34,9 +34,10 @@ from starlette.requests import ClientDisconnect
 from webhook.core import useragent
 from webhook.core.audit import EventList
 from webhook.core.live_allowlist import LiveAllowlist
+from webhook.inputs.eventlist import AuditBodyError, parse_event_list
 from webhook.logs import fields
 from webhook.serve import admission
-from webhook.serve.feed import AuditBodyError, DetectorFeed, parse_event_list
+from webhook.serve.feed import DetectorFeed
 from webhook.serve.join import RequestIndex
 from webhook.serve.metrics import CONTENT_TYPE, Metrics
 from webhook.serve.tls import PEER_ROLES_KEY, PeerRole

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import gzip
 import hashlib
 import os
-import zlib
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
 from webhook.core.audit import MAX_LINE_BYTES
+from webhook.inputs.files import READ_ERRORS, decompressing, open_file
 
 __all__ = [
     "FP_LEN",
@@ -146,9 +145,9 @@ class LogFile:
         try:
             st = os.fstat(raw.fileno())
             self.dev, self.ino = st.st_dev, st.st_ino
-            self.compressed = raw.peek(2)[:2] == b"\x1f\x8b"
             self._raw = raw
-            self._stream: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="rb") if self.compressed else raw  # type: ignore[assignment]
+            self._stream = decompressing(raw)
+            self.compressed = self._stream is not raw
         except BaseException:
             raw.close()
             raise
@@ -292,12 +291,9 @@ class LogFile:
 
 def _head_of(path: str, length: int) -> bytes | None:
     try:
-        with open(path, "rb") as raw:
-            if raw.peek(2)[:2] == b"\x1f\x8b":
-                with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
-                    return unzipped.read(length)
-            return raw.read(length)
-    except (OSError, EOFError, zlib.error):
+        with open_file(path) as stream:
+            return stream.read(length)
+    except READ_ERRORS:
         return None
 
 

@@ -29,11 +29,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from webhook.core.audit import MalformedEvent, parse_event
+from webhook.core.audit import parse_event
 from webhook.core.findings import Finding
 from webhook.detect.baseline import Baseline
 from webhook.detect.detector import Detector
-from webhook.inputs.formats import Format, decode
+from webhook.inputs.formats import Format
+from webhook.inputs.lines import LineDecoder
 from webhook.sinks.base import Sink
 from webhook.sinks.outbox import DEFAULT_MAX_BACKLOG, Outbox, restore_findings
 from webhook.sinks.spec import SinkSpec
@@ -97,6 +98,7 @@ class Tailer:
         self._live = False
         """The last lines read were fresh (newest event within ``grace`` of the wall clock)."""
         self._malformed_logged = 0
+        self._decoder = LineDecoder(config.fmt, parse_event, lambda _line, reason: self._malformed(reason))
         self.outboxes = [
             Outbox(
                 spec,
@@ -203,34 +205,11 @@ class Tailer:
             self.metrics.bytes.inc(batch.consumed)
         for _ in range(batch.overlong):
             self._malformed("line longer than the 4 MiB limit, skipped")
-        prefilter = self.detector.prefilter
-        k8s = self.config.fmt == "k8s"
         findings: list[Finding] = []
-        for raw in batch.lines:
-            line = raw.rstrip(b"\r")
-            if not line.strip():
-                continue
-            inputs: list[Any]
-            if k8s:
-                if line[:1] != b"{" or line[-1:] != b"}":
-                    self._malformed("not a JSON object line")
-                    continue
-                if not prefilter.matches(line):
-                    continue
-                inputs = [line]
-            else:
-                decoded = decode(self.config.fmt, line)
-                for error in decoded.errors:
-                    self._malformed(error)
-                self.totals.add("skipped_records", decoded.skipped)
-                inputs = decoded.events
-            for item in inputs:
-                try:
-                    event = parse_event(item)
-                except MalformedEvent as exc:
-                    self._malformed(str(exc))
-                    continue
-                findings.extend(self.detector.process(event))
+        skipped = self._decoder.skipped
+        for event in self._decoder.lines_of(batch.lines, self.detector.prefilter):
+            findings.extend(self.detector.process(event))
+        self.totals.add("skipped_records", self._decoder.skipped - skipped)
         watermark = self.detector.watermark
         if batch.lines and watermark is not None:
             self._live = time.time() - watermark <= self.config.grace

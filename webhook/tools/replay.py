@@ -6,21 +6,22 @@ Every line is still checked for shape, so junk is counted with its line number.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import sys
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import IO, Any
 
-from webhook.core.audit import MalformedEvent, parse_event
+from webhook.core.audit import parse_event
 from webhook.detect.detector import Detector
-from webhook.inputs.formats import Format, decode
-from webhook.inputs.scan import ScanResult, read_blocks, scan_file
+from webhook.inputs.files import open_log
+from webhook.inputs.formats import Format
+from webhook.inputs.lines import LineDecoder
 from webhook.sinks.base import Sink
 
-__all__ = ["MalformedLine", "ReplayReport", "open_log", "replay"]
+__all__ = ["MalformedLine", "ReplayReport", "replay"]
 
 MAX_REPORTED_MALFORMED = 20
 
@@ -40,6 +41,12 @@ class ReplayReport:
     findings: int = 0
     malformed_samples: list[MalformedLine] = field(default_factory=list)
 
+    def bad(self, source: str, line: int, reason: str) -> None:
+        """Count a malformed line (``line`` counts from 1 in ``source``); the first few are kept."""
+        self.malformed += 1
+        if len(self.malformed_samples) < MAX_REPORTED_MALFORMED:
+            self.malformed_samples.append(MalformedLine(source, line, reason))
+
     def summary(self) -> str:
         text = (
             f"ua-sentinel replay: {self.lines} lines ({self.bytes} bytes) read, "
@@ -49,31 +56,6 @@ class ReplayReport:
         if self.malformed > len(self.malformed_samples):
             shown.append(f"  ... and {self.malformed - len(self.malformed_samples)} more")
         return "\n".join([text, *shown])
-
-
-def open_log(path: str) -> IO[bytes]:
-    """Open ``path`` for binary reading; ``-`` is stdin; gzip is recognised by its magic bytes."""
-    if path == "-":
-        return sys.stdin.buffer
-    raw = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
-    if raw.peek(2)[:2] == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
-    return raw
-
-
-def _decode_lines(stream: IO[bytes], fmt: Format) -> Iterator[ScanResult]:
-    """Other input shapes (:mod:`webhook.inputs.formats`): every line is decoded, no fast path."""
-    for buf, start, end in read_blocks(stream):
-        result = ScanResult()
-        for number, line in enumerate(buf[start:end].split(b"\n")[:-1], start=1):
-            result.lines += 1
-            result.size += len(line) + 1
-            if not line.strip():
-                continue
-            decoded = decode(fmt, line)
-            result.malformed.extend((number, error) for error in decoded.errors)
-            result.events.extend((number, event) for event in decoded.events)
-        yield result
 
 
 def replay(
@@ -86,44 +68,24 @@ def replay(
     ``fmt`` selects the input shape (:mod:`webhook.inputs.formats`); ``k8s`` is the apiserver's own.
     """
     report = ReplayReport()
-    samples = report.malformed_samples
-
-    def bad(source: str, number: int, reason: str) -> None:
-        report.malformed += 1
-        if len(samples) < MAX_REPORTED_MALFORMED:
-            samples.append(MalformedLine(source, number, reason))
-
     for path in paths:
         source = "<stdin>" if path == "-" else path
+        decoder = LineDecoder(fmt, parse_event, functools.partial(report.bad, source))
         stream = open_log(path)
         try:
             plain = isinstance(stream, io.BufferedReader) and path != "-"
-            results = (
-                scan_file(path, stream, workers=workers if plain else 1, prefilter=detector.prefilter)
-                if fmt == "k8s"
-                else _decode_lines(stream, fmt)
-            )
-            for result in results:
-                base = report.lines
-                report.lines += result.lines
-                report.bytes += result.size
-                for number, reason in result.malformed:
-                    bad(source, base + number, reason)
-                items: list[tuple[int, bytes | dict[str, Any]]] = [*result.hits, *result.events]
-                for number, line in items:
-                    try:
-                        event = parse_event(line)
-                    except MalformedEvent as exc:
-                        bad(source, base + number, str(exc))
-                        continue
-                    for finding in detector.process(event):
-                        sink.deliver(finding)
-                        report.findings += 1
+            events = decoder.read(stream, detector.prefilter, path=path, workers=workers if plain else 1)
+            for event in events:
+                for finding in detector.process(event):
+                    sink.deliver(finding)
+                    report.findings += 1
         except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
             raise OSError(f"{source}: corrupt gzip data: {exc}") from None
         finally:
             if stream is not sys.stdin.buffer:
                 stream.close()
+        report.lines += decoder.lines
+        report.bytes += decoder.size
     for finding in detector.flush():
         sink.deliver(finding)
         report.findings += 1

@@ -14,19 +14,28 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-import orjson
 import yaml
 
 from webhook.core import useragent
 from webhook.core.allowlist import Allowlist, default_allowlist
-from webhook.inputs.formats import Format, decode
-from webhook.inputs.scan import read_blocks
+from webhook.core.audit import DECISION_ANNOTATION, audit_object, forbidden_by_authorization
+from webhook.inputs.formats import Format
+from webhook.inputs.lines import EVERY_LINE, LineDecoder
 
-__all__ = ["AgentCounts", "Proposal", "Survey", "propose", "render_report", "render_yaml", "survey"]
+__all__ = [
+    "AgentCounts",
+    "Proposal",
+    "Survey",
+    "product_of",
+    "propose",
+    "render_report",
+    "render_yaml",
+    "survey",
+]
 
 DAY = 86_400.0
 MAX_USERS_SHOWN = 5
@@ -70,26 +79,6 @@ class Survey:
         return dict(out)
 
 
-def _events(stream: IO[bytes], fmt: Format, survey: Survey) -> Iterator[dict[str, Any]]:
-    for buf, start, end in read_blocks(stream):
-        for line in buf[start:end].split(b"\n")[:-1]:
-            survey.lines += 1
-            if not line.strip():
-                continue
-            decoded = decode(fmt, line)
-            survey.malformed += len(decoded.errors)
-            for item in decoded.events:
-                try:
-                    doc = item if isinstance(item, dict) else orjson.loads(item)
-                except orjson.JSONDecodeError:
-                    survey.malformed += 1
-                    continue
-                if isinstance(doc, dict):
-                    yield doc
-                else:
-                    survey.malformed += 1
-
-
 def _obj(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
@@ -97,8 +86,13 @@ def _obj(value: Any) -> dict[str, Any]:
 def survey(streams: Iterable[IO[bytes]], fmt: Format = "k8s") -> Survey:
     """Count completed requests per agent and day in the given (open, binary) logs."""
     result = Survey()
+
+    def malformed(_line: int, _reason: str) -> None:
+        result.malformed += 1
+
+    decoder = LineDecoder(fmt, audit_object, malformed)
     for stream in streams:
-        for doc in _events(stream, fmt, result):
+        for doc in decoder.read(stream, EVERY_LINE):
             if doc.get("stage") != "ResponseComplete":
                 continue
             stamp = str(doc.get("stageTimestamp") or doc.get("requestReceivedTimestamp") or "")
@@ -114,11 +108,12 @@ def survey(streams: Iterable[IO[bytes]], fmt: Format = "k8s") -> Survey:
             status = _obj(doc.get("responseStatus"))
             raw_code = status.get("code")
             code = raw_code if isinstance(raw_code, int) else 0
-            annotations = _obj(doc.get("annotations"))
-            decision = annotations.get("authorization.k8s.io/decision")
             counts.requests += 1
-            if code == 403 and (
-                decision == "forbid" or (decision is None and status.get("reason") == "Forbidden")
+            if forbidden_by_authorization(
+                stage=doc["stage"],
+                code=code,
+                decision=_obj(doc.get("annotations")).get(DECISION_ANNOTATION),
+                reason=status.get("reason"),
             ):
                 counts.forbidden += 1
             elif 0 < code < 400:
@@ -127,6 +122,7 @@ def survey(streams: Iterable[IO[bytes]], fmt: Format = "k8s") -> Survey:
                 counts.other += 1
             user = _obj(doc.get("user"))
             counts.users[str(user.get("username", ""))] += 1
+    result.lines = decoder.lines
     return result
 
 
