@@ -178,7 +178,17 @@ class CheckpointStore:
                 os.unlink(tmp)  # a full disk: give back what the partial write took
             raise
         if self.path.exists():
-            os.replace(self.path, self.previous)
+            # The old checkpoint becomes the previous one through a hard link, so the checkpoint
+            # file never goes missing: a reader (or a kill) between the two renames still finds
+            # a whole checkpoint at its path. Without hard links, a rename, briefly leaving none.
+            link = self.path.with_name(f".{PREVIOUS_FILE}.tmp")
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(link)
+            try:
+                os.link(self.path, link)
+                os.replace(link, self.previous)
+            except OSError:
+                os.replace(self.path, self.previous)
         os.replace(tmp, self.path)
         dir_fd = os.open(self.dir, os.O_RDONLY)
         try:
