@@ -1,7 +1,7 @@
 """Replay throughput: `ua-sentinel replay` against jq (what users reach for) and grep (raw scan).
 
 Goal (issue 6): >= 10x jq's line rate and >= 25% of grep's, with the same findings as the
-unoptimised path (tests/unit/test_replay_fast_path.py asserts that equality).
+unoptimised path (tests/unit/test_replay.py asserts that equality).
 """
 
 from __future__ import annotations
