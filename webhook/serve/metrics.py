@@ -19,8 +19,9 @@ from prometheus_client.registry import Collector
 from webhook.core.live_allowlist import AllowlistStatus
 from webhook.serve.feed import FeedStats
 from webhook.serve.join import IndexStats
+from webhook.serve.tls import CertificateState
 
-__all__ = ["CONTENT_TYPE", "CertificateState", "Metrics", "StateCollector"]
+__all__ = ["CONTENT_TYPE", "Metrics", "StateCollector"]
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -30,16 +31,6 @@ PREFIX: Final = "ua_sentinel"
 
 # No *_created series: they double the output and nobody graphs them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
-
-
-@dataclass(frozen=True, slots=True)
-class CertificateState:
-    """What the certificate reloader reports: the serving certificate in use."""
-
-    loaded: bool
-    not_after: float | None
-    reloads: int
-    errors: int
 
 
 @dataclass(frozen=True, slots=True)
