@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from webhook.core.live_allowlist import AllowlistStatus
+from webhook.serve.admission import Mode, Verdict
 from webhook.serve.feed import FeedStats
 from webhook.serve.join import IndexStats
 from webhook.serve.tls import CertificateState
@@ -145,9 +146,13 @@ class StateCollector(Collector):
 
 
 class Metrics:
-    """Instruments updated by the handlers, plus :class:`StateCollector` once sources are known."""
+    """Instruments updated by the handlers, plus :class:`StateCollector` once sources are known.
 
-    def __init__(self) -> None:
+    The handlers' series are labelled once here (``.labels()`` costs a lock and a lookup per
+    call) and exist from the start, at 0: reviews for this process's ``mode``, latency per handler.
+    """
+
+    def __init__(self, mode: Mode) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.reviews = Counter(
             f"{PREFIX}_admission_reviews",
@@ -188,6 +193,17 @@ class Metrics:
             buckets=JOIN_BUCKETS,
             registry=self.registry,
         )
+        self.validate_latency = self.latency.labels("validate")
+        self.audit_latency = self.latency.labels("audit")
+        self._reviews = {
+            (verdict, allowed): self.reviews.labels(verdict, mode, "true" if allowed else "false")
+            for verdict in get_args(Verdict)
+            for allowed in (True, False)
+        }
+
+    def reviewed(self, verdict: Verdict, allowed: bool) -> None:
+        """Count one answered admission review."""
+        self._reviews[verdict, allowed].inc()
 
     def watch(self, sources: StateSources) -> None:
         self.registry.register(StateCollector(sources))

@@ -94,7 +94,7 @@ class Service:
         else:
             self.configmap_source = self._configmap_source(*settings.allowlist_configmap)
         self.index = RequestIndex(ttl=settings.join_ttl, max_entries=settings.join_max_entries)
-        self.metrics = Metrics()
+        self.metrics = Metrics(settings.policy.mode)
         detector = Detector(self.allowlist.current_or_fallback)
         self.sinks: FanOutSink | None = None
         if sink is None:
