@@ -212,7 +212,3 @@ class FanOutSink:
                     "sink not drained at shutdown", **fields(sink=outbox.spec.label, pending=len(outbox))
                 )
             outbox.close()
-
-    def state(self) -> list[tuple[str, int, int, int, int]]:
-        """(label, delivered, failures, dropped, backlog) per sink, for metrics."""
-        return [(o.spec.label, o.delivered, o.failures, o.dropped, len(o)) for o in self.outboxes]

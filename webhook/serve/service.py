@@ -106,7 +106,7 @@ class Service:
                 feed=lambda: (self.feed.stats, self.feed.pending),
                 allowlist=self.allowlist.status,
                 certificate=self.certificates.state,
-                sinks=self.sinks.state if self.sinks is not None else list,
+                outboxes=self.sinks.outboxes if self.sinks is not None else [],
             )
         )
         tls = settings.tls
