@@ -181,14 +181,17 @@ class ServeProcess:
         return httpx.Client(base_url=self.url, verify=self.ssl_context(client), **options)
 
     def metric(self, name: str, **labels: str) -> float | None:
-        """One sample from GET /metrics (``name`` as exposed, e.g. ``..._total``), or None."""
+        """The samples of GET /metrics with ``name`` (as exposed, e.g. ``..._total``) and ``labels``,
+        summed over the labels not given (as PromQL's ``sum``), or None when there is none."""
         with self.client() as client:
             text = client.get("/metrics").text
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    return float(sample.value)
-        return None
+        values = [
+            float(sample.value)
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+        ]
+        return sum(values) if values else None
 
     def stop(self, timeout: float = 60.0) -> int | None:
         """SIGTERM (graceful), then SIGKILL after ``timeout``; returns the exit status."""

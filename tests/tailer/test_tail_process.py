@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from tests.unit.test_detect import EXPECTED
+from tests.unit.test_detector import EXPECTED
 
 from .conftest import findings_in, fixture_lines, replay_findings, wait_for
 
@@ -111,6 +111,8 @@ def test_metrics_endpoint_reports_lines_rotations_findings_and_lag(
     assert metrics['ua_sentinel_sink_failures_total{sink="stdout"}'] == 0
     assert "ua_sentinel_tail_checkpoint_lag_bytes" in metrics
     assert 0 <= metrics["ua_sentinel_tail_checkpoint_lag_seconds"] < 60
+    assert metrics["ua_sentinel_allowlist_loaded"] == 1  # the same allowlist metrics as serve's
+    assert metrics["ua_sentinel_allowlist_last_reload_failed"] == 0
     assert tail.stop() == 0
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Final
 
 from webhook.core.audit import Event
@@ -31,11 +31,18 @@ DEFAULT_QUEUE_EVENTS: Final = 100_000
 
 @dataclass(slots=True)
 class FeedStats:
+    """What the feed reports (``/readyz``, metrics); written by the detector thread only."""
+
     events: int = 0
     dropped: int = 0
-    findings: int = 0
     sink_errors: int = 0
     detector_errors: int = 0
+    by_rule: dict[str, int] = field(default_factory=dict)
+    """Findings handed to the sink, by rule name."""
+
+    @property
+    def findings(self) -> int:
+        return sum(self.by_rule.copy().values())  # a copy: the detector thread may add a rule
 
 
 _STOP: Final = object()
@@ -50,13 +57,11 @@ class DetectorFeed:
         sink: Sink,
         *,
         max_events: int = DEFAULT_QUEUE_EVENTS,
-        on_finding: Callable[[Finding], None] | None = None,
     ) -> None:
         self.detector = detector
         self.sink = sink
         self.max_events = max_events
         self.stats = FeedStats()
-        self._on_finding = on_finding
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._pending = 0
         self._lock = threading.Lock()
@@ -102,15 +107,14 @@ class DetectorFeed:
                 self.stats.events += len(item)
 
     def _deliver(self, found: list[Finding]) -> None:
+        by_rule = self.stats.by_rule
         for finding in found:
-            self.stats.findings += 1
+            by_rule[finding.rule.name] = by_rule.get(finding.rule.name, 0) + 1
             try:
                 self.sink.deliver(finding)
             except Exception:
                 self.stats.sink_errors += 1
                 logger.exception("sink failed to deliver a finding", **fields(finding=finding.id))
-            if self._on_finding is not None:
-                self._on_finding(finding)
 
     def close(self, timeout: float = 10.0) -> None:
         """Drain the queue (bounded by ``timeout``), flush open windows to the sink, close it."""

@@ -1,63 +1,51 @@
 """Prometheus metrics for ``serve`` (prometheus-client), on a registry of their own.
 
 Per-request numbers (reviews by verdict, handler latency) are instruments updated by the
-handlers; component state (join index, detector queue, allowlist, certificate) is read from the
-components at scrape time by :class:`StateCollector`, so components stay free of metrics code.
-A registry per :class:`Metrics` lets tests run several servers in one process.
+handlers; component state (join index, detector queue, allowlist, sinks, certificate) is read
+from the components at scrape time by :class:`StateCollector`, so components stay free of
+metrics code. What ``tail`` exposes too (findings, sinks, allowlist) comes from
+:mod:`webhook.sinks.metrics`, so both processes name and label it alike. A registry per
+:class:`Metrics` lets tests run several servers in one process.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from webhook.core.allowlist import AnnotatedVerdict, Mode
 from webhook.core.live_allowlist import AllowlistStatus
 from webhook.serve.feed import FeedStats
 from webhook.serve.join import IndexStats
+from webhook.serve.tls import CertificateState
+from webhook.sinks.metrics import PREFIX, allowlist_metrics, counter, findings_metrics, gauge, sink_metrics
+from webhook.sinks.outbox import Outbox
 
-__all__ = ["CONTENT_TYPE", "CertificateState", "Metrics", "StateCollector"]
+__all__ = ["CONTENT_TYPE", "Metrics", "StateCollector", "StateSources"]
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
 JOIN_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.1, 0.25)
 """Finer around the apiserver's 20 ms audit batch wait, which bounds most joins."""
-PREFIX: Final = "ua_sentinel"
 
 # No *_created series: they double the output and nobody graphs them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 @dataclass(frozen=True, slots=True)
-class CertificateState:
-    """What the certificate reloader reports: the serving certificate in use."""
-
-    loaded: bool
-    not_after: float | None
-    reloads: int
-    errors: int
-
-
-@dataclass(frozen=True, slots=True)
 class StateSources:
+    """Where :class:`StateCollector` reads each component's status."""
+
     index: Callable[[], tuple[IndexStats, int]]
     feed: Callable[[], tuple[FeedStats, int]]
     allowlist: Callable[[], AllowlistStatus]
     certificate: Callable[[], CertificateState]
-    sinks: Callable[[], list[tuple[str, int, int, int, int]]]
-    """(label, delivered, failures, dropped, backlog) per sink."""
-
-
-def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
-    return CounterMetricFamily(f"{PREFIX}_{name}", doc, value=value)
-
-
-def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-    return GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=value)
+    outboxes: Sequence[Outbox]
 
 
 class StateCollector(Collector):
@@ -66,97 +54,65 @@ class StateCollector(Collector):
     def __init__(self, sources: StateSources) -> None:
         self.sources = sources
 
-    def collect(self) -> Iterator[Any]:
+    def collect(self) -> Iterator[Metric]:
         stats, pending = self.sources.index()
-        yield _counter("join_hits", "Admission calls that found their request's audit event.", stats.hits)
-        yield _counter(
-            "join_misses", "Admission calls answered unknown: no audit event joined.", stats.misses
-        )
-        yield _counter(
+        yield counter("join_hits", "Admission calls that found their request's audit event.", stats.hits)
+        yield counter("join_misses", "Admission calls answered unknown: no audit event joined.", stats.misses)
+        yield counter(
             "join_ambiguous",
             "Admission calls matching pending requests with different agents.",
             stats.ambiguous,
         )
-        yield _counter("join_waits", "Admission calls that awaited a late audit event.", stats.waited)
+        yield counter("join_waits", "Admission calls that awaited a late audit event.", stats.waited)
         evictions = CounterMetricFamily(
             f"{PREFIX}_join_evictions", "Pending requests dropped unanswered.", labels=["reason"]
         )
         evictions.add_metric(["ttl"], stats.evicted_ttl)
         evictions.add_metric(["cap"], stats.evicted_cap)
         yield evictions
-        yield _counter("join_consumed", "Pending requests consumed by their admission call.", stats.consumed)
-        yield _counter(
+        yield counter("join_consumed", "Pending requests consumed by their admission call.", stats.consumed)
+        yield counter(
             "join_completed", "Pending requests removed by their ResponseComplete.", stats.completed
         )
-        yield _gauge("join_pending", "RequestReceived events waiting for an admission call.", pending)
-        yield _counter(
+        yield gauge("join_pending", "RequestReceived events waiting for an admission call.", pending)
+        yield counter(
             "join_late_events",
             "RequestReceived events for requests already finished (kept stale: never matched alone).",
             stats.ignored_finished,
         )
-        yield _counter(
+        yield counter(
             "join_conflicting_events",
             "RequestReceived events repeating a pending audit ID with another agent or request.",
             stats.conflicting,
         )
 
         feed, queued = self.sources.feed()
-        yield _counter("detector_events", "Audit events processed by the detector.", feed.events)
-        yield _counter("audit_events_dropped", "Audit events dropped: detector queue full.", feed.dropped)
-        yield _counter("findings", "Findings delivered to the sinks.", feed.findings)
-        yield _counter("sink_errors", "Findings a sink failed to deliver.", feed.sink_errors)
-        yield _gauge("detector_queue", "Audit events waiting for the detector.", queued)
-
-        allow = self.sources.allowlist()
-        yield _gauge("allowlist_loaded", "1 when an allowlist is loaded.", 1.0 if allow.loaded else 0.0)
-        yield _counter("allowlist_reloads", "Allowlist versions applied.", allow.reloads)
-        yield _counter("allowlist_reload_errors", "Allowlist changes refused (last good kept).", allow.errors)
-        yield _gauge(
-            "allowlist_last_reload_failed",
-            "1 when the latest change was refused.",
-            1.0 if allow.last_error else 0.0,
-        )
-        info = GaugeMetricFamily(
-            f"{PREFIX}_allowlist_info", "The allowlist in force.", labels=["hash", "source"]
-        )
-        if allow.loaded:
-            info.add_metric([allow.hash or "", allow.source or ""], 1.0)
-        yield info
-        yield _gauge(
-            "allowlist_expired_entries", "Entries past their expires date.", len(allow.expired_entries)
-        )
-
-        per_sink = {
-            name: CounterMetricFamily(f"{PREFIX}_sink_{name}", doc, labels=["sink"])
-            for name, doc in (
-                ("delivered", "Findings a sink accepted."),
-                ("failures", "Failed deliveries (each retried with backoff)."),
-                ("dropped", "Findings dropped: the sink's backlog overflowed."),
-            )
-        }
-        backlog = GaugeMetricFamily(f"{PREFIX}_sink_backlog", "Findings waiting for a sink.", labels=["sink"])
-        for label, delivered, failures, dropped, waiting in self.sources.sinks():
-            per_sink["delivered"].add_metric([label], delivered)
-            per_sink["failures"].add_metric([label], failures)
-            per_sink["dropped"].add_metric([label], dropped)
-            backlog.add_metric([label], waiting)
-        yield from per_sink.values()
-        yield backlog
+        yield counter("detector_events", "Audit events processed by the detector.", feed.events)
+        yield counter("audit_events_dropped", "Audit events dropped: detector queue full.", feed.dropped)
+        yield from findings_metrics(feed.by_rule)
+        yield counter("sink_errors", "Findings a sink failed to deliver.", feed.sink_errors)
+        yield gauge("detector_queue", "Audit events waiting for the detector.", queued)
+        yield from allowlist_metrics(self.sources.allowlist())
+        yield from sink_metrics(self.sources.outboxes)
 
         cert = self.sources.certificate()
-        yield _gauge(
+        yield gauge(
             "certificate_expiry_timestamp_seconds",
             "notAfter of the serving certificate in use (Unix time).",
             cert.not_after or 0.0,
         )
-        yield _counter("certificate_reloads", "Serving certificate changes applied.", cert.reloads)
-        yield _counter("certificate_reload_errors", "Certificate changes refused (old kept).", cert.errors)
+        yield counter("certificate_reloads", "Serving certificate changes applied.", cert.reloads)
+        yield counter("certificate_reload_errors", "Certificate changes refused (old kept).", cert.errors)
 
 
 class Metrics:
-    """Instruments updated by the handlers, plus :class:`StateCollector` once sources are known."""
+    """Instruments updated by the handlers, plus :class:`StateCollector` once sources are known.
 
-    def __init__(self) -> None:
+    The handlers' series are labelled once here (``.labels()`` costs a lock and a lookup per
+    call) and exist from the start, at 0: reviews for this process's ``mode``, latency per handler.
+    """
+
+    def __init__(self, mode: Mode) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.reviews = Counter(
             f"{PREFIX}_admission_reviews",
@@ -197,6 +153,17 @@ class Metrics:
             buckets=JOIN_BUCKETS,
             registry=self.registry,
         )
+        self.validate_latency = self.latency.labels("validate")
+        self.audit_latency = self.latency.labels("audit")
+        self._reviews = {
+            (verdict, allowed): self.reviews.labels(verdict, mode, "true" if allowed else "false")
+            for verdict in get_args(AnnotatedVerdict)
+            for allowed in (True, False)
+        }
+
+    def reviewed(self, verdict: AnnotatedVerdict, allowed: bool) -> None:
+        """Count one answered admission review."""
+        self._reviews[verdict, allowed].inc()
 
     def watch(self, sources: StateSources) -> None:
         self.registry.register(StateCollector(sources))

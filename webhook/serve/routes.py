@@ -21,9 +21,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any, Final
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Final, Generic, TypeVar
 
 import orjson
 from fastapi import FastAPI, Request
@@ -34,7 +34,7 @@ from starlette.requests import ClientDisconnect
 from webhook.core import useragent
 from webhook.core.audit import EventList
 from webhook.core.live_allowlist import LiveAllowlist
-from webhook.inputs.eventlist import AuditBodyError, parse_event_list
+from webhook.inputs.eventlist import AuditBatch, AuditBodyError, parse_event_list
 from webhook.logs import fields
 from webhook.serve import admission
 from webhook.serve.feed import DetectorFeed
@@ -47,7 +47,12 @@ __all__ = [
     "DEFAULT_MAX_AUDIT_BODY_BYTES",
     "DEFAULT_MAX_BODY_BYTES",
     "AppState",
+    "audit",
     "create_app",
+    "healthz",
+    "prometheus",
+    "readyz",
+    "validate",
 ]
 
 logger = logging.getLogger(__name__)
@@ -61,6 +66,25 @@ DEFAULT_MAX_AUDIT_BODY_BYTES: Final = 32 * 1024 * 1024
 """A batch of up to 400 events (the apiserver's default batch size), generously sized."""
 _DRAIN_FACTOR: Final = 4
 JSON: Final = "application/json"
+
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class _Intake(Generic[_T]):
+    """How a POST route takes its body: from whom, how large, parsed how, refusals counted where."""
+
+    requires: PeerRole | None
+    ca_flag: str
+    limit: int
+    what: str
+    parse: Callable[[bytes], _T]
+    error: type[ValueError]
+    bad: str
+    """The log message for a body that does not parse."""
+    errors: Any
+    """A Counter labelled by reason."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -78,6 +102,30 @@ class AppState:
     max_audit_body_bytes: int = DEFAULT_MAX_AUDIT_BODY_BYTES
     validate_requires: PeerRole | None = None
     audit_requires: PeerRole | None = None
+    _validate: _Intake[admission.AdmissionReview] = field(init=False, repr=False)
+    _audit: _Intake[AuditBatch] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._validate = _Intake(
+            requires=self.validate_requires,
+            ca_flag="--client-ca",
+            limit=self.max_body_bytes,
+            what="AdmissionReview",
+            parse=admission.parse_review,
+            error=admission.ReviewError,
+            bad="bad AdmissionReview",
+            errors=self.metrics.review_errors,
+        )
+        self._audit = _Intake(
+            requires=self.audit_requires,
+            ca_flag="--audit-client-ca",
+            limit=self.max_audit_body_bytes,
+            what="EventList",
+            parse=parse_event_list,
+            error=AuditBodyError,
+            bad="bad audit EventList",
+            errors=self.metrics.audit_requests,
+        )
 
 
 class _TooLarge(Exception):
@@ -86,6 +134,14 @@ class _TooLarge(Exception):
 
 class _Gone(Exception):
     """The client went away (or was cut off as too slow) before its whole body arrived."""
+
+
+class _Refused(Exception):
+    """The request is answered before a handler acts on its body (403, 413 or 400):
+    :attr:`response` says why; ``create_app`` maps it to that response."""
+
+    def __init__(self, response: Response) -> None:
+        self.response = response
 
 
 def _inline(schema: Any, defs: dict[str, Any]) -> Any:
@@ -167,31 +223,6 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-class _Refused(Exception):
-    """The request is answered before its body is parsed: :attr:`response` says why."""
-
-    def __init__(self, response: Response) -> None:
-        self.response = response
-
-
-async def _accepted_body(
-    request: Request, *, requires: PeerRole | None, ca_flag: str, limit: int, what: str, errors: Any
-) -> bytes:
-    """The body of a request from a permitted peer, or :class:`_Refused` (403, 413 or 400),
-    counted in ``errors`` (a Counter labelled by reason)."""
-    if not _peer_ok(request, requires):
-        errors.labels("client_cert").inc()
-        raise _Refused(_status(403, f"a client certificate signed by {ca_flag} is required"))
-    try:
-        return await _read_body(request, limit)
-    except _TooLarge:
-        errors.labels("too_large").inc()
-        raise _Refused(_status(413, f"{what} larger than {limit} bytes")) from None
-    except _Gone:
-        errors.labels("disconnected").inc()
-        raise _Refused(_status(400, "the client disconnected before sending the whole body")) from None
-
-
 def _peer_ok(request: Request, required: PeerRole | None) -> bool:
     if required is None:
         return True
@@ -199,14 +230,150 @@ def _peer_ok(request: Request, required: PeerRole | None) -> bool:
     return required in roles
 
 
-def create_app(
-    state: AppState,
-    *,
-    on_startup: Callable[[], Awaitable[None]] | None = None,
-    on_shutdown: Callable[[], Awaitable[None]] | None = None,
-) -> FastAPI:
-    """The ASGI app. ``on_startup``/``on_shutdown`` run in its lifespan (background workers)."""
+async def _accepted(request: Request, intake: _Intake[_T]) -> _T:
+    """The parsed body of a request from a permitted peer, or :class:`_Refused` (403, 413 or 400),
+    counted in ``intake.errors``."""
+    errors = intake.errors
+    if not _peer_ok(request, intake.requires):
+        errors.labels("client_cert").inc()
+        raise _Refused(_status(403, f"a client certificate signed by {intake.ca_flag} is required"))
+    try:
+        body = await _read_body(request, intake.limit)
+    except _TooLarge:
+        errors.labels("too_large").inc()
+        raise _Refused(_status(413, f"{intake.what} larger than {intake.limit} bytes")) from None
+    except _Gone:
+        errors.labels("disconnected").inc()
+        raise _Refused(_status(400, "the client disconnected before sending the whole body")) from None
+    try:
+        return intake.parse(body)
+    except intake.error as exc:
+        errors.labels("bad_request").inc()
+        logger.info(intake.bad, **fields(reason=str(exc)))
+        raise _Refused(_status(400, str(exc))) from None
 
+
+def _state(request: Request) -> AppState:
+    """The :class:`AppState` that :func:`create_app` put in ``app.state``."""
+    state: AppState = request.app.state.sentinel
+    return state
+
+
+async def _outcome(state: AppState, req: admission.AdmissionRequest) -> admission.Outcome:
+    """The verdict on ``req``: joined with its audit event once an allowlist is loaded;
+    ``unknown`` (counted, logged) if deciding fails."""
+    metrics = state.metrics
+    allowlist = state.allowlist.current()
+    try:
+        if allowlist is None:
+            return admission.decide(req, None, None, state.policy)
+        joined_at = time.perf_counter()
+        join = await state.index.join(admission.lookup_of(req), state.join_wait)
+        metrics.join_wait.observe(time.perf_counter() - joined_at)
+        return admission.decide(req, join, allowlist, state.policy)
+    except Exception:
+        metrics.review_errors.labels("internal").inc()
+        logger.exception("verdict failed; answering unknown", **fields(uid=req.uid))
+        return admission.unknown(allowlist.hash if allowlist else None, reason="internal error")
+
+
+def _log_verdict(req: admission.AdmissionRequest, outcome: admission.Outcome) -> None:
+    """Unlisted and denied verdicts at INFO; listed and unknown at DEBUG (fields built only then)."""
+    if outcome.verdict not in ("listed", "unknown") or logger.isEnabledFor(logging.DEBUG):
+        logger.log(
+            logging.DEBUG if outcome.verdict in ("listed", "unknown") else logging.INFO,
+            "admission verdict",
+            **fields(
+                uid=req.uid,
+                verdict=outcome.verdict,
+                allowed=outcome.allowed,
+                agent=useragent.display(outcome.agent) if outcome.verdict != "unknown" else None,
+                user=req.user_info.username,
+                operation=req.operation,
+                resource=req.resource.resource,
+                subresource=req.sub_resource or None,
+                namespace=req.namespace or None,
+                name=req.name or None,
+                dryRun=req.dry_run,
+                ambiguous=outcome.ambiguous or None,
+                exempt=outcome.exempt or None,
+            ),
+        )
+
+
+# The handlers (the module docstring's table says what each answers) carry no docstring: FastAPI
+# would put it into the OpenAPI document as the route's description.
+
+
+async def validate(request: Request) -> Response:
+    started = time.perf_counter()
+    state = _state(request)
+    review = await _accepted(request, state._validate)
+    req = review.request
+    outcome = await _outcome(state, req)
+    payload = admission.render(review.api_version, req.uid, outcome)
+    state.metrics.reviewed(outcome.verdict, outcome.allowed)
+    _log_verdict(req, outcome)
+    state.metrics.validate_latency.observe(time.perf_counter() - started)
+    return Response(payload, media_type=JSON)
+
+
+async def audit(request: Request) -> Response:
+    started = time.perf_counter()
+    state = _state(request)
+    metrics = state.metrics
+    batch = await _accepted(request, state._audit)
+    state.index.observe_all(batch.events)
+    queued = state.feed.submit(batch.events)
+    metrics.audit_events.inc(len(batch.events))
+    if batch.skipped:
+        metrics.audit_malformed.inc(batch.skipped)
+        logger.warning("audit events skipped", **fields(skipped=batch.skipped, reasons=batch.reasons))
+    metrics.audit_requests.labels("ok").inc()
+    metrics.audit_latency.observe(time.perf_counter() - started)
+    answer: dict[str, object] = {
+        "accepted": len(batch.events),
+        "skipped": batch.skipped,
+        "queued": queued,
+    }
+    if batch.reasons:
+        answer["reasons"] = batch.reasons
+    return Response(orjson.dumps(answer), media_type=JSON)
+
+
+async def healthz() -> Response:
+    return Response(b'{"status":"ok"}', media_type=JSON)
+
+
+async def readyz(request: Request) -> Response:
+    state = _state(request)
+    allow = state.allowlist.status()
+    certificate = state.certificate()
+    # Files on disk that cannot be served (garbage, a mismatched pair) keep the previous
+    # certificate in use but make the pod not ready, so the broken rotation is seen.
+    ready = bool(certificate.get("loaded")) and not certificate.get("lastError") and allow.loaded
+    body = {
+        "ready": ready,
+        "mode": state.policy.mode,
+        "certificate": certificate,
+        "allowlist": allow.to_dict(),
+        "join": {"pending": len(state.index), "waitSeconds": state.join_wait},
+        "detector": {"queued": state.feed.pending, "dropped": state.feed.stats.dropped},
+    }
+    return Response(orjson.dumps(body), status_code=200 if ready else 503, media_type=JSON)
+
+
+async def prometheus(request: Request) -> Response:
+    return Response(_state(request).metrics.render(), media_type=CONTENT_TYPE)
+
+
+async def _refused(_: Request, exc: _Refused) -> Response:
+    return exc.response
+
+
+def _lifespan(
+    on_startup: Callable[[], Awaitable[None]] | None, on_shutdown: Callable[[], Awaitable[None]] | None
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if on_startup is not None:
@@ -217,19 +384,29 @@ def create_app(
             if on_shutdown is not None:
                 await on_shutdown()
 
-    app = FastAPI(title="ua-sentinel", openapi_url=None, docs_url=None, redoc_url=None, lifespan=lifespan)
-    metrics = state.metrics
-    mode = state.policy.mode
-    validate_latency = metrics.latency.labels("validate")
-    audit_latency = metrics.latency.labels("audit")
-    review_counters = {
-        (verdict, allowed): metrics.reviews.labels(verdict, mode, "true" if allowed else "false")
-        for verdict in ("listed", "unlisted", "denied", "unknown")
-        for allowed in (True, False)
-    }
+    return lifespan
 
-    @app.post(
+
+def create_app(
+    state: AppState,
+    *,
+    on_startup: Callable[[], Awaitable[None]] | None = None,
+    on_shutdown: Callable[[], Awaitable[None]] | None = None,
+) -> FastAPI:
+    """The ASGI app. ``on_startup``/``on_shutdown`` run in its lifespan (background workers)."""
+    app = FastAPI(
+        title="ua-sentinel",
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+        lifespan=_lifespan(on_startup, on_shutdown),
+        exception_handlers={_Refused: _refused},
+    )
+    app.state.sentinel = state
+    app.add_api_route(
         "/validate",
+        validate,
+        methods=["POST"],
         **_openapi(
             admission.AdmissionReview,
             "the AdmissionReview response",
@@ -240,66 +417,10 @@ def create_app(
             },
         ),
     )
-    async def validate(request: Request) -> Response:
-        started = time.perf_counter()
-        try:
-            body = await _accepted_body(
-                request,
-                requires=state.validate_requires,
-                ca_flag="--client-ca",
-                limit=state.max_body_bytes,
-                what="AdmissionReview",
-                errors=metrics.review_errors,
-            )
-        except _Refused as refused:
-            return refused.response
-        try:
-            review = admission.parse_review(body)
-        except admission.ReviewError as exc:
-            metrics.review_errors.labels("bad_request").inc()
-            logger.info("bad AdmissionReview", **fields(reason=str(exc)))
-            return _status(400, str(exc))
-        req = review.request
-        allowlist = state.allowlist.current()
-        try:
-            if allowlist is None:
-                outcome = admission.decide(req, None, None, state.policy)
-            else:
-                joined_at = time.perf_counter()
-                join = await state.index.join(admission.lookup_of(req), state.join_wait)
-                metrics.join_wait.observe(time.perf_counter() - joined_at)
-                outcome = admission.decide(req, join, allowlist, state.policy)
-        except Exception:
-            metrics.review_errors.labels("internal").inc()
-            logger.exception("verdict failed; answering unknown", **fields(uid=req.uid))
-            outcome = admission.unknown(allowlist.hash if allowlist else None, reason="internal error")
-        payload = admission.render(review.api_version, req.uid, outcome)
-        review_counters[outcome.verdict, outcome.allowed].inc()
-        if outcome.verdict not in ("listed", "unknown") or logger.isEnabledFor(logging.DEBUG):
-            logger.log(
-                logging.DEBUG if outcome.verdict in ("listed", "unknown") else logging.INFO,
-                "admission verdict",
-                **fields(
-                    uid=req.uid,
-                    verdict=outcome.verdict,
-                    allowed=outcome.allowed,
-                    agent=useragent.display(outcome.agent) if outcome.verdict != "unknown" else None,
-                    user=req.user_info.username,
-                    operation=req.operation,
-                    resource=req.resource.resource,
-                    subresource=req.sub_resource or None,
-                    namespace=req.namespace or None,
-                    name=req.name or None,
-                    dryRun=req.dry_run,
-                    ambiguous=outcome.ambiguous or None,
-                    exempt=outcome.exempt or None,
-                ),
-            )
-        validate_latency.observe(time.perf_counter() - started)
-        return Response(payload, media_type=JSON)
-
-    @app.post(
+    app.add_api_route(
         "/audit",
+        audit,
+        methods=["POST"],
         **_openapi(
             EventList,
             "accepted, skipped and queued event counts",
@@ -310,65 +431,7 @@ def create_app(
             },
         ),
     )
-    async def audit(request: Request) -> Response:
-        started = time.perf_counter()
-        try:
-            body = await _accepted_body(
-                request,
-                requires=state.audit_requires,
-                ca_flag="--audit-client-ca",
-                limit=state.max_audit_body_bytes,
-                what="EventList",
-                errors=metrics.audit_requests,
-            )
-        except _Refused as refused:
-            return refused.response
-        try:
-            batch = parse_event_list(body)
-        except AuditBodyError as exc:
-            metrics.audit_requests.labels("bad_request").inc()
-            logger.info("bad audit EventList", **fields(reason=str(exc)))
-            return _status(400, str(exc))
-        state.index.observe_all(batch.events)
-        queued = state.feed.submit(batch.events)
-        metrics.audit_events.inc(len(batch.events))
-        if batch.skipped:
-            metrics.audit_malformed.inc(batch.skipped)
-            logger.warning("audit events skipped", **fields(skipped=batch.skipped, reasons=batch.reasons))
-        metrics.audit_requests.labels("ok").inc()
-        audit_latency.observe(time.perf_counter() - started)
-        answer: dict[str, object] = {
-            "accepted": len(batch.events),
-            "skipped": batch.skipped,
-            "queued": queued,
-        }
-        if batch.reasons:
-            answer["reasons"] = batch.reasons
-        return Response(orjson.dumps(answer), media_type=JSON)
-
-    @app.get("/healthz")
-    async def healthz() -> Response:
-        return Response(b'{"status":"ok"}', media_type=JSON)
-
-    @app.get("/readyz")
-    async def readyz() -> Response:
-        allow = state.allowlist.status()
-        certificate = state.certificate()
-        # Files on disk that cannot be served (garbage, a mismatched pair) keep the previous
-        # certificate in use but make the pod not ready, so the broken rotation is seen.
-        ready = bool(certificate.get("loaded")) and not certificate.get("lastError") and allow.loaded
-        body = {
-            "ready": ready,
-            "mode": mode,
-            "certificate": certificate,
-            "allowlist": allow.to_dict(),
-            "join": {"pending": len(state.index), "waitSeconds": state.join_wait},
-            "detector": {"queued": state.feed.pending, "dropped": state.feed.stats.dropped},
-        }
-        return Response(orjson.dumps(body), status_code=200 if ready else 503, media_type=JSON)
-
-    @app.get("/metrics")
-    async def prometheus() -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE)
-
+    app.add_api_route("/healthz", healthz, methods=["GET"])
+    app.add_api_route("/readyz", readyz, methods=["GET"])
+    app.add_api_route("/metrics", prometheus, methods=["GET"])
     return app

@@ -82,7 +82,7 @@ class Service:
         )
         self.allowlist = self.allowlist_source.live
         self.index = RequestIndex(ttl=settings.join_ttl, max_entries=settings.join_max_entries)
-        self.metrics = Metrics()
+        self.metrics = Metrics(settings.policy.mode)
         detector = Detector(self.allowlist.current_or_fallback)
         self.sinks: FanOutSink | None = None
         if sink is None:
@@ -94,7 +94,7 @@ class Service:
                 feed=lambda: (self.feed.stats, self.feed.pending),
                 allowlist=self.allowlist.status,
                 certificate=self.certificates.state,
-                sinks=self.sinks.state if self.sinks is not None else list,
+                outboxes=self.sinks.outboxes if self.sinks is not None else [],
             )
         )
         tls = settings.tls

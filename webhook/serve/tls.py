@@ -43,7 +43,6 @@ from cryptography.hazmat.primitives import hashes
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from webhook.logs import fields
-from webhook.serve.metrics import CertificateState
 
 __all__ = [
     "CIPHERS",
@@ -52,6 +51,7 @@ __all__ = [
     "PEER_ROLES_KEY",
     "CertificateError",
     "CertificateReloader",
+    "CertificateState",
     "PeerRole",
     "TLSFiles",
     "peer_aware_protocol",
@@ -77,6 +77,16 @@ PEER_ROLES_KEY: Final = "ua_sentinel.peer_roles"
 """ASGI scope key: frozenset of :data:`PeerRole` the connection's client certificate proves."""
 
 PeerRole = Literal["client", "audit"]
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateState:
+    """What the certificate reloader reports (metrics): the serving certificate in use."""
+
+    loaded: bool
+    not_after: float | None
+    reloads: int
+    errors: int
 
 
 class CertificateError(ValueError):

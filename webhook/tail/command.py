@@ -94,8 +94,8 @@ def run_tail(options: TailOptions) -> int:
         sinks,
         store=store,
         baseline=baseline,
-        metrics=metrics,
     )
+    metrics.watch(tailer, allowlist.live.status)
     stop, restore = make_stop_event([signal.SIGTERM, signal.SIGINT])
     log.info("tailing %s (state %s, sinks %s)", options.path, options.state, [s.label for s, _ in sinks])
     try:

@@ -41,9 +41,8 @@ from webhook.sinks.spec import SinkSpec
 from webhook.tail.checkpoint import Checkpoint, CheckpointStore
 from webhook.tail.follow import Follower
 from webhook.tail.logfiles import Batch
-from webhook.tail.metrics import TailMetrics
 
-__all__ = ["DEFAULT_GRACE", "TailConfig", "Tailer", "make_stop_event"]
+__all__ = ["DEFAULT_GRACE", "TailConfig", "TailStatus", "Tailer", "make_stop_event"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +61,28 @@ class TailConfig:
     grace: float = DEFAULT_GRACE
     max_backlog: int = DEFAULT_MAX_BACKLOG
     drain_timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class TailStatus:
+    """What the tailer reports (metrics). Counts are since this process started: the running
+    totals, which survive restarts in the checkpoint, minus those it resumed with."""
+
+    lines: int
+    bytes: int
+    malformed: int
+    rotations: int
+    unreadable: int
+    lost: int
+    checkpoint_errors: int
+    findings: dict[str, int]
+    """By rule name."""
+    checkpoint_lag_bytes: int
+    """Bytes of the current file after the last checkpoint (re-read after a crash, or unread)."""
+    checkpoint_lag_seconds: float
+    event_lag_seconds: float
+    """Wall clock minus the newest event time read; 0 before the first event."""
+    open_windows: int
 
 
 @dataclass(slots=True)
@@ -86,14 +107,15 @@ class Tailer:
         *,
         store: CheckpointStore,
         baseline: Baseline | None = None,
-        metrics: TailMetrics | None = None,
     ) -> None:
         self.config = config
         self.detector = detector
         self.baseline = baseline
         self.store = store
-        self.metrics = metrics
         self.totals = _Totals()
+        self._resumed: dict[str, int] = {}
+        """The totals restored from the checkpoint: :meth:`status` counts from them."""
+        self._lag_bytes = 0
         self._follow_seen: dict[str, int] = {}
         self._live = False
         """The last lines read were fresh (newest event within ``grace`` of the wall clock)."""
@@ -109,10 +131,6 @@ class Tailer:
             )
             for spec, sink in sinks
         ]
-        if metrics:
-            for outbox in self.outboxes:  # every sink's series exists from the start, at 0
-                metrics.sink_failures.labels(outbox.spec.label)
-                metrics.sink_dropped.labels(outbox.spec.label)
         checkpoint = store.load()
         if checkpoint is None:
             # After a lost checkpoint the safe position is the beginning, not the end of the log.
@@ -131,6 +149,7 @@ class Tailer:
         if self.baseline is not None and checkpoint.baseline:
             self.baseline.merge(checkpoint.baseline)  # committed with the first checkpoint below
         self.totals.values.update(checkpoint.stats)
+        self._resumed = dict(self.totals.values)
         self.follower = Follower(
             self.config.path, checkpoint.position, from_start=checkpoint.position is None
         )
@@ -166,7 +185,7 @@ class Tailer:
                     self._deliver(self._close_by_wall_clock())
                 if time.time() - self._checkpointed_at >= self.config.checkpoint_interval:
                     self.checkpoint(force=False)
-                self._update_gauges()
+                self._measure_lag()
                 if not (batch.lines or batch.consumed):
                     stop.wait(self.config.poll_interval)
         finally:
@@ -189,8 +208,6 @@ class Tailer:
     # -- one batch ------------------------------------------------------------------------
     def _malformed(self, reason: str) -> None:
         self.totals.add("malformed")
-        if self.metrics:
-            self.metrics.malformed.inc()
         self._malformed_logged += 1
         if self._malformed_logged <= MAX_LOGGED_MALFORMED or self._malformed_logged % 1000 == 0:
             log.warning(
@@ -200,9 +217,6 @@ class Tailer:
     def _detect(self, batch: Batch) -> list[Finding]:
         self.totals.add("lines", len(batch.lines))
         self.totals.add("bytes", batch.consumed)
-        if self.metrics:
-            self.metrics.lines.inc(len(batch.lines))
-            self.metrics.bytes.inc(batch.consumed)
         for _ in range(batch.overlong):
             self._malformed("line longer than the 4 MiB limit, skipped")
         findings: list[Finding] = []
@@ -225,8 +239,6 @@ class Tailer:
             return
         for finding in findings:
             self.totals.add(f"findings.{finding.rule.name}")
-            if self.metrics:
-                self.metrics.findings.labels(finding.rule.name).inc()
         for outbox in self.outboxes:
             outbox.put(findings)
 
@@ -239,9 +251,6 @@ class Tailer:
                 continue
             self._follow_seen[name] = getattr(stats, name)
             self.totals.add(name, delta)
-            metric = {"rotations": "rotations", "unreadable": "unreadable", "lost": "lost"}.get(name)
-            if self.metrics and metric:
-                getattr(self.metrics, metric).inc(delta)
 
     def _state_key(self) -> tuple[Any, ...]:
         """Changes whenever a checkpoint would differ (so an idle tailer does not fsync)."""
@@ -281,8 +290,6 @@ class Tailer:
             # checkpoint written, so lines are read again and nothing is lost.
             self._checkpointed_at = time.time()
             self.totals.add("checkpoint_errors")
-            if self.metrics:
-                self.metrics.checkpoint_errors.inc()
             if str(exc) != self._checkpoint_error:
                 log.error(
                     "cannot write the checkpoint in %s (%s); still reading and delivering, retrying "
@@ -320,29 +327,41 @@ class Tailer:
         self._checkpointed_at = checkpoint.written_at
         self._checkpoint_offset = position.offset if position else 0
 
-    def _update_gauges(self) -> None:
-        if not self.metrics:
-            return
+    def _measure_lag(self) -> None:
+        """On the tailer's thread, which alone may touch the follower's open file."""
         position = self.follower.position()
         offset = position.offset if position else 0
-        self.metrics.lag_bytes.set(max(0, offset - self._checkpoint_offset) + self.follower.pending_bytes())
-        self.metrics.lag_seconds.set(max(0.0, time.time() - self._checkpointed_at))
+        self._lag_bytes = max(0, offset - self._checkpoint_offset) + self.follower.pending_bytes()
+
+    def status(self) -> TailStatus:
+        """Safe from any thread (a metrics scrape): copies, no file access."""
+        totals = dict(self.totals.values)  # one C call: atomic while the tailer thread adds
+        since = {name: value - self._resumed.get(name, 0) for name, value in totals.items()}
         watermark = self.detector.watermark
-        if watermark is not None:
-            self.metrics.event_lag.set(max(0.0, time.time() - watermark))
-        self.metrics.open_windows.set(self.detector.open_windows)
-        for outbox in self.outboxes:
-            self.metrics.sink_backlog.labels(outbox.spec.label).set(len(outbox))
+        return TailStatus(
+            lines=since.get("lines", 0),
+            bytes=since.get("bytes", 0),
+            malformed=since.get("malformed", 0),
+            rotations=since.get("rotations", 0),
+            unreadable=since.get("unreadable", 0),
+            lost=since.get("lost", 0),
+            checkpoint_errors=since.get("checkpoint_errors", 0),
+            findings={
+                name.removeprefix("findings."): value
+                for name, value in since.items()
+                if name.startswith("findings.")
+            },
+            checkpoint_lag_bytes=self._lag_bytes,
+            checkpoint_lag_seconds=max(0.0, time.time() - self._checkpointed_at),
+            event_lag_seconds=max(0.0, time.time() - watermark) if watermark is not None else 0.0,
+            open_windows=self.detector.open_windows,
+        )
 
     def _sink_failed(self, label: str) -> None:
         self.totals.add("sink_failures")
-        if self.metrics:
-            self.metrics.sink_failures.labels(label).inc()
 
     def _sink_dropped(self, label: str, count: int) -> None:
         self.totals.add("dropped", count)
-        if self.metrics:
-            self.metrics.sink_dropped.labels(label).inc(count)
 
 
 def make_stop_event(signals: Sequence[int]) -> tuple[threading.Event, Callable[[], None]]:
