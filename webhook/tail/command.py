@@ -15,6 +15,7 @@ from pathlib import Path
 from webhook.detect.baseline import Baseline
 from webhook.detect.detector import DEFAULT_CONFIG, Detector, DetectorConfig
 from webhook.inputs.formats import Format
+from webhook.logs import fields
 from webhook.sinks.outbox import DEFAULT_MAX_BACKLOG
 from webhook.startup import AllowlistSource, SettingsError, allowlist_flags, open_allowlist, open_sinks
 from webhook.tail.checkpoint import CheckpointStore, StateLocked
@@ -23,7 +24,7 @@ from webhook.tail.tailer import DEFAULT_GRACE, TailConfig, Tailer, make_stop_eve
 
 __all__ = ["BASELINE_FILE", "TailOptions", "run_tail"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 BASELINE_FILE = "baseline.sqlite"
 
@@ -97,7 +98,9 @@ def run_tail(options: TailOptions) -> int:
     )
     metrics.watch(tailer, allowlist.live.status)
     stop, restore = make_stop_event([signal.SIGTERM, signal.SIGINT])
-    log.info("tailing %s (state %s, sinks %s)", options.path, options.state, [s.label for s, _ in sinks])
+    logger.info(
+        "tailing", **fields(path=options.path, state=options.state, sinks=[s.label for s, _ in sinks])
+    )
     try:
         tailer.run(stop)
     finally:

@@ -35,6 +35,7 @@ from webhook.detect.baseline import Baseline
 from webhook.detect.detector import Detector
 from webhook.inputs.formats import Format
 from webhook.inputs.lines import LineDecoder
+from webhook.logs import fields
 from webhook.sinks.base import Sink
 from webhook.sinks.outbox import DEFAULT_MAX_BACKLOG, Outbox, restore_findings
 from webhook.sinks.spec import SinkSpec
@@ -44,7 +45,7 @@ from webhook.tail.logfiles import Batch
 
 __all__ = ["DEFAULT_GRACE", "TailConfig", "TailStatus", "Tailer", "make_stop_event"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 DEFAULT_GRACE = 30.0
 MAX_LOGGED_MALFORMED = 20
@@ -157,21 +158,21 @@ class Tailer:
         for outbox in self.outboxes:
             saved = restore_findings(checkpoint.backlog.get(outbox.spec.key, []))
             if saved:
-                log.info(
-                    "sink %s: redelivering %d findings from the checkpoint", outbox.spec.label, len(saved)
+                logger.info(
+                    "redelivering the checkpoint's backlog",
+                    **fields(sink=outbox.spec.label, findings=len(saved)),
                 )
                 outbox.put(saved)
         for key, items in checkpoint.backlog.items():
             if key not in known and items:
-                log.error(
-                    "checkpoint backlog for sink %s (no longer configured): %d findings dropped",
-                    key,
-                    len(items),
+                logger.error(
+                    "checkpoint backlog of a sink no longer configured: findings dropped",
+                    **fields(sink=key, findings=len(items)),
                 )
         position = checkpoint.position
-        log.info(
-            "resuming from checkpoint: %s",
-            f"{position.path} at offset {position.offset}" if position else "no file yet",
+        logger.info(
+            "resuming from checkpoint",
+            **fields(path=position.path if position else None, offset=position.offset if position else None),
         )
 
     def run(self, stop: threading.Event) -> None:
@@ -210,8 +211,9 @@ class Tailer:
         self.totals.add("malformed")
         self._malformed_logged += 1
         if self._malformed_logged <= MAX_LOGGED_MALFORMED or self._malformed_logged % 1000 == 0:
-            log.warning(
-                "malformed audit input skipped (%d so far): %s", self.totals.values["malformed"], reason
+            logger.warning(
+                "malformed audit input skipped",
+                **fields(malformed=self.totals.values["malformed"], reason=reason),
             )
 
     def _detect(self, batch: Batch) -> list[Finding]:
@@ -291,17 +293,17 @@ class Tailer:
             self._checkpointed_at = time.time()
             self.totals.add("checkpoint_errors")
             if str(exc) != self._checkpoint_error:
-                log.error(
-                    "cannot write the checkpoint in %s (%s); still reading and delivering, retrying "
-                    "every %.1f s; a restart now would read again from the last checkpoint written",
-                    self.config.state_dir,
-                    exc,
-                    self.config.checkpoint_interval,
+                logger.error(
+                    "cannot write the checkpoint; still reading and delivering, retrying; a restart now "
+                    "would read again from the last checkpoint written",
+                    **fields(
+                        state=self.config.state_dir, error=str(exc), retryIn=self.config.checkpoint_interval
+                    ),
                 )
             self._checkpoint_error = str(exc)
             return
         if self._checkpoint_error is not None:
-            log.info("checkpoint written again in %s", self.config.state_dir)
+            logger.info("checkpoint written again", **fields(state=self.config.state_dir))
             self._checkpoint_error = None
 
     def _save(self) -> None:
@@ -372,7 +374,7 @@ def make_stop_event(signals: Sequence[int]) -> tuple[threading.Event, Callable[[
     previous = {sig: signal.getsignal(sig) for sig in signals}
 
     def handler(signum: int, frame: object) -> None:
-        log.info("signal %d: stopping", signum)
+        logger.info("stopping on a signal", **fields(signal=signal.Signals(signum).name))
         stop.set()
 
     for sig in signals:
