@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import webhook
+from webhook.errors import SentinelError
 
 PACKAGE = Path(webhook.__file__).parent
 SUBPACKAGES = sorted(info.name for info in pkgutil.iter_modules([str(PACKAGE)]) if info.ispkg)
@@ -71,3 +72,16 @@ def test_a_module_lists_exactly_the_public_names_it_defines(module: str) -> None
     assert public <= set(exported), f"{module} defines public names missing from __all__"
     for name in exported:
         assert hasattr(imported, name)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_error_defined_here_is_a_sentinel_error(module: str) -> None:
+    """One base class: ``except SentinelError`` (or one of its kinds) catches all we raise."""
+    imported = importlib.import_module(module)
+    errors = [
+        value
+        for value in vars(imported).values()
+        if isinstance(value, type) and issubclass(value, BaseException) and value.__module__ == module
+    ]
+    for error in errors:
+        assert issubclass(error, SentinelError), f"{module}.{error.__name__} is not a SentinelError"

@@ -7,14 +7,16 @@
     │   │                         message as one line and exits 1, never a traceback
     │   ├── AllowlistError        an allowlist that does not parse or validate (core.allowlist)
     │   ├── CertificateError      a TLS pair or CA that cannot be loaded (serve.tls)
-    │   ├── StartupError          serve/tail cannot start with these settings (startup)
+    │   ├── SettingsError         serve/tail cannot start with these settings (startup)
     │   ├── StateLocked           another tailer holds the state directory (tail.checkpoint)
     │   └── CliError              arguments that do not fit together (cli)
     ├── InputError                one piece of input is malformed: it is counted and skipped (or
     │   │                         answered 400), never the end of a run
     │   ├── MalformedEvent        an audit event (core.audit)
     │   ├── AuditBodyError        an /audit body that is no EventList (inputs.eventlist)
-    │   └── ReviewError           an AdmissionReview that cannot be judged (serve.admission)
+    │   ├── ReviewError           an AdmissionReview that cannot be judged (serve.admission)
+    │   └── (serve.routes' private _TooLarge, _Gone, _Refused: a request answered 413/400/403
+    │                             before a handler reads it)
     └── DeliveryError             a sink could not take a finding; the outbox retries it
         └── SinkError             (sinks)
 

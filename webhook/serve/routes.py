@@ -34,6 +34,7 @@ from starlette.requests import ClientDisconnect
 from webhook.core import useragent
 from webhook.core.audit import EventList
 from webhook.core.live_allowlist import LiveAllowlist
+from webhook.errors import InputError
 from webhook.inputs.eventlist import AuditBatch, AuditBodyError, parse_event_list
 from webhook.logs import fields
 from webhook.serve import admission
@@ -128,15 +129,15 @@ class AppState:
         )
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(InputError):
+    """The body is over its route's limit (413)."""
 
 
-class _Gone(Exception):
+class _Gone(InputError):
     """The client went away (or was cut off as too slow) before its whole body arrived."""
 
 
-class _Refused(Exception):
+class _Refused(InputError):
     """The request is answered before a handler acts on its body (403, 413 or 400):
     :attr:`response` says why; ``create_app`` maps it to that response."""
 

@@ -42,6 +42,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from webhook.errors import SetupError
 from webhook.logs import fields
 
 __all__ = [
@@ -89,7 +90,7 @@ class CertificateState:
     errors: int
 
 
-class CertificateError(ValueError):
+class CertificateError(SetupError, ValueError):
     """The certificate files cannot be served; the message names the file and the problem."""
 
 
