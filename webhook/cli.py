@@ -69,6 +69,13 @@ def _rule_args(parser: argparse.ArgumentParser) -> None:
         "aks (diagnostic records) (default: %(default)s)",
     )
     parser.add_argument(
+        "--window",
+        type=float,
+        default=DetectorConfig().window.total_seconds(),
+        metavar="SECONDS",
+        help="aggregate refusals of one user+agent+source over this long (default: %(default)s)",
+    )
+    parser.add_argument(
         "--burst-threshold",
         type=int,
         default=DetectorConfig().burst_threshold,
@@ -114,13 +121,6 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "write one finding per line (JSON) to stdout; a summary goes to stderr.",
     )
     _allowlist_arg(parser)
-    parser.add_argument(
-        "--window",
-        type=float,
-        default=DetectorConfig().window.total_seconds(),
-        metavar="SECONDS",
-        help="aggregate refusals of one user+agent+source over this long (default: %(default)s)",
-    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -414,13 +414,6 @@ def _add_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="without a checkpoint, read the rotated backups and PATH from their start",
     )
     parser.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics here")
-    parser.add_argument(
-        "--window",
-        type=float,
-        default=DetectorConfig().window.total_seconds(),
-        metavar="SECONDS",
-        help="aggregate refusals of one user+agent+source over this long (default: %(default)s)",
-    )
     _rule_args(parser)
     parser.add_argument(
         "--grace",

@@ -24,7 +24,7 @@ import base64
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Required, TypedDict, Unpack
 
 import yaml
 from cryptography import x509
@@ -39,6 +39,7 @@ __all__ = [
     "KUBECONFIG_FILE",
     "POLICY_FILE",
     "ApiserverConfig",
+    "WebhookTarget",
     "apiserver_flags",
     "audit_webhook_kubeconfig",
     "build",
@@ -198,26 +199,26 @@ class ApiserverConfig:
         return "\n".join(parts)
 
 
+class WebhookTarget(TypedDict, total=False):
+    """Where the apiserver sends audit events and how it proves itself: the keyword arguments of
+    :func:`audit_webhook_kubeconfig`, which :func:`build` passes on."""
+
+    service_ip: Required[str]
+    ca_pem: Required[bytes]
+    client_cert_pem: Required[bytes]
+    client_key_pem: Required[bytes]
+    port: int
+    tls_server_name: str | None
+
+
 def build(
     *,
-    service_ip: str,
-    ca_pem: bytes,
-    client_cert_pem: bytes,
-    client_key_pem: bytes,
-    port: int = DEFAULT_PORT,
-    tls_server_name: str | None = None,
     config_dir: str = DEFAULT_CONFIG_DIR,
     audit_log_path: str | None = None,
+    **target: Unpack[WebhookTarget],
 ) -> ApiserverConfig:
     """Everything to drop next to the apiserver, checked (see ``audit_webhook_kubeconfig``)."""
-    kubeconfig = audit_webhook_kubeconfig(
-        service_ip=service_ip,
-        ca_pem=ca_pem,
-        client_cert_pem=client_cert_pem,
-        client_key_pem=client_key_pem,
-        port=port,
-        tls_server_name=tls_server_name,
-    )
+    kubeconfig = audit_webhook_kubeconfig(**target)
     flags = apiserver_flags(config_dir=config_dir, audit_log_path=audit_log_path)
     return ApiserverConfig(config_dir, AUDIT_POLICY, kubeconfig, tuple(flags))
 
