@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from tests.unit.test_detect import EXPECTED
+from tests.unit.test_detector import EXPECTED
 
 from .conftest import findings_in, fixture_lines, replay_findings, wait_for
 

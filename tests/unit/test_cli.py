@@ -11,7 +11,7 @@ from pathlib import Path
 from cryptography import x509
 
 from tests.conftest import AUDIT_LOGS
-from tests.unit.test_detect import EXPECTED
+from tests.unit.test_detector import EXPECTED
 
 
 def cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:

@@ -17,7 +17,7 @@ import pytest
 from webhook.core.audit import MalformedEvent, parse_event
 from webhook.inputs.formats import decode, gke_event
 
-from .test_detect import EXPECTED
+from .test_detector import EXPECTED
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -20,7 +20,7 @@ from webhook.detect.detector import Detector, DetectorConfig
 from webhook.detect.prefilter import Prefilter
 from webhook.tools.replay import replay
 
-from .test_detect import ACCEPTANCE_ALLOWLIST, _forbidden_template
+from .test_detector import ACCEPTANCE_ALLOWLIST, _forbidden_template
 
 T0 = dt.datetime(2026, 11, 27, 12, tzinfo=dt.UTC)
 
