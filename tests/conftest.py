@@ -1,8 +1,11 @@
-"""Shared test helpers: paths to the recorded kube-apiserver traffic in tests/data/."""
+"""Shared test helpers: paths to the recorded kube-apiserver traffic in tests/data/, and the
+JSON log records of a process's stderr."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -20,6 +23,13 @@ settings.load_profile("suite")
 DATA = Path(__file__).parent / "data"
 AUDIT_LOGS = [DATA / "audit" / "audit-2026-11-27T18-10-45.450.log", DATA / "audit" / "audit.log"]
 """The apiserver's rotated file first, then the live file: arrival order."""
+
+
+def log_records(stderr: str) -> list[dict[str, Any]]:
+    """Every complete line of ``stderr`` as the JSON record a log pipeline sees, fields included
+    (a line that is not JSON fails the test: logs are structured)."""
+    complete, _, _ = stderr.rpartition("\n")
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
 @pytest.fixture

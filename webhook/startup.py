@@ -27,12 +27,13 @@ from webhook.errors import SetupError
 from webhook.kube.client import api_client, parse_configmap_ref, pod_namespace
 from webhook.kube.configmap import ConfigMapSource
 from webhook.kube.events import EventWriter
+from webhook.logs import fields
 from webhook.sinks.base import Sink
 from webhook.sinks.spec import SinkSpec, open_sink, parse_sink
 
 __all__ = ["AllowlistSource", "SettingsError", "allowlist_flags", "open_allowlist", "open_sinks"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 class SettingsError(SetupError, ValueError):
@@ -86,11 +87,9 @@ class AllowlistSource:
         configmap = self.configmap
         if configmap is None or self._first.wait(timeout):
             return True
-        log.warning(
-            "allowlist ConfigMap %s/%s not read within %.0f s; judging by the built-in allowlist until it is",
-            configmap.namespace,
-            configmap.name,
-            timeout,
+        logger.warning(
+            "allowlist ConfigMap not read within the wait; judging by the built-in allowlist until it is",
+            **fields(configmap=configmap.source, waitSeconds=round(timeout, 2)),
         )
         return False
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import log_records
 from tests.hardening.faults import TailRun, append, fill, hanging_endpoint, probe_lines, small_tmpfs
 from tests.integration.server import wait_for
 
@@ -112,9 +113,10 @@ def test_corrupted_state_file_is_detected_and_the_tailer_restarts_from_a_safe_po
     finally:
         tail.stop()
     said = tail.stderr(2)
-    assert "is corrupt" in said
+    corrupt = [r for r in log_records(said) if r["msg"] == "checkpoint is corrupt; moved aside, not using it"]
+    assert corrupt and all(r["checkpoint"].startswith(str(state)) for r in corrupt)
     if damage == "checksum":
-        assert "checksum mismatch" in said
+        assert [r for r in corrupt if r["checkpoint"] == str(current) and r["error"] == "checksum mismatch"]
     if damage == "both":
         assert "no usable checkpoint" in said and "from the beginning" in said
         assert _users("first", 5) | _users("second", 5) <= tail.users(2)  # read again, from the start

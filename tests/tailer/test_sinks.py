@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import log_records
 from webhook.core.allowlist import Allowlist
 from webhook.core.audit import parse_event
 from webhook.core.findings import Finding
@@ -154,7 +155,13 @@ def test_a_dead_sink_never_stops_reading_and_its_backlog_survives_a_restart(
     assert tail.stop() == 0
     backlog = {k: v for k, v in tail.checkpoint()["backlog"].items() if k.startswith("http:")}
     assert [len(v) for v in backlog.values()] == [5]
-    assert "DROPPED the 4 oldest" in tail.stderr()
+    assert [
+        r
+        for r in log_records(tail.stderr())
+        if r["msg"] == "sink backlog over its bound; DROPPED the oldest findings"
+        and r["sink"].startswith("http:")
+        and r["dropped"] == 4
+    ]
     # The endpoint comes up; a restart delivers the checkpointed backlog, newest five, in order.
     httpd: Any = http.server.ThreadingHTTPServer(("127.0.0.1", free_port), Recorder)
     httpd.lock, httpd.script, httpd.requests = threading.Lock(), [], []

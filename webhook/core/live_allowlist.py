@@ -172,7 +172,7 @@ class LiveAllowlist:
             try:
                 listener(event)
             except Exception:
-                logger.exception("allowlist listener failed")
+                logger.exception("allowlist listener failed", **fields(source=event.source))
 
     def status(self) -> AllowlistStatus:
         current = self._current
@@ -223,7 +223,7 @@ class FileSource:
             try:
                 self.poll()
             except Exception:
-                logger.exception("allowlist file poll failed")
+                logger.exception("allowlist file poll failed", **fields(path=str(self.path)))
 
     def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()

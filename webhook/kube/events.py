@@ -137,6 +137,6 @@ class EventWriter:
             error = f"HTTP {status}"
         logger.warning(
             "cannot create Event",
-            **fields(reason=reason, object=f"{meta.namespace}/{meta.name}", error=error),
+            **fields(reason=reason, object=f"{meta.namespace}/{meta.name}", error=error[:300]),
         )
         return False

@@ -14,10 +14,11 @@ import threading
 import orjson
 
 from webhook.core.findings import Finding, dumps
+from webhook.logs import fields
 
 __all__ = ["FileSink"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 class FileSink:
@@ -66,7 +67,10 @@ class FileSink:
                         break
                     end = start
                 handle.truncate(keep)
-                log.warning("%s ended in a torn line (crash during a write); cut it off", self.path)
+                logger.warning(
+                    "findings file ended in a torn line (crash during a write); cut it off",
+                    **fields(path=self.path, keptBytes=keep, cutBytes=size - keep),
+                )
         except FileNotFoundError:
             return
 

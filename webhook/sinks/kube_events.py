@@ -15,13 +15,15 @@ import logging
 from typing import Any
 
 from webhook.core.findings import Finding
+from webhook.core.useragent import display
 from webhook.kube.client import api_client, own_namespace
 from webhook.kube.events import DELIVERED, EventWriter
+from webhook.logs import fields
 from webhook.sinks.base import SinkError
 
 __all__ = ["KubernetesEventsSink", "finding_event"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 _KINDS = {
     "pods": "Pod",
@@ -91,7 +93,10 @@ class KubernetesEventsSink:
             status = self._events.create(target, finding_event(self._events, finding, target, own=False))
             if status in DELIVERED:
                 return
-            log.info("event in namespace %s refused (HTTP %s); using %s", target, status, self.namespace)
+            logger.info(
+                "the Event was refused in the object's namespace; creating it in our own namespace",
+                **fields(namespace=display(target), status=status, ownNamespace=self.namespace),
+            )
         own = finding_event(self._events, finding, self.namespace, own=True)
         status = self._events.create(self.namespace, own)
         if status not in DELIVERED:

@@ -19,12 +19,14 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from webhook.core.findings import Finding
+from webhook.core.useragent import display
+from webhook.logs import fields
 from webhook.sinks.base import Sink
 from webhook.sinks.spec import SinkSpec
 
 __all__ = ["DEFAULT_MAX_BACKLOG", "Outbox", "restore_findings"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BACKLOG = 10_000
 """Undelivered findings kept per sink (in memory and in the checkpoint) before dropping."""
@@ -82,12 +84,9 @@ class Outbox:
         for _ in range(over):
             self._items.popleft()
         self.dropped += over
-        log.error(
-            "sink %s: backlog over %d findings; DROPPED the %d oldest (%d dropped so far)",
-            self.spec.label,
-            limit,
-            over,
-            self.dropped,
+        logger.error(
+            "sink backlog over its bound; DROPPED the oldest findings",
+            **fields(sink=self.spec.label, backlogLimit=limit, dropped=over, droppedTotal=self.dropped),
         )
         if self._on_drop:
             self._on_drop(self.spec.label, over)
@@ -118,8 +117,9 @@ class Outbox:
                     self._trim()
                 if self._on_failure:
                     self._on_failure(self.spec.label)
-                log.warning(
-                    "sink %s: delivery failed (%s); retrying in %.1f s", self.spec.label, exc, backoff
+                logger.warning(
+                    "sink delivery failed; retrying",
+                    **fields(sink=self.spec.label, error=str(exc)[:300], retryIn=round(backoff, 2)),
                 )
                 with self._cond:
                     self._cond.wait_for(lambda: self._stop, timeout=backoff)
@@ -152,7 +152,7 @@ class Outbox:
         try:
             self.sink.close()
         except Exception as exc:
-            log.warning("sink %s: close failed: %s", self.spec.label, exc)
+            logger.warning("sink close failed", **fields(sink=self.spec.label, error=str(exc)[:300]))
 
 
 def restore_findings(raw: Iterable[dict[str, Any]]) -> list[Finding]:
@@ -162,5 +162,9 @@ def restore_findings(raw: Iterable[dict[str, Any]]) -> list[Finding]:
         try:
             out.append(Finding.model_validate(item))
         except ValueError as exc:
-            log.error("checkpoint backlog: a saved finding no longer validates, dropped: %s", exc)
+            # The error quotes the saved finding, user agent included: escaped like any agent.
+            logger.error(
+                "a finding saved in the checkpoint backlog no longer validates; dropped",
+                **fields(error=display(str(exc), 300)),
+            )
     return out

@@ -32,11 +32,12 @@ from typing import Any
 import orjson
 
 from webhook.errors import SetupError
+from webhook.logs import fields
 from webhook.tail.logfiles import Position
 
 __all__ = ["CHECKPOINT_FILE", "PREVIOUS_FILE", "Checkpoint", "CheckpointStore", "StateLocked"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.json"
 PREVIOUS_FILE = "checkpoint.prev.json"
@@ -120,7 +121,10 @@ class CheckpointStore:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            log.error("checkpoint %s cannot be read (%s); not using it", path, exc)
+            logger.error(
+                "checkpoint cannot be read; not using it",
+                **fields(checkpoint=str(path), error=str(exc)[:300]),
+            )
             self.lost = True
             return None
         try:
@@ -129,7 +133,10 @@ class CheckpointStore:
             aside = path.with_name(f"{path.name}.corrupt-{time.time_ns()}")
             with contextlib.suppress(OSError):
                 os.replace(path, aside)
-            log.error("checkpoint %s is corrupt (%s); moved to %s", path, exc, aside)
+            logger.error(
+                "checkpoint is corrupt; moved aside, not using it",
+                **fields(checkpoint=str(path), error=str(exc)[:300], movedTo=str(aside)),
+            )
             self.lost = True
             return None
 
@@ -143,19 +150,22 @@ class CheckpointStore:
         if previous is not None:
             if self.lost:
                 position = previous.position
-                log.error(
-                    "resuming from the previous checkpoint %s (%s): lines after it are read again, "
+                logger.error(
+                    "resuming from the previous checkpoint: lines after it are read again, "
                     "findings from them may repeat (same ids), none is lost",
-                    self.previous,
-                    f"{position.path} at offset {position.offset}" if position else "no file yet",
+                    **fields(
+                        checkpoint=str(self.previous),
+                        path=position.path if position else None,
+                        offset=position.offset if position else None,
+                    ),
                 )
             self.lost = False
             return previous
         if self.lost:
-            log.error(
-                "no usable checkpoint in %s: reading the audit log and its rotated backups from the "
+            logger.error(
+                "no usable checkpoint: reading the audit log and its rotated backups from the "
                 "beginning (findings may repeat, none is lost)",
-                self.dir,
+                **fields(state=str(self.dir)),
             )
         return None
 

@@ -29,6 +29,7 @@ import time
 import zlib
 from dataclasses import dataclass
 
+from webhook.logs import fields
 from webhook.tail.logfiles import (
     FP_MIN_TRUST,
     Batch,
@@ -42,7 +43,7 @@ from webhook.tail.logfiles import (
 
 __all__ = ["FollowStats", "Follower"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -91,17 +92,18 @@ class Follower:
             return
         found = next((c for c in rotated_candidates(self.path) if same_file(c.path, pos)), None)
         if found is not None:
-            log.info("resuming %s at offset %d (rotated since the checkpoint)", found.path, pos.offset)
+            logger.info(
+                "checkpointed file rotated since the checkpoint; resuming in its backup",
+                **fields(path=found.path, offset=pos.offset),
+            )
             self._open(found, offset=pos.offset, skipping=pos.skipping)
             return
         if pos.offset > 0 and not pos.finished:
             self.stats.lost += 1
-            log.error(
-                "the checkpointed file %s (inode %d) is gone: what followed offset %d is lost; "
+            logger.error(
+                "the checkpointed file is gone: what followed its offset is lost; "
                 "reading the backups rotated after it",
-                pos.path,
-                pos.ino,
-                pos.offset,
+                **fields(path=pos.path, inode=pos.ino, offset=pos.offset),
             )
         after = pos.key if pos.key is not None else pos.opened_at
         self._queue = [c for c in rotated_candidates(self.path) if c.key > after]
@@ -118,7 +120,9 @@ class Follower:
                 raise
         except (OSError, EOFError, zlib.error) as exc:
             self.stats.unreadable += 1
-            log.error("cannot read rotated audit log %s, skipped: %s", cand.path, exc)
+            logger.error(
+                "cannot read a rotated audit log; skipped", **fields(path=cand.path, error=str(exc)[:300])
+            )
             return False
         self._switch(source)
         return True
@@ -132,7 +136,10 @@ class Follower:
             self._switch(None)
             return False
         except OSError as exc:
-            log.error("cannot open %s: %s", self.path, exc)
+            logger.error(
+                "cannot open the audit log; trying again at the next poll",
+                **fields(path=self.path, error=str(exc)[:300]),
+            )
             self._switch(None)
             return False
         if at_end:
@@ -148,10 +155,14 @@ class Follower:
             self._done = self._done[-64:]
             previous.close()
         if previous is not None:
-            log.debug("left %s at offset %d (closed=%s)", previous.path, previous.offset, previous.closed)
+            logger.debug(
+                "left a file", **fields(path=previous.path, offset=previous.offset, closed=previous.closed)
+            )
         self._current = source
         if source is not None:
-            log.debug("reading %s from offset %d (closed=%s)", source.path, source.offset, source.closed)
+            logger.debug(
+                "reading a file", **fields(path=source.path, offset=source.offset, closed=source.closed)
+            )
             self._gap = None
         else:
             # Nothing open: remember where we stood so a checkpoint can resume after it.
@@ -200,7 +211,10 @@ class Follower:
                 batch = source.read()
             except (OSError, EOFError, zlib.error) as exc:
                 self.stats.unreadable += 1
-                log.error("reading %s failed, rest of file skipped: %s", source.path, exc)
+                logger.error(
+                    "reading a file failed; rest of the file skipped",
+                    **fields(path=source.path, error=str(exc)[:300]),
+                )
                 self._after_closed(source)
                 continue
             if (batch.lines or batch.consumed) and not source.closed and not source.head_intact():
@@ -244,11 +258,16 @@ class Follower:
         except FileNotFoundError:
             return False  # renamed, the new file not created yet: wait
         except OSError as exc:
-            log.warning("cannot stat %s: %s", self.path, exc)
+            logger.warning(
+                "cannot stat the audit log; trying again at the next poll",
+                **fields(path=self.path, error=str(exc)[:300]),
+            )
             return False
         if (st.st_dev, st.st_ino) != (source.dev, source.ino):
             self.stats.rotations += 1
-            log.info("%s was rotated; finishing the old file before switching", self.path)
+            logger.info(
+                "audit log rotated; finishing the old file before switching", **fields(path=self.path)
+            )
             source.closed = True
             return True
         if st.st_size >= source.read_so_far and source.head_intact():
@@ -278,10 +297,9 @@ class Follower:
     def _read_copies_first(self, source: LogFile, copies: list[Candidate]) -> None:
         self.stats.truncations += 1
         self.stats.rotations += 1
-        log.warning(
-            "%s was copied to %s and truncated before we could tell; reading the copy, then going on",
-            self.path,
-            copies[0].path,
+        logger.warning(
+            "audit log copied and truncated before we could tell; reading the copy, then going on",
+            **fields(path=self.path, copy=copies[0].path),
         )
         back = source.position()
         back.opened_at = max(back.opened_at, copies[-1].key)
@@ -306,15 +324,16 @@ class Follower:
         copy = next((c for c in candidates if not self._was_read(c.path)), None)
         if copy is None:
             self.stats.lost += 1
-            log.error(
-                "%s was truncated and no copy of it was found: lines after offset %d may be lost",
-                self.path,
-                source.offset,
+            logger.error(
+                "audit log truncated and no copy of it found: lines after the offset may be lost",
+                **fields(path=self.path, offset=source.offset),
             )
             self._switch(None)
             self._open_live()
             return
-        log.info("%s was copied to %s and truncated; finishing the copy", self.path, copy.path)
+        logger.info(
+            "audit log copied and truncated; finishing the copy", **fields(path=self.path, copy=copy.path)
+        )
         self._switch(None)
         self._queue = []
         offset, skipping = (0, False) if weak else (pos.offset, pos.skipping)
