@@ -1,9 +1,15 @@
 """Structured JSON logs on stderr, one object per line.
 
-stdout belongs to findings (JSON lines a collector ingests), so logs never go there. A record's
-structured fields travel in ``extra={"fields": {...}}``; ``fields(...)`` builds that. User
-agents are attacker input: callers put them in fields only through :func:`webhook.core.useragent.display`,
-and no request body is ever logged.
+stdout belongs to findings (JSON lines a collector ingests), so logs never go there. One style
+everywhere (``tests/unit/test_logs.py`` checks it): the module's ``logger``, a constant message
+that says what happened and what follows, and every value in camelCase fields, so a log pipeline
+can filter on them::
+
+    logger.warning("sink delivery failed; retrying", **fields(sink=label, error=str(exc)[:300], retryIn=2.0))
+
+A record's structured fields travel in ``extra={"fields": {...}}``; ``fields(...)`` builds that.
+User agents, user names and other audit text are attacker input: callers put them in fields only
+through :func:`webhook.core.useragent.display`, and no request body is ever logged.
 """
 
 from __future__ import annotations

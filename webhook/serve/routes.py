@@ -289,7 +289,7 @@ def _log_verdict(req: admission.AdmissionRequest, outcome: admission.Outcome) ->
                 verdict=outcome.verdict,
                 allowed=outcome.allowed,
                 agent=useragent.display(outcome.agent) if outcome.verdict != "unknown" else None,
-                user=req.user_info.username,
+                user=useragent.display(req.user_info.username),
                 operation=req.operation,
                 resource=req.resource.resource,
                 subresource=req.sub_resource or None,
