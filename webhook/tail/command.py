@@ -80,28 +80,30 @@ def run_tail(options: TailOptions) -> int:
     metrics = TailMetrics()
     if options.metrics_port is not None:
         metrics.serve(options.metrics_port)
-    tailer = Tailer(
-        TailConfig(
-            path=options.path,
-            state_dir=options.state,
-            fmt=options.fmt,
-            from_start=options.from_start,
-            poll_interval=options.poll_interval,
-            checkpoint_interval=options.checkpoint_interval,
-            grace=options.grace,
-            max_backlog=options.max_backlog,
-        ),
-        Detector(allowlist.current, config=options.detector, baseline=baseline),
-        sinks,
-        store=store,
-        baseline=baseline,
-    )
-    metrics.watch(tailer, allowlist.live.status)
+    # Before the Tailer writes its first checkpoint, which tells a supervisor (or a test) that
+    # it has started: a SIGTERM from then on stops it as documented (drain, checkpoint, exit 0).
     stop, restore = make_stop_event([signal.SIGTERM, signal.SIGINT])
-    logger.info(
-        "tailing", **fields(path=options.path, state=options.state, sinks=[s.label for s, _ in sinks])
-    )
     try:
+        tailer = Tailer(
+            TailConfig(
+                path=options.path,
+                state_dir=options.state,
+                fmt=options.fmt,
+                from_start=options.from_start,
+                poll_interval=options.poll_interval,
+                checkpoint_interval=options.checkpoint_interval,
+                grace=options.grace,
+                max_backlog=options.max_backlog,
+            ),
+            Detector(allowlist.current, config=options.detector, baseline=baseline),
+            sinks,
+            store=store,
+            baseline=baseline,
+        )
+        metrics.watch(tailer, allowlist.live.status)
+        logger.info(
+            "tailing", **fields(path=options.path, state=options.state, sinks=[s.label for s, _ in sinks])
+        )
         tailer.run(stop)
     finally:
         restore()

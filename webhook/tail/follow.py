@@ -13,7 +13,17 @@ follows both:
 - a truncated live file is finished from its copy (found by fingerprint), then read from 0;
 - a copy made before we had read enough of the live file to know it by its first bytes (a
   copytruncate right after a rotation, or while we were down) is found as a backup newer than
-  our opening of the live file, and read before the live file goes on;
+  our opening of the live file, and read before the live file goes on, and before any line
+  read from it is returned (so its lines come before those written after the truncation);
+- a rotation noticed late may be the last of several: a live file known only by inode (fewer
+  than ``FP_MIN_TRUST`` bytes read) that was renamed, or found renamed after a restart, may
+  have been copy-truncated first, so everything rotated since we opened it is read in order
+  (its copies, the file itself, later backups; renamed out of sight, what is open is read);
+  one known by its first bytes is checked for a truncation (finished from its copy) before
+  its rename is followed;
+- "since we opened it" is by backup key: a live file is opened after listing its backups, and
+  a backup keyed after the newest listed is newer (wall-clock times would miss a backup named,
+  in milliseconds, or stamped, by the coarse file clock, just before our opening);
 - only complete lines are returned; a partial last line waits for its newline, except at the
   end of a file that was rotated away (no more writes will come), where it counts as a line;
 - a line longer than ``MAX_LINE_BYTES`` is skipped (memory stays bounded) and counted.
@@ -36,6 +46,7 @@ from webhook.tail.logfiles import (
     Candidate,
     LogFile,
     Position,
+    fingerprint,
     rotated_candidates,
     same_file,
     starts_like,
@@ -90,6 +101,15 @@ class Follower:
         live = not pos.closed and same_file(self.path, pos, need_inode=True)
         if live and self._open_live(offset=pos.offset, skipping=pos.skipping, opened_at=pos.opened_at):
             return
+        if not pos.closed and pos.fp_len < FP_MIN_TRUST:
+            # Known by its inode only, and no longer live: renamed, maybe copy-truncated before
+            # that (its copies are not found by inode). Read all rotated since we opened it.
+            logger.info(
+                "the checkpointed file was rotated since; reading its backups", **fields(path=pos.path)
+            )
+            self._queue = [c for c in rotated_candidates(self.path) if c.key > pos.opened_at]
+            self._open_next()
+            return
         found = next((c for c in rotated_candidates(self.path) if same_file(c.path, pos)), None)
         if found is not None:
             logger.info(
@@ -130,8 +150,11 @@ class Follower:
     def _open_live(
         self, *, at_end: bool = False, offset: int = 0, skipping: bool = False, opened_at: float | None = None
     ) -> bool:
+        if opened_at is None:
+            # Backups keyed after the newest one present now were rotated after this opening.
+            opened_at = max((c.key for c in rotated_candidates(self.path)), default=0.0)
         try:
-            source = LogFile(self.path, closed=False, key=None, opened_at=opened_at or time.time())
+            source = LogFile(self.path, closed=False, key=None, opened_at=opened_at)
         except FileNotFoundError:
             self._switch(None)
             return False
@@ -151,8 +174,6 @@ class Follower:
     def _switch(self, source: LogFile | None) -> None:
         previous = self._current
         if previous is not None:
-            self._done.append(previous.position())
-            self._done = self._done[-64:]
             previous.close()
         if previous is not None:
             logger.debug(
@@ -187,7 +208,11 @@ class Follower:
                 self._open_live(offset=back.offset, skipping=back.skipping, opened_at=back.opened_at)
                 return
             moved = next((c for c in rotated_candidates(self.path) if same_file(c.path, back)), None)
-            if moved is not None and self._open(moved, offset=back.offset, skipping=back.skipping):
+            if (
+                moved is not None
+                and not self._was_read(moved.path)
+                and self._open(moved, offset=back.offset, skipping=back.skipping)
+            ):
                 return
         self._open_live()
 
@@ -221,6 +246,14 @@ class Follower:
                 source.restore(before)  # truncated under us: what we just read may be new content
                 self._truncated(source)
                 continue
+            if batch.lines and not source.closed and before[0] < FP_MIN_TRUST:
+                # The first lines of a live file we knew too little of: a copy made since we
+                # opened it, of other lines, holds older lines, which come first.
+                unseen = self._unseen_copies(source)
+                if unseen and self._rereadable(source):
+                    source.restore(before)
+                    self._read_copies_first(source, unseen)
+                    continue
             if batch.lines or batch.consumed:
                 return batch
             if source.closed:
@@ -233,6 +266,8 @@ class Follower:
 
     def _after_closed(self, source: LogFile) -> None:
         """A rotated file is finished: read what was rotated after it, then the live file."""
+        self._done.append(source.position())
+        self._done = self._done[-64:]
         if not self._queue:
             after = source.key
             if after is None:
@@ -263,27 +298,32 @@ class Follower:
                 **fields(path=self.path, error=str(exc)[:300]),
             )
             return False
+        if source.size() < source.read_so_far or not source.head_intact():
+            self._truncated(source)  # and maybe renamed since: the copy first, then what followed
+            return True
         if (st.st_dev, st.st_ino) != (source.dev, source.ino):
             self.stats.rotations += 1
             logger.info(
                 "audit log rotated; finishing the old file before switching", **fields(path=self.path)
             )
+            if len(source.head()) < FP_MIN_TRUST and self._rereadable(source):
+                # Known by its inode only: it may have been copy-truncated before the rename.
+                self._reread_since_opened(source)
+                return True
             source.closed = True
             return True
-        if st.st_size >= source.read_so_far and source.head_intact():
-            unseen = self._unseen_copies(source)
-            if not unseen:
-                return False
-            self._read_copies_first(source, unseen)
-            return True
-        self._truncated(source)
+        unseen = self._unseen_copies(source)
+        if not unseen:
+            return False
+        self._read_copies_first(source, unseen)
         return True
 
     def _unseen_copies(self, source: LogFile) -> list[Candidate]:
         """Backups made since we opened the live file that do not hold what we read of it.
 
-        The live file kept its inode and its first bytes, so such a backup is a copytruncate we
-        could not notice: made before we had read enough to know the content by its first bytes.
+        Not the file itself (renamed), not one that begins with the bytes we read: with the
+        file's first bytes unchanged, such a backup is a copytruncate we could not notice, made
+        before we had read enough to know the content by its first bytes.
         """
         pos = source.position()
         return [
@@ -291,8 +331,35 @@ class Follower:
             for c in rotated_candidates(self.path)
             if c.key > source.opened_at
             and not self._was_read(c.path)
+            and not _same_inode(c.path, source)
             and not (pos.fp_len >= FP_MIN_TRUST and starts_like(c.path, pos))
         ]
+
+    def _rereadable(self, source: LogFile) -> bool:
+        """Do the backups and the live file, read from their beginnings, hold all of the file we
+        have open? Yes when it is still the live file, or empty, or a backup now (by inode; by
+        its first bytes when gzipped since); not when it was renamed out of sight."""
+        head = source.first_bytes()
+        if not head or _same_inode(self.path, source):
+            return True
+        probe = Position(source.path, source.dev, source.ino, fingerprint(head), len(head), 0)
+        return any(
+            _same_inode(c.path, source) or (len(head) >= FP_MIN_TRUST and starts_like(c.path, probe))
+            for c in rotated_candidates(self.path)
+        )
+
+    def _reread_since_opened(self, source: LogFile) -> None:
+        """A live file known by too few bytes changed: read, in order and from their beginning,
+        all backups rotated since we opened it (its copies; itself, if renamed; later ones),
+        then the live file from its beginning. What we had read of it (no whole line, or fewer
+        than ``FP_MIN_TRUST`` bytes of lines) may be read twice."""
+        self._switch(None)
+        self._queue = [
+            c
+            for c in rotated_candidates(self.path)
+            if c.key > source.opened_at and not self._was_read(c.path)
+        ]
+        self._open_next()
 
     def _read_copies_first(self, source: LogFile, copies: list[Candidate]) -> None:
         self.stats.truncations += 1
@@ -301,11 +368,13 @@ class Follower:
             "audit log copied and truncated before we could tell; reading the copy, then going on",
             **fields(path=self.path, copy=copies[0].path),
         )
+        if len(source.head()) < FP_MIN_TRUST:
+            self._reread_since_opened(source)
+            return
         back = source.position()
         back.opened_at = max(back.opened_at, copies[-1].key)
         self._switch(None)
-        self._done.pop()  # not finished: its later copies must not count as read
-        self._queue = list(copies)  # from 0: fewer than FP_MIN_TRUST bytes (no whole line) read twice
+        self._queue = list(copies)
         self._back_to_live = back
         self._open_next()
 
@@ -318,7 +387,11 @@ class Follower:
         # find it; then the copy is the oldest unread backup made since we opened the file.
         weak = pos.fp_len < FP_MIN_TRUST
         if weak:
-            candidates = [c for c in rotated_candidates(self.path) if c.key > source.opened_at]
+            candidates = [
+                c
+                for c in rotated_candidates(self.path)
+                if c.key > source.opened_at and not _same_inode(c.path, source)
+            ]
         else:
             candidates = [c for c in reversed(rotated_candidates(self.path)) if same_file(c.path, pos)]
         copy = next((c for c in candidates if not self._was_read(c.path)), None)
@@ -328,17 +401,21 @@ class Follower:
                 "audit log truncated and no copy of it found: lines after the offset may be lost",
                 **fields(path=self.path, offset=source.offset),
             )
-            self._switch(None)
-            self._open_live()
+        else:
+            logger.info(
+                "audit log copied and truncated; finishing the copy", **fields(path=self.path, copy=copy.path)
+            )
+        if weak or copy is None:
+            # From the beginning: all rotated since we opened it (it too, if renamed since).
+            self._reread_since_opened(source)
             return
-        logger.info(
-            "audit log copied and truncated; finishing the copy", **fields(path=self.path, copy=copy.path)
-        )
         self._switch(None)
         self._queue = []
-        offset, skipping = (0, False) if weak else (pos.offset, pos.skipping)
-        if not self._open(copy, offset=offset, skipping=skipping):
-            self._open_live()
+        if not self._open(copy, offset=pos.offset, skipping=pos.skipping):
+            self._queue = [
+                c for c in rotated_candidates(self.path) if c.key > copy.key and not self._was_read(c.path)
+            ]
+            self._open_next()
 
     def position(self) -> Position:
         """Where the lines returned so far end (when no file is open: what to resume after)."""
@@ -363,3 +440,12 @@ class Follower:
 
     def close(self) -> None:
         self._switch(None)
+
+
+def _same_inode(path: str, source: LogFile) -> bool:
+    """Is ``path`` the file ``source`` has open (renamed), not a copy of it?"""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (source.dev, source.ino)

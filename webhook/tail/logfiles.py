@@ -54,6 +54,8 @@ class Position:
     key: float | None = None
     """Sort key of a rotated backup (time in its name, else mtime); None for the live file."""
     opened_at: float = 0.0
+    """Backups keyed after this were rotated after the file was opened: for the live file, the
+    newest backup key when it was opened (a checkpoint written before that: the wall clock)."""
     finished: bool = False
     """Read to its end and left; or, with ``dev == 0``, "no file open since ``key``"."""
 
@@ -195,6 +197,12 @@ class LogFile:
         if self.compressed or not self._head:
             return True
         return os.pread(self._raw.fileno(), len(self._head), 0) == self._head
+
+    def first_bytes(self) -> bytes:
+        """The file's first :data:`FP_LEN` bytes now (read or not; a compressed file: as read)."""
+        if self.compressed:
+            return self._head
+        return os.pread(self._raw.fileno(), FP_LEN, 0)
 
     def save(self) -> tuple[int, bytes, int, bool, bytes]:
         return self.offset, self._buf, self._pos, self.skipping, self._head
