@@ -36,9 +36,9 @@ from __future__ import annotations
 import logging
 import os
 import time
-import zlib
 from dataclasses import dataclass
 
+from webhook.inputs.files import READ_ERRORS
 from webhook.logs import fields
 from webhook.tail.logfiles import (
     FP_MIN_TRUST,
@@ -138,7 +138,7 @@ class Follower:
             except BaseException:
                 source.close()
                 raise
-        except (OSError, EOFError, zlib.error) as exc:
+        except READ_ERRORS as exc:
             self.stats.unreadable += 1
             logger.error(
                 "cannot read a rotated audit log; skipped", **fields(path=cand.path, error=str(exc)[:300])
@@ -234,7 +234,7 @@ class Follower:
             before = source.save()
             try:
                 batch = source.read()
-            except (OSError, EOFError, zlib.error) as exc:
+            except READ_ERRORS as exc:
                 self.stats.unreadable += 1
                 logger.error(
                     "reading a file failed; rest of the file skipped",
