@@ -107,7 +107,7 @@ class Follower:
             logger.info(
                 "the checkpointed file was rotated since; reading its backups", **fields(path=pos.path)
             )
-            self._queue = [c for c in rotated_candidates(self.path) if c.key > pos.opened_at]
+            self._queue = self._unread_since(pos.opened_at)
             self._open_next()
             return
         found = next((c for c in rotated_candidates(self.path) if same_file(c.path, pos)), None)
@@ -126,7 +126,7 @@ class Follower:
                 **fields(path=pos.path, inode=pos.ino, offset=pos.offset),
             )
         after = pos.key if pos.key is not None else pos.opened_at
-        self._queue = [c for c in rotated_candidates(self.path) if c.key > after]
+        self._queue = self._unread_since(after)
         self._open_next()
 
     # -- opening --------------------------------------------------------------------------
@@ -175,7 +175,6 @@ class Follower:
         previous = self._current
         if previous is not None:
             previous.close()
-        if previous is not None:
             logger.debug(
                 "left a file", **fields(path=previous.path, offset=previous.offset, closed=previous.closed)
             )
@@ -273,11 +272,7 @@ class Follower:
             if after is None:
                 own = next((c for c in rotated_candidates(self.path) if self._is(c.path, source)), None)
                 after = own.key if own is not None else source.opened_at
-            self._queue = [
-                c
-                for c in rotated_candidates(self.path)
-                if c.key > after and not self._is(c.path, source) and not self._was_read(c.path)
-            ]
+            self._queue = [c for c in self._unread_since(after) if not self._is(c.path, source)]
         self._open_next()
 
     def _is(self, path: str, source: LogFile) -> bool:
@@ -285,6 +280,11 @@ class Follower:
 
     def _was_read(self, path: str) -> bool:
         return any(same_file(path, done) for done in self._done)
+
+    def _unread_since(self, key: float) -> list[Candidate]:
+        """Backups rotated after ``key`` (a backup key, or when a live file was opened) not read
+        to their end yet, in rotation order."""
+        return [c for c in rotated_candidates(self.path) if c.key > key and not self._was_read(c.path)]
 
     def _check_live(self, source: LogFile) -> bool:
         """At the end of the live file: has it been rotated? True when there is more to read."""
@@ -354,11 +354,7 @@ class Follower:
         then the live file from its beginning. What we had read of it (no whole line, or fewer
         than ``FP_MIN_TRUST`` bytes of lines) may be read twice."""
         self._switch(None)
-        self._queue = [
-            c
-            for c in rotated_candidates(self.path)
-            if c.key > source.opened_at and not self._was_read(c.path)
-        ]
+        self._queue = self._unread_since(source.opened_at)
         self._open_next()
 
     def _read_copies_first(self, source: LogFile, copies: list[Candidate]) -> None:
@@ -412,9 +408,7 @@ class Follower:
         self._switch(None)
         self._queue = []
         if not self._open(copy, offset=pos.offset, skipping=pos.skipping):
-            self._queue = [
-                c for c in rotated_candidates(self.path) if c.key > copy.key and not self._was_read(c.path)
-            ]
+            self._queue = self._unread_since(copy.key)
             self._open_next()
 
     def position(self) -> Position:
