@@ -35,7 +35,7 @@ from webhook.core import useragent
 from webhook.core.audit import EventList
 from webhook.core.live_allowlist import LiveAllowlist
 from webhook.errors import InputError
-from webhook.inputs.eventlist import AuditBatch, AuditBodyError, parse_event_list
+from webhook.inputs.eventlist import AuditBatch, parse_event_list
 from webhook.logs import fields
 from webhook.serve import admission
 from webhook.serve.feed import DetectorFeed
@@ -74,14 +74,14 @@ _T = TypeVar("_T")
 
 @dataclass(frozen=True, slots=True)
 class _Intake(Generic[_T]):
-    """How a POST route takes its body: from whom, how large, parsed how, refusals counted where."""
+    """How a POST route takes its body: from whom, how large, parsed how (a bad body raises an
+    :class:`~webhook.errors.InputError`), refusals counted where."""
 
     requires: PeerRole | None
     ca_flag: str
     limit: int
     what: str
     parse: Callable[[bytes], _T]
-    error: type[ValueError]
     bad: str
     """The log message for a body that does not parse."""
     errors: Any
@@ -113,7 +113,6 @@ class AppState:
             limit=self.max_body_bytes,
             what="AdmissionReview",
             parse=admission.parse_review,
-            error=admission.ReviewError,
             bad="bad AdmissionReview",
             errors=self.metrics.review_errors,
         )
@@ -123,7 +122,6 @@ class AppState:
             limit=self.max_audit_body_bytes,
             what="EventList",
             parse=parse_event_list,
-            error=AuditBodyError,
             bad="bad audit EventList",
             errors=self.metrics.audit_requests,
         )
@@ -248,7 +246,7 @@ async def _accepted(request: Request, intake: _Intake[_T]) -> _T:
         raise _Refused(_status(400, "the client disconnected before sending the whole body")) from None
     try:
         return intake.parse(body)
-    except intake.error as exc:
+    except InputError as exc:  # ReviewError, AuditBodyError: what the parsers raise on a bad body
         errors.labels("bad_request").inc()
         logger.info(intake.bad, **fields(reason=str(exc)))
         raise _Refused(_status(400, str(exc))) from None
