@@ -322,6 +322,12 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--client-ca", metavar="FILE", help="/validate and /audit need a client cert signed by it"
     )
     parser.add_argument("--audit-client-ca", metavar="FILE", help="/audit needs a client cert signed by it")
+    parser.add_argument(
+        "--audit-insecure",
+        action="store_true",
+        help="accept /audit without a client certificate (anyone who reaches the port can forge audit "
+        "events); without it and without a CA, /audit answers 403",
+    )
     _live_allowlist_args(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8443, help="port (default: %(default)s; 0: any free)")
@@ -358,6 +364,13 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     parser.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024, metavar="N")
     parser.add_argument("--cert-reload-interval", type=float, default=5.0, metavar="SECONDS")
+    parser.add_argument(
+        "--tls-handshake-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a new connection is closed unless its TLS handshake is done in time (default: %(default)s)",
+    )
     parser.add_argument("--allowlist-reload-interval", type=float, default=2.0, metavar="SECONDS")
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     parser.set_defaults(run=_run_serve)
@@ -373,6 +386,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         client_ca=args.client_ca,
         audit_client_ca=args.audit_client_ca,
+        audit_insecure=args.audit_insecure,
         allowlist=args.allowlist,
         allowlist_configmap=args.allowlist_configmap,
         host=args.host,
@@ -385,6 +399,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         webhook_name=args.webhook_name,
         max_body_bytes=args.max_body_bytes,
         cert_interval=args.cert_reload_interval,
+        handshake_timeout=args.tls_handshake_timeout,
         allowlist_interval=args.allowlist_reload_interval,
         sinks=args.sink,
     )

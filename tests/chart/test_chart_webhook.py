@@ -68,6 +68,7 @@ def test_serve_arguments_follow_the_cli_contract(render: Render) -> None:
     assert arg(args, "--tls-cert") == "/certs/tls.crt"
     assert arg(args, "--tls-key") == "/certs/tls.key"
     assert arg(args, "--audit-client-ca") == "/certs/audit-client-ca.crt"
+    assert "--audit-insecure" not in args
     assert "--client-ca" not in args  # only when the admin gives webhook.clientCA
     allowlist = rendered.one("ConfigMap", f"{FULLNAME}-allowlist")
     assert arg(args, "--allowlist-configmap") == f"{NAMESPACE}/{allowlist['metadata']['name']}"
@@ -122,6 +123,7 @@ def test_audit_client_certificate_can_be_turned_off(render: Render) -> None:
     rendered = render({"audit": {"requireClientCert": False}})
     args = rendered.one("Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--audit-client-ca" not in args
+    assert "--audit-insecure" in args  # serve refuses every /audit without a guard or this flag
     assert f"{FULLNAME}-audit-client" not in {o["metadata"]["name"] for o in rendered.objects}
 
 

@@ -141,7 +141,8 @@ class SentinelServer(Sentinel):
     (or given, when the apiserver must be configured before the server can be).
 
     With `client_auth`, /validate and /audit require the apiserver's client certificate
-    (`--client-ca` and `--audit-client-ca` = tls.client_ca).
+    (`--client-ca` and `--audit-client-ca` = tls.client_ca); without it /audit is open
+    (`--audit-insecure`) unless `extra_args` name `--audit-client-ca`.
     """
 
     def __init__(
@@ -170,6 +171,8 @@ class SentinelServer(Sentinel):
             args += ["--allowlist-configmap", str(allowlist_configmap)]
         if client_auth:
             args += ["--client-ca", str(tls.client_ca), "--audit-client-ca", str(tls.client_ca)]
+        elif "--audit-client-ca" not in extra_args:
+            args += ["--audit-insecure"]  # no guard asked for: /audit open on purpose
         if mode is not None:
             args += ["--mode", mode]
         if join_wait is not None:

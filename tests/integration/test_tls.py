@@ -6,6 +6,8 @@ import asyncio
 import shutil
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -199,6 +201,74 @@ def test_client_ca_alone_guards_audit_too(launch: Launch, pki: PKI) -> None:
     with server.client() as anonymous, server.client(pki.apiserver) as apiserver:
         assert anonymous.post("/audit", json=audit_batch(1404)).status_code == 403
         assert apiserver.post("/audit", json=audit_batch(1404)).status_code == 200
+
+
+def test_without_a_guard_audit_is_refused_but_admission_works(launch: Launch) -> None:
+    server = launch(open_audit=False)
+    with server.client() as client:
+        refused = client.post("/audit", json=audit_batch(1404))
+        assert client.post("/validate", json=admission(1405)).status_code == 200
+        ready = client.get("/readyz")
+    assert refused.status_code == 403
+    assert "pass --audit-client-ca" in refused.json()["message"]
+    assert "--audit-insecure" in refused.json()["message"]
+    assert ready.status_code == 200 and ready.json()["auditAuth"] == "refused"
+    assert server.metric("ua_sentinel_audit_events_total") == 0
+    (warning,) = [
+        line for line in server.logs() if line.get("auditAuth") == "refused" and line["msg"] != "starting"
+    ]
+    assert warning["level"] == "warning" and "--audit-insecure" in warning["msg"]
+
+
+def test_audit_insecure_opens_audit_and_says_so(launch: Launch) -> None:
+    server = launch("--audit-insecure")
+    with server.client() as anonymous:
+        assert anonymous.post("/audit", json=audit_batch(1404)).status_code == 200
+        assert anonymous.get("/readyz").json()["auditAuth"] == "insecure"
+    (warning,) = [
+        line for line in server.logs() if line.get("auditAuth") == "insecure" and line["msg"] != "starting"
+    ]
+    assert warning["level"] == "warning" and "--audit-insecure" in warning["msg"]
+
+
+def test_a_guard_is_named_in_readyz(mutual: ServeProcess) -> None:
+    with mutual.client() as client:
+        assert client.get("/readyz").json()["auditAuth"] == "audit-client-ca"
+
+
+def test_audit_insecure_beside_a_ca_is_refused_at_start(pki: PKI) -> None:
+    argv = [sys.executable, "-m", "webhook", "serve", "--tls-cert", str(pki.serving.cert)]
+    argv += ["--tls-key", str(pki.serving.key), "--port", "0", "--audit-insecure"]
+    done = subprocess.run(
+        [*argv, "--audit-client-ca", str(pki.audit_ca)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .endswith("--audit-insecure contradicts --audit-client-ca, which guards /audit; give one of them")
+    )
+    assert "Traceback" not in done.stderr
+
+
+def test_a_connection_that_never_says_hello_is_closed_after_the_handshake_timeout(launch: Launch) -> None:
+    server = launch("--tls-handshake-timeout", "0.5")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as silent:
+        silent.settimeout(30)  # generous: the server must close it long before (asyncio's default: 60 s)
+        try:
+            data = silent.recv(1)
+        except ConnectionResetError:
+            data = b""
+        assert data == b""  # closed by the server, not by our deadline (that raises TimeoutError)
+    with server.client() as client:  # a client that does say hello is served as before
+        assert client.get("/healthz").status_code == 200
+
+
+def test_the_handshake_timeout_must_be_positive(pki: PKI) -> None:
+    argv = [sys.executable, "-m", "webhook", "serve", "--tls-cert", str(pki.serving.cert)]
+    argv += ["--tls-key", str(pki.serving.key), "--port", "0", "--tls-handshake-timeout", "0"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "--tls-handshake-timeout must be positive" in done.stderr
 
 
 # --- what server.py relies on in Python's ssl module, checked on real sockets ----------------

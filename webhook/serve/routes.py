@@ -6,7 +6,9 @@ route               answers
 POST /validate      AdmissionReview (v1 / v1beta1) decided by :mod:`webhook.serve.admission`;
                     400 bad review, 413 too large, 403 missing client certificate
 POST /audit         EventList into the RequestIndex and the Detector; 200 fast,
-                    400 unparseable body (never 5xx for bad input: the apiserver retries)
+                    400 unparseable body (never 5xx for bad input: the apiserver retries),
+                    403 without the client certificate :data:`AuditAuth` asks for (every
+                    request, when serve has neither an audit CA nor ``--audit-insecure``)
 GET  /healthz       200 while the process runs
 GET  /readyz        200 when the certificate and an allowlist are loaded (and the certificate
                     files on disk are servable), details as JSON
@@ -23,7 +25,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, Generic, Literal, TypeVar
 
 import orjson
 from fastapi import FastAPI, Request
@@ -48,6 +50,7 @@ __all__ = [
     "DEFAULT_MAX_AUDIT_BODY_BYTES",
     "DEFAULT_MAX_BODY_BYTES",
     "AppState",
+    "AuditAuth",
     "audit",
     "create_app",
     "healthz",
@@ -66,6 +69,21 @@ failurePolicy Ignore admits it unjudged)."""
 DEFAULT_MAX_AUDIT_BODY_BYTES: Final = 32 * 1024 * 1024
 """A batch of up to 400 events (the apiserver's default batch size), generously sized."""
 _DRAIN_FACTOR: Final = 4
+AuditAuth = Literal["audit-client-ca", "client-ca", "insecure", "refused"]
+"""Who may POST /audit: holders of a certificate signed by ``--audit-client-ca`` (or, without
+it, by ``--client-ca``); anyone (``--audit-insecure``, said at start-up and in ``/readyz``); or
+nobody (``refused``, the default without a CA: an open ``/audit`` lets anyone forge findings,
+fill the caches and lend a kubectl agent to their writes, so openness must be asked for)."""
+_AUDIT_REFUSED: Final = (
+    "/audit requires a client certificate: pass --audit-client-ca (the CA of the apiserver's audit "
+    "client certificate), or --audit-insecure to accept unauthenticated audit events"
+)
+_AUDIT_ROLE: Final[dict[AuditAuth, PeerRole | None]] = {
+    "audit-client-ca": "audit",
+    "client-ca": "client",
+    "insecure": None,
+    "refused": "audit",  # a role no certificate proves when serve has no audit CA
+}
 JSON: Final = "application/json"
 
 
@@ -78,7 +96,8 @@ class _Intake(Generic[_T]):
     :class:`~webhook.errors.InputError`), refusals counted where."""
 
     requires: PeerRole | None
-    ca_flag: str
+    refusal: str
+    """The 403 message for a peer without the required role."""
     limit: int
     what: str
     parse: Callable[[bytes], _T]
@@ -102,14 +121,14 @@ class AppState:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_audit_body_bytes: int = DEFAULT_MAX_AUDIT_BODY_BYTES
     validate_requires: PeerRole | None = None
-    audit_requires: PeerRole | None = None
+    audit_auth: AuditAuth = "refused"
     _validate: _Intake[admission.AdmissionReview] = field(init=False, repr=False)
     _audit: _Intake[AuditBatch] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._validate = _Intake(
             requires=self.validate_requires,
-            ca_flag="--client-ca",
+            refusal="a client certificate signed by --client-ca is required",
             limit=self.max_body_bytes,
             what="AdmissionReview",
             parse=admission.parse_review,
@@ -117,8 +136,10 @@ class AppState:
             errors=self.metrics.review_errors,
         )
         self._audit = _Intake(
-            requires=self.audit_requires,
-            ca_flag="--audit-client-ca",
+            requires=_AUDIT_ROLE[self.audit_auth],
+            refusal=_AUDIT_REFUSED
+            if self.audit_auth == "refused"
+            else f"a client certificate signed by --{self.audit_auth} is required",
             limit=self.max_audit_body_bytes,
             what="EventList",
             parse=parse_event_list,
@@ -235,7 +256,7 @@ async def _accepted(request: Request, intake: _Intake[_T]) -> _T:
     errors = intake.errors
     if not _peer_ok(request, intake.requires):
         errors.labels("client_cert").inc()
-        raise _Refused(_status(403, f"a client certificate signed by {intake.ca_flag} is required"))
+        raise _Refused(_status(403, intake.refusal))
     try:
         body = await _read_body(request, intake.limit)
     except _TooLarge:
@@ -356,6 +377,7 @@ async def readyz(request: Request) -> Response:
         "mode": state.policy.mode,
         "certificate": certificate,
         "allowlist": allow.to_dict(),
+        "auditAuth": state.audit_auth,
         "join": {"pending": len(state.index), "waitSeconds": state.join_wait},
         "detector": {"queued": state.feed.pending, "dropped": state.feed.stats.dropped},
     }
@@ -425,7 +447,8 @@ def create_app(
             "accepted, skipped and queued event counts",
             {
                 400: "not an audit.k8s.io/v1 EventList",
-                403: "no client certificate signed by --audit-client-ca",
+                403: "no client certificate signed by --audit-client-ca (or --client-ca); "
+                "every request without either CA unless --audit-insecure",
                 413: "body too large",
             },
         ),

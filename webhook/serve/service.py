@@ -29,9 +29,16 @@ from webhook.serve.routes import (
     DEFAULT_MAX_AUDIT_BODY_BYTES,
     DEFAULT_MAX_BODY_BYTES,
     AppState,
+    AuditAuth,
     create_app,
 )
-from webhook.serve.tls import DEFAULT_CERT_INTERVAL, CertificateReloader, TLSFiles, run_uvicorn
+from webhook.serve.tls import (
+    DEFAULT_CERT_INTERVAL,
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    CertificateReloader,
+    TLSFiles,
+    run_uvicorn,
+)
 from webhook.sinks.base import Sink
 from webhook.sinks.fanout import FanOutSink
 from webhook.startup import SettingsError, allowlist_flags, open_allowlist, open_sinks
@@ -62,8 +69,11 @@ class ServeSettings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_audit_body_bytes: int = DEFAULT_MAX_AUDIT_BODY_BYTES
     cert_interval: float = DEFAULT_CERT_INTERVAL
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     allowlist_interval: float = DEFAULT_POLL_INTERVAL
     detector_queue: int = DEFAULT_QUEUE_EVENTS
+    audit_insecure: bool = False
+    """Accept ``/audit`` without a client certificate (only when no CA guards it)."""
     sinks: tuple[str, ...] = ("stdout",)
     """Where findings go: ``stdout`` | ``file:PATH`` | ``k8s-events[:NS]`` | ``http:URL`` | ``slack:URL``."""
 
@@ -109,7 +119,7 @@ class Service:
             max_body_bytes=settings.max_body_bytes,
             max_audit_body_bytes=settings.max_audit_body_bytes,
             validate_requires="client" if tls.client_ca else None,
-            audit_requires="audit" if tls.audit_client_ca else ("client" if tls.client_ca else None),
+            audit_auth=_audit_auth(settings),
         )
 
     async def start(self) -> None:
@@ -124,6 +134,31 @@ class Service:
 
     def app(self) -> Any:
         return create_app(self.state, on_startup=self.start, on_shutdown=self.stop)
+
+
+def _audit_auth(settings: ServeSettings) -> AuditAuth:
+    """Who may POST ``/audit``: a CA when one is given, else anyone only when asked for."""
+    tls = settings.tls
+    if tls.audit_client_ca:
+        return "audit-client-ca"
+    if tls.client_ca:
+        return "client-ca"
+    return "insecure" if settings.audit_insecure else "refused"
+
+
+def _warn_audit_auth(auth: AuditAuth) -> None:
+    if auth == "insecure":
+        logger.warning(
+            "/audit accepts unauthenticated audit events (--audit-insecure): anyone who reaches the "
+            "port can forge findings and lend an agent to their own writes",
+            **fields(auditAuth=auth),
+        )
+    elif auth == "refused":
+        logger.warning(
+            "/audit refuses every request (403): no --audit-client-ca or --client-ca; pass one "
+            "(or --audit-insecure) to receive audit events, without which verdicts are unknown",
+            **fields(auditAuth=auth),
+        )
 
 
 def _tune_gc() -> None:
@@ -159,8 +194,10 @@ def serve(settings: ServeSettings) -> None:
             joinWait=settings.join_wait,
             clientCA=str(settings.tls.client_ca) if settings.tls.client_ca else None,
             auditClientCA=str(settings.tls.audit_client_ca) if settings.tls.audit_client_ca else None,
+            auditAuth=service.state.audit_auth,
         ),
     )
+    _warn_audit_auth(service.state.audit_auth)
 
     def listening(port: int) -> None:
         logger.info(
@@ -169,7 +206,12 @@ def serve(settings: ServeSettings) -> None:
 
     asyncio.run(
         run_uvicorn(
-            service.app(), service.certificates, host=settings.host, port=settings.port, ready=listening
+            service.app(),
+            service.certificates,
+            host=settings.host,
+            port=settings.port,
+            handshake_timeout=settings.handshake_timeout,
+            ready=listening,
         )
     )
 
@@ -180,6 +222,7 @@ def build_settings(
     tls_key: str,
     client_ca: str | None = None,
     audit_client_ca: str | None = None,
+    audit_insecure: bool = False,
     allowlist: str | None = None,
     allowlist_configmap: str | None = None,
     host: str = DEFAULT_HOST,
@@ -192,6 +235,7 @@ def build_settings(
     webhook_name: str = "ua-sentinel",
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     cert_interval: float = DEFAULT_CERT_INTERVAL,
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     allowlist_interval: float = DEFAULT_POLL_INTERVAL,
     sinks: list[str] | None = None,
 ) -> ServeSettings:
@@ -200,6 +244,9 @@ def build_settings(
     ``exempt_groups`` replaces the default exempt groups when given (so a cluster can drop one).
     """
     allowlist_file, configmap = allowlist_flags(allowlist, allowlist_configmap)
+    if audit_insecure and (audit_client_ca or client_ca):
+        flag = "--audit-client-ca" if audit_client_ca else "--client-ca"
+        raise SettingsError(f"--audit-insecure contradicts {flag}, which guards /audit; give one of them")
     if mode not in MODES:
         raise SettingsError(f"--mode must be one of {', '.join(MODES)}")
     checks = (
@@ -208,6 +255,7 @@ def build_settings(
         ("--port", 0 <= port <= 65535, "a TCP port (0 picks a free one)"),
         ("--max-body-bytes", max_body_bytes >= 1024, "at least 1024"),
         ("--cert-reload-interval", cert_interval > 0, "positive"),
+        ("--tls-handshake-timeout", 0 < handshake_timeout <= 600, "positive and at most 600 seconds"),
         ("--allowlist-reload-interval", allowlist_interval > 0, "positive"),
     )
     for flag, ok, expected in checks:
@@ -236,6 +284,8 @@ def build_settings(
         max_body_bytes=max_body_bytes,
         max_audit_body_bytes=max(DEFAULT_MAX_AUDIT_BODY_BYTES, max_body_bytes),
         cert_interval=cert_interval,
+        handshake_timeout=handshake_timeout,
         allowlist_interval=allowlist_interval,
+        audit_insecure=audit_insecure,
         sinks=tuple(sinks) if sinks else ("stdout",),
     )

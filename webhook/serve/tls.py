@@ -31,7 +31,7 @@ import logging
 import os
 import ssl
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -48,6 +48,7 @@ from webhook.logs import fields
 __all__ = [
     "CIPHERS",
     "DEFAULT_CERT_INTERVAL",
+    "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_REQUEST_TIMEOUT",
     "PEER_ROLES_KEY",
     "CertificateError",
@@ -71,6 +72,10 @@ DEFAULT_REQUEST_TIMEOUT: Final = 10.0
 """Seconds a client has to send a whole request (headers and body) once it has started one, and
 to start the first one on a new connection. uvicorn has no such limit: a slowloris client that
 trickles a header byte now and then would hold its connection (and a file descriptor) forever."""
+DEFAULT_HANDSHAKE_TIMEOUT: Final = 10.0
+"""Seconds a new connection has to finish its TLS handshake. asyncio's default is 60 s, and a
+connection that never sends a ClientHello never reaches the request timer (the HTTP protocol
+only sees a connection once its handshake is done)."""
 CIPHERS: Final = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
 """TLS 1.2 suites: forward secret AEAD only (no CBC, SHA-1, RSA key exchange). kube-apiserver's
 Go client offers these first. TLS 1.3 suites are all AEAD and are not affected by this list."""
@@ -352,11 +357,13 @@ async def run_uvicorn(
     keep_alive: float = DEFAULT_KEEP_ALIVE,
     graceful: float = DEFAULT_GRACEFUL,
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     ready: Callable[[int], None] | None = None,
 ) -> None:
     """Serve ``app`` over TLS until SIGINT/SIGTERM; in-flight requests get ``graceful`` seconds.
 
     ``ready`` is called with the bound port once the socket listens (``port=0`` picks a free one).
+    ``handshake_timeout`` bounds each TLS handshake (see :data:`DEFAULT_HANDSHAKE_TIMEOUT`).
     """
     import uvicorn
 
@@ -375,13 +382,34 @@ async def run_uvicorn(
         timeout_graceful_shutdown=int(graceful),
     )
     server = uvicorn.Server(config)
-    if ready is not None:
-        original_startup = server.startup
+    original_startup = server.startup
 
-        async def startup(sockets: Any = None) -> None:
+    async def startup(sockets: Any = None) -> None:
+        with _handshake_timeout(asyncio.get_running_loop(), handshake_timeout):
             await original_startup(sockets)
-            if server.started:
-                ready(server.servers[0].sockets[0].getsockname()[1])
+        if server.started and ready is not None:
+            ready(server.servers[0].sockets[0].getsockname()[1])
 
-        server.startup = startup  # type: ignore[method-assign]
+    server.startup = startup  # type: ignore[method-assign]
     await server.serve()
+
+
+@contextlib.contextmanager
+def _handshake_timeout(loop: asyncio.AbstractEventLoop, seconds: float) -> Iterator[None]:
+    """While uvicorn starts, the servers it creates get ``ssl_handshake_timeout=seconds``.
+
+    uvicorn has no setting for it and calls ``loop.create_server`` itself; asyncio fixes a
+    server's handshake timeout when it is created, so giving it to that one call is enough.
+    """
+    create_server = loop.create_server
+
+    async def create_server_with_timeout(*args: Any, **kwargs: Any) -> asyncio.Server:
+        if kwargs.get("ssl") is not None:
+            kwargs.setdefault("ssl_handshake_timeout", seconds)
+        return await create_server(*args, **kwargs)
+
+    loop.create_server = create_server_with_timeout  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del loop.create_server  # the instance attribute goes; the loop's own method shows again
