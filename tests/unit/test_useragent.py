@@ -94,3 +94,20 @@ def test_display_is_always_inert_and_bounded(agent: str, cap: int) -> None:
 def test_parse_never_raises(agent: str) -> None:
     ua = useragent.parse(agent)
     assert ua.raw == agent
+
+
+# --- cut: the apiserver's 1,024-byte limit ------------------------------------------------------
+
+
+def test_cut_keeps_agents_up_to_1024_bytes_and_cuts_longer_ones_as_the_apiserver_does() -> None:
+    assert useragent.cut("a" * 1024) == "a" * 1024
+    assert useragent.cut("a" * 1025) == "a" * 1024 + "...TRUNCATED"
+    assert useragent.cut("é" * 512) == "é" * 512  # 1,024 bytes, 512 characters
+
+
+def test_cut_splitting_a_character_leaves_one_replacement_per_byte_like_go() -> None:
+    # Go slices bytes (ua[:1024]); encoding/json writes each invalid byte as U+FFFD.
+    assert useragent.cut("a" * 1023 + "€€") == "a" * 1023 + "\ufffd...TRUNCATED"
+    assert useragent.cut("a" * 1022 + "€€") == "a" * 1022 + "\ufffd\ufffd...TRUNCATED"
+    assert useragent.cut("a" * 1021 + "€€") == "a" * 1021 + "€...TRUNCATED"
+    assert useragent.cut("a" * 1021 + "😀😀") == "a" * 1021 + "\ufffd" * 3 + "...TRUNCATED"

@@ -34,6 +34,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from webhook.core import useragent
+from webhook.core.cache import CacheStats, Memo, text_cost
 from webhook.errors import SetupError
 
 __all__ = [
@@ -301,7 +302,7 @@ class Allowlist:
         canonical = repr(([e.entry for e in self.agents], [e.entry for e in self.denied]))
         self.hash = hashlib.sha256(canonical.encode()).hexdigest()[:12]
         self._sections = (_Section(self.denied), _Section(self.agents))
-        self._candidates = lru_cache(maxsize=_CACHE_SIZE)(self._match_agent)
+        self._candidates = Memo(self._match_agent, max_entries=_CACHE_SIZE, cost=text_cost)
 
     @classmethod
     def from_yaml(cls, text: str, *, source: str = "allowlist.yaml") -> Allowlist:
@@ -339,6 +340,10 @@ class Allowlist:
         except (OSError, UnicodeDecodeError) as exc:
             raise AllowlistError(f"{path}: cannot read: {exc}") from None
         return cls.from_yaml(text, source=str(path))
+
+    def cache_stats(self) -> CacheStats:
+        """The verdict cache's entries and bytes (bounded by both: agents are attacker text)."""
+        return self._candidates.stats()
 
     def _match_agent(self, agent: str) -> tuple[tuple[int, ...], tuple[int, ...], bool]:
         """Entries whose pattern matches ``agent`` (scopes aside), and whether it is spoofed."""

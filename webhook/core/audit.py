@@ -11,8 +11,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from webhook.core import useragent
 from webhook.errors import InputError
 
 __all__ = [
@@ -75,7 +76,8 @@ class ResponseStatus(_Wire):
 
 
 class Event(_Wire):
-    """One audit event. ``user_agent`` is None when the client sent no User-Agent."""
+    """One audit event. ``user_agent`` is None when the client sent no User-Agent; it is at most
+    the apiserver's 1,024 bytes and ``...TRUNCATED`` (:func:`webhook.core.useragent.cut`)."""
 
     kind: Literal["Event"] = "Event"
     api_version: Literal["audit.k8s.io/v1"] = Field(default="audit.k8s.io/v1", alias="apiVersion")
@@ -93,6 +95,12 @@ class Event(_Wire):
     request_received_timestamp: str = Field(default="", alias="requestReceivedTimestamp")
     stage_timestamp: str = Field(default="", alias="stageTimestamp")
     annotations: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("user_agent")
+    @classmethod
+    def _cut_agent(cls, agent: str | None) -> str | None:
+        """Cut as the apiserver cuts (a longer one is forged), before any cache keeps it."""
+        return None if agent is None else useragent.cut(agent)
 
     @property
     def code(self) -> int | None:

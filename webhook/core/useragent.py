@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
-from functools import lru_cache
+from typing import Final
+
+from webhook.core.cache import Memo, text_cost
 
 __all__ = [
     "DISPLAY_MAX",
+    "MAX_AGENT_BYTES",
     "TRUNCATION_MARK",
     "ClientGo",
     "Product",
     "UserAgent",
+    "cut",
     "display",
     "has_unsafe_chars",
     "parse",
@@ -26,7 +30,10 @@ DISPLAY_MAX = 256
 """Default cap, in characters, on a displayed agent (after escaping)."""
 
 TRUNCATION_MARK = "...TRUNCATED"
-"""What kube-apiserver appends after cutting an agent at 1024 characters."""
+"""What kube-apiserver appends after cutting an agent at :data:`MAX_AGENT_BYTES`."""
+MAX_AGENT_BYTES: Final = 1024
+"""kube-apiserver writes at most this many bytes of an agent into an audit event, then
+:data:`TRUNCATION_MARK` (``maxUserAgentLength`` in k8s.io/apiserver/pkg/audit/request.go)."""
 
 _UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 # RFC 9110 tchar: the characters a token (product name or version) may hold.
@@ -165,13 +172,35 @@ def _read_token(text: str, start: int) -> tuple[str, int]:
     return text[start:i], i
 
 
-@lru_cache(maxsize=4096)
-def parse(agent: str) -> UserAgent:
-    """Parse an agent into product tokens and comments, leniently.
+def cut(agent: str) -> str:
+    """``agent`` as kube-apiserver writes it into an audit event: over :data:`MAX_AGENT_BYTES`
+    UTF-8 bytes, the first 1024 bytes and :data:`TRUNCATION_MARK`.
 
-    Anything that is not a token or comment marks the agent ``well_formed=False`` and is skipped;
-    parsing never raises. Only the first 4096 characters are examined.
+    Go slices the string's bytes, so a character split at the cut leaves invalid bytes, which
+    its JSON encoder writes as one U+FFFD each; so does this. An agent longer than this never
+    came from the apiserver; cutting it before any cache keeps every cache's keys small.
     """
+    if len(agent) <= MAX_AGENT_BYTES // 4:
+        return agent  # at most 4 bytes a character: short enough whatever it holds
+    raw = agent.encode("utf-8", "surrogatepass")
+    if len(raw) <= MAX_AGENT_BYTES:
+        return agent
+    head = raw[:MAX_AGENT_BYTES]
+    split = 0  # bytes of a character the cut split in two
+    lead = len(head)
+    while lead > 0 and len(head) - lead < 3 and head[lead - 1] & 0xC0 == 0x80:
+        lead -= 1  # back over continuation bytes to the character's first byte
+    if lead > 0 and head[lead - 1] >= 0xC0 and len(head) - (lead - 1) < _utf8_length(head[lead - 1]):
+        split = len(head) - (lead - 1)
+    text = head[: len(head) - split].decode("utf-8", "surrogatepass") + "\ufffd" * split
+    return text + TRUNCATION_MARK
+
+
+def _utf8_length(lead: int) -> int:
+    return 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
+
+
+def _parse(agent: str) -> UserAgent:
     truncated = agent.endswith(TRUNCATION_MARK)
     text = agent[:_MAX_PARSE]
     products: list[Product] = []
@@ -212,6 +241,14 @@ def parse(agent: str) -> UserAgent:
         client_go=client_go,
         well_formed=well_formed,
     )
+
+
+parse: Memo[str, UserAgent] = Memo(_parse, max_entries=4096, cost=text_cost)
+"""Parse an agent into product tokens and comments, leniently (memoized: agents repeat).
+
+Anything that is not a token or comment marks the agent ``well_formed=False`` and is skipped;
+parsing never raises. Only the first 4096 characters are examined.
+"""
 
 
 def _client_go(products: list[Product], comments: list[str], order: list[str]) -> ClientGo | None:

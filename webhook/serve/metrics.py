@@ -10,7 +10,7 @@ metrics code. What ``tail`` exposes too (findings, sinks, allowlist) comes from
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, get_args
 
@@ -19,11 +19,20 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from webhook.core.allowlist import AnnotatedVerdict, Mode
+from webhook.core.cache import CacheStats
 from webhook.core.live_allowlist import AllowlistStatus
 from webhook.serve.feed import FeedStats
 from webhook.serve.join import IndexStats
 from webhook.serve.tls import CertificateState
-from webhook.sinks.metrics import PREFIX, allowlist_metrics, counter, findings_metrics, gauge, sink_metrics
+from webhook.sinks.metrics import (
+    PREFIX,
+    allowlist_metrics,
+    cache_metrics,
+    counter,
+    findings_metrics,
+    gauge,
+    sink_metrics,
+)
 from webhook.sinks.outbox import Outbox
 
 __all__ = ["CONTENT_TYPE", "Metrics", "StateCollector", "StateSources"]
@@ -46,6 +55,8 @@ class StateSources:
     allowlist: Callable[[], AllowlistStatus]
     certificate: Callable[[], CertificateState]
     outboxes: Sequence[Outbox]
+    caches: Callable[[], Mapping[str, CacheStats]] = dict
+    """The agent caches' stats by name (bounded by bytes and entries)."""
 
 
 class StateCollector(Collector):
@@ -94,6 +105,7 @@ class StateCollector(Collector):
         yield gauge("detector_queue", "Audit events waiting for the detector.", queued)
         yield from allowlist_metrics(self.sources.allowlist())
         yield from sink_metrics(self.sources.outboxes)
+        yield from cache_metrics(self.sources.caches())
 
         cert = self.sources.certificate()
         yield gauge(

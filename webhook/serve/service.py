@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from webhook.core import useragent
 from webhook.core.allowlist import MODES
 from webhook.core.live_allowlist import DEFAULT_POLL_INTERVAL
 from webhook.detect.detector import Detector
@@ -105,6 +106,10 @@ class Service:
                 allowlist=self.allowlist.status,
                 certificate=self.certificates.state,
                 outboxes=self.sinks.outboxes if self.sinks is not None else [],
+                caches=lambda: {
+                    "useragent_parse": useragent.parse.stats(),
+                    "allowlist_verdicts": self.allowlist.current_or_fallback().cache_stats(),
+                },
             )
         )
         tls = settings.tls

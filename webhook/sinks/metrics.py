@@ -14,11 +14,20 @@ from typing import Final
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from webhook.core.cache import CacheStats
 from webhook.core.findings import RULES
 from webhook.core.live_allowlist import AllowlistStatus
 from webhook.sinks.outbox import Outbox
 
-__all__ = ["PREFIX", "allowlist_metrics", "counter", "findings_metrics", "gauge", "sink_metrics"]
+__all__ = [
+    "PREFIX",
+    "allowlist_metrics",
+    "cache_metrics",
+    "counter",
+    "findings_metrics",
+    "gauge",
+    "sink_metrics",
+]
 
 PREFIX: Final = "ua_sentinel"
 
@@ -79,3 +88,18 @@ def allowlist_metrics(allow: AllowlistStatus) -> Iterator[Metric]:
         info.add_metric([allow.hash or "", allow.source or ""], 1.0)
     yield info
     yield gauge("allowlist_expired_entries", "Entries past their expires date.", len(allow.expired_entries))
+
+
+def cache_metrics(caches: Mapping[str, CacheStats]) -> Iterator[Metric]:
+    """``ua_sentinel_cache_{bytes,entries,evictions}{cache}``: the agent caches, which are bounded
+    by bytes as well as entries (their keys are attacker text)."""
+    held = GaugeMetricFamily(f"{PREFIX}_cache_bytes", "Bytes held by each agent cache.", labels=["cache"])
+    entries = GaugeMetricFamily(f"{PREFIX}_cache_entries", "Entries in each agent cache.", labels=["cache"])
+    evictions = CounterMetricFamily(
+        f"{PREFIX}_cache_evictions", "Entries dropped to keep within the bounds.", labels=["cache"]
+    )
+    for name, stats in caches.items():
+        held.add_metric([name], stats.bytes)
+        entries.add_metric([name], stats.entries)
+        evictions.add_metric([name], stats.evictions)
+    yield from (held, entries, evictions)
