@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from tests.conftest import log_records
@@ -19,6 +20,7 @@ from webhook.core.findings import Finding
 from webhook.detect.detector import Detector
 from webhook.sinks.file import FileSink
 from webhook.sinks.http import HttpSink, slack_text
+from webhook.sinks.metrics import sink_metrics
 from webhook.sinks.outbox import Outbox
 from webhook.sinks.spec import parse_sink
 
@@ -89,7 +91,7 @@ def test_file_sink_cuts_a_torn_last_line_and_rotates_by_size(tmp_path: Path, fin
     sink.close()
     with open(path, "ab") as handle:
         handle.write(b'{"event": {"id": "torn')  # a crash in the middle of a write
-    sink = FileSink(str(path), max_bytes=4000, backups=2)
+    sink = FileSink(str(path), max_bytes=4000, backups=2, max_share=1.0)  # rotation alone, not fairness
     for finding in findings[1:]:
         sink.deliver(finding)
     sink.close()
@@ -98,6 +100,71 @@ def test_file_sink_cuts_a_torn_last_line_and_rotates_by_size(tmp_path: Path, fin
     assert all(f.stat().st_size < 4000 + 4000 for f in files)
     kept = findings_in(*files)  # parses: no torn line anywhere
     assert findings[-1].id in {f["event"]["id"] for f in kept}
+
+
+def _as(finding: Finding, n: int) -> Finding:
+    """``finding`` as the n-th of a flood: same principal, its own id."""
+    return finding.model_copy(update={"event": finding.event.model_copy(update={"id": f"flood-{n}"})})
+
+
+def test_one_principals_flood_cannot_rotate_the_others_findings_out(
+    tmp_path: Path, findings: list[Finding]
+) -> None:
+    path = tmp_path / "findings.jsonl"
+    sink = FileSink(str(path), max_bytes=64 * 1024, backups=2)
+    others = [f for f in findings if f.user.name != "mallory"]
+    probe = next(f for f in findings if f.user.name == "mallory")
+    for finding in others:
+        sink.deliver(finding)
+    for n in range(2000):  # ~5 MB of mallory's findings: 80 files' worth, would rotate 40 times
+        sink.deliver(_as(probe, n))
+    sink.close()
+    assert not Path(f"{path}.1").exists()  # mallory alone never fills a file
+    kept = findings_in(path)
+    assert {f.id for f in others} <= {f["event"]["id"] for f in kept}
+    mallory = [f for f in kept if f["user"]["name"] == "mallory"]
+    sizes = [len(orjson.dumps(f)) + 1 for f in mallory]
+    assert sum(sizes[:-1]) < sink.share_bytes <= sum(sizes)  # the one reaching the share went in
+    assert sink.suppressed == 2000 - len(mallory) > 1900
+
+
+def test_the_share_survives_a_restart_and_renews_when_the_file_rotates(
+    tmp_path: Path, findings: list[Finding]
+) -> None:
+    path = tmp_path / "findings.jsonl"
+    probe = next(f for f in findings if f.user.name == "mallory")
+    first = FileSink(str(path), max_bytes=64 * 1024, backups=2)
+    for n in range(100):
+        first.deliver(_as(probe, n))
+    first.close()
+    again = FileSink(str(path), max_bytes=64 * 1024, backups=2)
+    again.deliver(_as(probe, 100))  # the file it reopened already holds mallory's share
+    assert again.suppressed == 1
+    other = next(f for f in findings if f.user.name == "dev-alice")
+    for n in range(1000):  # many other users fill the file: it rotates
+        if Path(f"{path}.1").exists():
+            break
+        user = other.user.model_copy(update={"name": f"user-{n}"})
+        again.deliver(
+            other.model_copy(update={"user": user, "event": other.event.model_copy(update={"id": f"o{n}"})})
+        )
+    assert Path(f"{path}.1").exists()
+    again.deliver(_as(probe, 101))  # a new file: mallory has a share again
+    again.close()
+    assert "flood-101" in {f["event"]["id"] for f in findings_in(path)}
+
+
+def test_suppressed_findings_are_a_metric(tmp_path: Path, findings: list[Finding]) -> None:
+    path = tmp_path / "findings.jsonl"
+    sink = FileSink(str(path), max_bytes=64 * 1024)
+    outbox = Outbox(parse_sink(f"file:{path}"), sink)
+    probe = next(f for f in findings if f.user.name == "mallory")
+    outbox.put([_as(probe, n) for n in range(100)])
+    assert outbox.drain(timeout=10)
+    outbox.close()
+    (family,) = [m for m in sink_metrics([outbox]) if m.name == "ua_sentinel_sink_suppressed"]
+    (sample,) = [s for s in family.samples if s.name.endswith("_total")]
+    assert sample.labels == {"sink": f"file:{path}"} and sample.value == sink.suppressed > 0
 
 
 def test_http_sink_retries_with_backoff_and_keeps_order(server: Any, findings: list[Finding]) -> None:

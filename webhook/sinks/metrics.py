@@ -64,13 +64,20 @@ def sink_metrics(outboxes: Iterable[Outbox]) -> Iterator[Metric]:
         f"{PREFIX}_sink_dropped", "Findings dropped: the sink's backlog overflowed.", labels=["sink"]
     )
     backlog = GaugeMetricFamily(f"{PREFIX}_sink_backlog", "Findings waiting for a sink.", labels=["sink"])
+    suppressed = CounterMetricFamily(
+        f"{PREFIX}_sink_suppressed",
+        "Findings a sink did not write to stay fair: their principal was over its share of the "
+        "file (file sinks only).",
+        labels=["sink"],
+    )
     for outbox in outboxes:
         label = [outbox.spec.label]
         delivered.add_metric(label, outbox.delivered)
         failures.add_metric(label, outbox.failures)
         dropped.add_metric(label, outbox.dropped)
         backlog.add_metric(label, len(outbox))
-    yield from (delivered, failures, dropped, backlog)
+        suppressed.add_metric(label, getattr(outbox.sink, "suppressed", 0))
+    yield from (delivered, failures, dropped, backlog, suppressed)
 
 
 def allowlist_metrics(allow: AllowlistStatus) -> Iterator[Metric]:
