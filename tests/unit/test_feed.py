@@ -70,3 +70,20 @@ def test_a_failing_sink_is_counted_and_the_feed_goes_on() -> None:
     feed.submit(all_events())
     feed.close()
     assert feed.stats.sink_errors == feed.stats.findings > 0
+
+
+def test_the_queue_is_bounded_by_bytes_as_well_as_events() -> None:
+    event = all_events()[0]
+    padded = event.model_copy(update={"request_uri": "/api/v1/secrets?" + "&" * 1_000_000})  # ~1 MB
+    sink = SlowSink()
+    feed = DetectorFeed(Detector(ALLOWLIST), sink, max_events=1000, max_bytes=5 * 1024 * 1024)
+    # not started: nothing drains, so what is queued stays queued
+    assert all(feed.submit([padded]) for _ in range(5))
+    assert not feed.submit([padded])  # 6 MB would be over 5 MiB, although 6 events are far under 1000
+    assert feed.stats.dropped == 1 and feed.pending == 5
+    assert 5_000_000 < feed.pending_bytes <= 5 * 1024 * 1024
+    assert feed.submit([event])  # a small event still fits
+    sink.release.set()
+    feed.start()
+    feed.close()
+    assert feed.pending == 0 and feed.pending_bytes == 0

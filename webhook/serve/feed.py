@@ -3,7 +3,8 @@
 ``POST /audit`` must answer fast (the apiserver's batch backend waits for us) and must never
 wait for a slow sink, so :class:`DetectorFeed` runs the one Detector (not thread-safe, same as
 ``replay`` uses) and the sink on a background thread behind a bounded queue. When the queue is
-full, batches are dropped and counted rather than blocking the event loop.
+full (by events or by bytes), batches are dropped and counted rather than blocking the event
+loop.
 """
 
 from __future__ import annotations
@@ -21,12 +22,24 @@ from webhook.detect.detector import Detector
 from webhook.logs import fields
 from webhook.sinks.base import Sink
 
-__all__ = ["DEFAULT_QUEUE_EVENTS", "DetectorFeed", "FeedStats"]
+__all__ = ["DEFAULT_QUEUE_BYTES", "DEFAULT_QUEUE_EVENTS", "DetectorFeed", "FeedStats", "event_bytes"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_QUEUE_EVENTS: Final = 100_000
 """Events waiting for the Detector before new batches are dropped."""
+DEFAULT_QUEUE_BYTES: Final = 256 * 1024 * 1024
+"""Bytes (:func:`event_bytes`) waiting for the Detector before new batches are dropped: a real
+apiserver writes request URIs of up to ~1 MB (Go's header limit), so a count alone allows GBs."""
+_EVENT_OVERHEAD: Final = 2048
+"""What a parsed Event costs besides its strings (the objects pydantic builds), about."""
+
+
+def event_bytes(event: Event) -> int:
+    """About what ``event`` holds in memory: its attacker-sized strings, and a fixed overhead."""
+    size = _EVENT_OVERHEAD + len(event.request_uri) + len(event.user_agent or "") + len(event.audit_id)
+    size += len(event.user.username) + sum(len(g) for g in event.user.groups)
+    return size + sum(len(k) + len(v) for k, v in event.annotations.items())
 
 
 @dataclass(slots=True)
@@ -57,13 +70,16 @@ class DetectorFeed:
         sink: Sink,
         *,
         max_events: int = DEFAULT_QUEUE_EVENTS,
+        max_bytes: int = DEFAULT_QUEUE_BYTES,
     ) -> None:
         self.detector = detector
         self.sink = sink
         self.max_events = max_events
+        self.max_bytes = max_bytes
         self.stats = FeedStats()
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._pending = 0
+        self._pending_bytes = 0
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -71,21 +87,29 @@ class DetectorFeed:
     def pending(self) -> int:
         return self._pending
 
+    @property
+    def pending_bytes(self) -> int:
+        """About the bytes the queued events hold (:func:`event_bytes`)."""
+        return self._pending_bytes
+
     def start(self) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="detector", daemon=True)
             self._thread.start()
 
     def submit(self, events: Sequence[Event]) -> bool:
-        """Queue ``events`` for the Detector; False (and counted as dropped) when the queue is full."""
+        """Queue ``events`` for the Detector; False (and counted as dropped) when the queue is full,
+        by events or by bytes."""
         if not events:
             return True
+        size = sum(event_bytes(event) for event in events)
         with self._lock:
-            if self._pending + len(events) > self.max_events:
+            if self._pending + len(events) > self.max_events or self._pending_bytes + size > self.max_bytes:
                 self.stats.dropped += len(events)
                 return False
             self._pending += len(events)
-        self._queue.put(events)
+            self._pending_bytes += size
+        self._queue.put((events, size))
         return True
 
     def _run(self) -> None:
@@ -93,8 +117,9 @@ class DetectorFeed:
             item = self._queue.get()
             if item is _STOP:
                 break
-            assert isinstance(item, Sequence)
-            for event in item:
+            assert isinstance(item, tuple)
+            batch: Sequence[Event] = item[0]
+            for event in batch:
                 try:
                     found = self.detector.process(event)
                 except Exception:
@@ -103,8 +128,9 @@ class DetectorFeed:
                     continue
                 self._deliver(found)
             with self._lock:
-                self._pending -= len(item)
-                self.stats.events += len(item)
+                self._pending -= len(batch)
+                self._pending_bytes -= item[1]
+                self.stats.events += len(batch)
 
     def _deliver(self, found: list[Finding]) -> None:
         by_rule = self.stats.by_rule

@@ -379,7 +379,11 @@ async def readyz(request: Request) -> Response:
         "allowlist": allow.to_dict(),
         "auditAuth": state.audit_auth,
         "join": {"pending": len(state.index), "waitSeconds": state.join_wait},
-        "detector": {"queued": state.feed.pending, "dropped": state.feed.stats.dropped},
+        "detector": {
+            "queued": state.feed.pending,
+            "queuedBytes": state.feed.pending_bytes,
+            "dropped": state.feed.stats.dropped,
+        },
     }
     return Response(orjson.dumps(body), status_code=200 if ready else 503, media_type=JSON)
 
