@@ -111,3 +111,9 @@ def test_cut_splitting_a_character_leaves_one_replacement_per_byte_like_go() -> 
     assert useragent.cut("a" * 1022 + "€€") == "a" * 1022 + "\ufffd\ufffd...TRUNCATED"
     assert useragent.cut("a" * 1021 + "€€") == "a" * 1021 + "€...TRUNCATED"
     assert useragent.cut("a" * 1021 + "😀😀") == "a" * 1021 + "\ufffd" * 3 + "...TRUNCATED"
+
+
+def test_cut_is_idempotent_so_an_event_the_apiserver_cut_reads_back_unchanged() -> None:
+    for agent in ("a" * 1021 + "😀😀", "a" * 1022 + "😀😀", "a" * 1023 + "€€", "b" * 5000):
+        once = useragent.cut(agent)
+        assert useragent.cut(once) == once

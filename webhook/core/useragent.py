@@ -185,6 +185,8 @@ def cut(agent: str) -> str:
     raw = agent.encode("utf-8", "surrogatepass")
     if len(raw) <= MAX_AGENT_BYTES:
         return agent
+    if raw.endswith(_MARK_BYTES) and len(raw) - len(_MARK_BYTES) <= MAX_AGENT_BYTES + _MAX_SPLIT_GROWTH:
+        return agent  # already cut (by the apiserver, or by us): the same again, as in a replay
     head = raw[:MAX_AGENT_BYTES]
     split = 0  # bytes of a character the cut split in two
     lead = len(head)
@@ -194,6 +196,11 @@ def cut(agent: str) -> str:
         split = len(head) - (lead - 1)
     text = head[: len(head) - split].decode("utf-8", "surrogatepass") + "\ufffd" * split
     return text + TRUNCATION_MARK
+
+
+_MARK_BYTES: Final = TRUNCATION_MARK.encode()
+_MAX_SPLIT_GROWTH: Final = 6
+"""A split 4-byte character leaves up to 3 bytes, each written as U+FFFD (3 bytes): 6 more."""
 
 
 def _utf8_length(lead: int) -> int:
