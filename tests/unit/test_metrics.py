@@ -31,6 +31,7 @@ SHARED = {
     "ua_sentinel_sink_failures": ("counter", {"sink"}),
     "ua_sentinel_sink_dropped": ("counter", {"sink"}),
     "ua_sentinel_sink_backlog": ("gauge", {"sink"}),
+    "ua_sentinel_sink_suppressed": ("counter", {"sink"}),
     "ua_sentinel_allowlist_loaded": ("gauge", set()),
     "ua_sentinel_allowlist_reloads": ("counter", set()),
     "ua_sentinel_allowlist_reload_errors": ("counter", set()),
