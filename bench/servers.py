@@ -105,7 +105,7 @@ def certificates() -> tuple[Path, Path, Path]:
 def start_sentinel(
     name: str = "serve", *, launcher: Sequence[str] = (), extra: Sequence[str] = (), log: str = "info"
 ) -> Server:
-    """``ua-sentinel serve`` (warn mode, built-in allowlist, findings to a file).
+    """``ua-sentinel serve`` (warn mode, built-in allowlist, findings to a file, ``/audit`` open).
 
     With ``launcher`` options the process is ``bench.serve_main`` (the same CLI with one thing
     changed: ``--join-ttl S`` or ``--gc-default``); without, the plain ``ua-sentinel`` executable.
@@ -114,6 +114,7 @@ def start_sentinel(
     port = free_port()
     args = ["serve", "--tls-cert", str(cert), "--tls-key", str(key), "--host", "127.0.0.1"]
     args += ["--port", str(port), "--sink", f"file:{OUT / (name + '-findings.jsonl')}", "--log-level", log]
+    args += ["--audit-insecure"]  # the load generators post audit events without a certificate
     args += list(extra)
     if launcher:
         argv = [str(PYTHON), "-m", "bench.serve_main", *launcher, "--", *args]
