@@ -8,8 +8,9 @@ whether any of them *changed* something (a mutating verb that succeeded). A find
 same user and agent carries this as ``ua_sentinel.related``; an unlisted agent that both acted
 and was refused (acting + probing) is escalated by the Detector.
 
-Memory is bounded: at most ``max_principals`` entries (least recently flagged dropped first),
-a few samples each, and entries idle for ``ttl`` seconds of event time are forgotten.
+Memory is bounded: at most ``max_principals`` entries and ``max_bytes`` (user names, agents and
+samples are attacker text; least recently flagged dropped first), a few samples each, and
+entries idle for ``ttl`` seconds of event time are forgotten.
 """
 
 from __future__ import annotations
@@ -21,7 +22,12 @@ from typing import Any
 from webhook.core.allowlist import VERDICT_RANK
 from webhook.core.audit import MUTATING_VERBS, VERDICT_ANNOTATION, Event
 
-__all__ = ["Correlation", "Flagged", "webhook_verdict"]
+__all__ = ["DEFAULT_MAX_BYTES", "Correlation", "Flagged", "webhook_verdict"]
+
+DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+"""What the remembered principals may hold: 4,096 of 4 KiB each."""
+_ENTRY_OVERHEAD = 512
+"""The objects of an entry besides its strings, about."""
 
 
 def webhook_verdict(annotations: dict[str, str]) -> str | None:
@@ -58,12 +64,23 @@ class Flagged:
 class Correlation:
     """Per (user, agent) memory of flagged requests. Not thread-safe (the Detector owns it)."""
 
-    def __init__(self, *, max_principals: int = 4096, samples: int = 10, ttl: float = 3600.0) -> None:
+    def __init__(
+        self,
+        *,
+        max_principals: int = 4096,
+        samples: int = 10,
+        ttl: float = 3600.0,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
         self.max_principals = max_principals
         self.samples = samples
         self.ttl = ttl
+        self.max_bytes = max_bytes
         self.evicted = 0
+        self.bytes = 0
+        """About what the entries hold (:meth:`_cost`); at most ``max_bytes``."""
         self._memory: OrderedDict[tuple[str, str | None], Flagged] = OrderedDict()
+        self._costs: dict[tuple[str, str | None], int] = {}
 
     def __len__(self) -> int:
         return len(self._memory)
@@ -94,10 +111,27 @@ class Correlation:
         entry.last = stamp or entry.last
         if epoch is not None:
             entry.last_epoch = max(entry.last_epoch, epoch)
-        while len(self._memory) > self.max_principals:
-            self._memory.popitem(last=False)
+        self._account(key, entry)
+        while len(self._memory) > self.max_principals or (
+            self.bytes > self.max_bytes and len(self._memory) > 1
+        ):
+            self._forget(next(iter(self._memory)))
             self.evicted += 1
         return True
+
+    @staticmethod
+    def _cost(key: tuple[str, str | None], entry: Flagged) -> int:
+        strings = (*entry.verbs, *entry.resources, *entry.audit_ids, *entry.verdicts, entry.first, entry.last)
+        return _ENTRY_OVERHEAD + len(key[0]) + len(key[1] or "") + sum(len(s) for s in strings)
+
+    def _account(self, key: tuple[str, str | None], entry: Flagged) -> None:
+        cost = self._cost(key, entry)
+        self.bytes += cost - self._costs.get(key, 0)
+        self._costs[key] = cost
+
+    def _forget(self, key: tuple[str, str | None]) -> None:
+        del self._memory[key]
+        self.bytes -= self._costs.pop(key, 0)
 
     def related(self, username: str, agent: str | None, now: float) -> Flagged | None:
         """What was flagged for this principal, unless it is older than ``ttl``."""
@@ -105,21 +139,24 @@ class Correlation:
         if entry is None:
             return None
         if entry.last_epoch and now - entry.last_epoch > self.ttl:
-            del self._memory[(username, agent)]
+            self._forget((username, agent))
             return None
         return entry
 
     def prune(self, now: float) -> None:
         """Forget principals not flagged within ``ttl`` of ``now`` (event time)."""
         for key in [k for k, v in self._memory.items() if v.last_epoch and now - v.last_epoch > self.ttl]:
-            del self._memory[key]
+            self._forget(key)
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [{"user": u, "agent": a, **asdict(v)} for (u, a), v in self._memory.items()]
 
     def restore(self, items: list[dict[str, Any]]) -> None:
         self._memory.clear()
+        self._costs.clear()
+        self.bytes = 0
         for raw in items:
             item = dict(raw)
             key = (str(item.pop("user")), item.pop("agent"))
-            self._memory[key] = Flagged(**item)
+            self._memory[key] = entry = Flagged(**item)
+            self._account(key, entry)
