@@ -67,7 +67,8 @@ def test_finding_carries_ecs_fields_and_threat(audit_lines: list[bytes]) -> None
 def test_display_form_of_a_bidi_agent_is_escaped(audit_lines: list[bytes]) -> None:
     (finding,) = [f for f in run(audit_lines) if f.user_agent.original and "\u202e" in f.user_agent.original]
     assert finding.user_agent.display == "kubectl/v1.30.0 \\u202e(evil) \\u200b"
-    assert finding.ua_sentinel["verdict"]["reason"] == "agent holds control, bidi or zero-width characters"
+    reason = finding.ua_sentinel["verdict"]["reason"]
+    assert reason == "agent holds control, bidi, invisible or look-alike characters"
 
 
 def test_denied_agent_is_high_severity(audit_lines: list[bytes]) -> None:
