@@ -1,17 +1,23 @@
 """``ua-sentinel`` command line: parses arguments and hands off to library functions.
 
 Only this module prints to stderr or exits. Exit status: 0 when the command ran (findings
-are not errors), 1 for an I/O or configuration error (one line on stderr), 2 for usage errors.
+are not errors), 1 for an I/O or configuration error (one line on stderr), 2 for usage errors
+(one line on stderr: every numeric flag is range-checked when parsed), 141 when the reader of
+stdout went away (``... | head -1``; silent, as a process killed by SIGPIPE, which is what shells
+and ``set -o pipefail`` expect). Ordinary mistakes never print a traceback.
 Each subcommand is an ``_add_<name>`` function that registers its parser and a ``_run_<name>``.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from webhook import __version__
 from webhook.core import useragent
@@ -20,6 +26,7 @@ from webhook.detect.detector import Detector, DetectorConfig
 from webhook.errors import SetupError
 from webhook.inputs.formats import FORMATS
 from webhook.logs import LOG_LEVELS
+from webhook.tools.certs import MAX_DAYS
 
 __all__ = ["CliError", "build_parser", "load_allowlist", "main"]
 
@@ -28,6 +35,56 @@ Runner = Callable[[argparse.Namespace], int]
 
 class CliError(SetupError):
     """A problem the user can fix; printed as one line, exit status 1."""
+
+
+EXIT_BROKEN_PIPE = 141
+"""128 + SIGPIPE: what a shell reports for a process a closed pipe stopped."""
+_DAY = 86400.0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line (``ua-sentinel check: argument --days: ...``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _ranged(
+    convert: Callable[[str], float], low: float, high: float, *, above: bool = False
+) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number in [low, high] (``above``: strictly above low).
+
+    Out-of-range values are usage errors at parse time, never an OverflowError later
+    (``--days 999999999``, ``--window inf``, ``--port 99999``).
+    """
+    lower = f"above {_shown(low)}" if above else f"at least {_shown(low)}"
+
+    def parse(text: str) -> float:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value < low or (above and value == low) or value > high:
+            raise argparse.ArgumentTypeError(f"{text!r} must be {lower} and at most {_shown(high)}")
+        return value
+
+    parse.__name__ = convert.__name__  # argparse names the type in its messages
+    return parse
+
+
+def _shown(number: float) -> str:
+    return str(int(number)) if number == int(number) else f"{number:g}"
+
+
+def _int(low: int, high: int) -> Callable[[str], float]:
+    return _ranged(int, low, high)
+
+
+def _seconds(low: float, high: float, *, above: bool = True) -> Callable[[str], float]:
+    return _ranged(float, low, high, above=above)
+
+
+_PORT = _int(0, 65535)
 
 
 def load_allowlist(path: str | None) -> Allowlist:
@@ -70,28 +127,28 @@ def _rule_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--window",
-        type=float,
+        type=_seconds(0, 30 * _DAY),
         default=DetectorConfig().window.total_seconds(),
         metavar="SECONDS",
         help="aggregate refusals of one user+agent+source over this long (default: %(default)s)",
     )
     parser.add_argument(
         "--burst-threshold",
-        type=int,
+        type=_int(1, 1_000_000),
         default=DetectorConfig().burst_threshold,
         metavar="N",
         help="forbidden-burst: distinct refused URIs of one user+agent (default: %(default)s)",
     )
     parser.add_argument(
         "--burst-window",
-        type=float,
+        type=_seconds(0, 30 * _DAY),
         default=DetectorConfig().burst_window.total_seconds(),
         metavar="SECONDS",
         help="forbidden-burst: within this long (default: %(default)s)",
     )
     parser.add_argument(
         "--baseline-days",
-        type=int,
+        type=_int(0, 3650),
         default=7,
         metavar="N",
         help="new-agent-forbidden: an agent family not refused in the N days before is new; 0 turns "
@@ -102,10 +159,6 @@ def _rule_args(parser: argparse.ArgumentParser) -> None:
 def _detector_config(args: argparse.Namespace) -> DetectorConfig:
     import datetime as dt
 
-    if args.window <= 0 or args.burst_window <= 0:
-        raise CliError("--window and --burst-window must be positive")
-    if args.burst_threshold < 1 or args.baseline_days < 0:
-        raise CliError("--burst-threshold must be at least 1 and --baseline-days not negative")
     return DetectorConfig(
         window=dt.timedelta(seconds=args.window),
         burst_threshold=args.burst_threshold,
@@ -123,7 +176,7 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     _allowlist_arg(parser)
     parser.add_argument(
         "--workers",
-        type=int,
+        type=_int(1, 1024),
         default=os.cpu_count() or 1,
         metavar="N",
         help="processes scanning a large plain file (default: %(default)s, the CPU count)",
@@ -142,8 +195,6 @@ def _run_replay(args: argparse.Namespace) -> int:
     from webhook.sinks.base import JsonLinesSink
     from webhook.tools.replay import replay
 
-    if args.workers < 1:
-        raise CliError("--workers must be at least 1")
     config = _detector_config(args)
     allowlist = load_allowlist(args.allowlist)
     baseline = None
@@ -155,6 +206,8 @@ def _run_replay(args: argparse.Namespace) -> int:
     sink = JsonLinesSink()
     try:
         report = replay(args.logs, detector, sink, workers=args.workers, fmt=args.format)
+    except BrokenPipeError:  # our reader went away: main() ends quietly
+        raise
     except OSError as exc:
         raise _os_error(exc) from None
     finally:
@@ -201,15 +254,18 @@ def _add_certs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.add_argument("--out", required=True, metavar="DIR")
     parser.add_argument("--dns", action="append", metavar="NAME", help="DNS name (repeatable)")
     parser.add_argument("--ip", action="append", metavar="IP", help="IP address (repeatable)")
-    parser.add_argument("--days", type=int, default=365)
+    parser.add_argument(
+        "--days",
+        type=_int(1, MAX_DAYS),
+        default=365,
+        help=f"validity in days, 1 to {MAX_DAYS} (default: %(default)s)",
+    )
     parser.set_defaults(run=_run_certs)
 
 
 def _run_certs(args: argparse.Namespace) -> int:
     from webhook.tools.certs import write_serving_set
 
-    if args.days <= 0:
-        raise CliError("--days must be positive")
     dns = args.dns if args.dns is not None else (["localhost"] if args.ip is None else [])
     ips = args.ip if args.ip is not None else (["127.0.0.1"] if args.dns is None else [])
     try:
@@ -232,7 +288,9 @@ def _add_apiserver_config(sub: argparse._SubParsersAction[argparse.ArgumentParse
         "DIR/ca.key when it is missing; --ca/--client-cert/--client-key override single files.",
     )
     parser.add_argument("--service-ip", required=True, metavar="IP", help="the Service's ClusterIP")
-    parser.add_argument("--port", type=int, default=443, help="the Service's port (default: %(default)s)")
+    parser.add_argument(
+        "--port", type=_int(1, 65535), default=443, help="the Service's port (default: %(default)s)"
+    )
     parser.add_argument(
         "--tls-server-name",
         metavar="NAME",
@@ -254,8 +312,6 @@ def _add_apiserver_config(sub: argparse._SubParsersAction[argparse.ArgumentParse
 
 
 def _run_apiserver_config(args: argparse.Namespace) -> int:
-    import os
-
     from webhook.tools import apiserver_config as apiserverconfig
     from webhook.tools import certs
 
@@ -293,13 +349,13 @@ def _run_apiserver_config(args: argparse.Namespace) -> int:
             return 0
         out = Path(args.out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / apiserverconfig.POLICY_FILE).write_text(config.policy)
-        fd = os.open(out / apiserverconfig.KUBECONFIG_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:  # holds the client key: owner-only
-            os.fchmod(fd, 0o600)
-            handle.write(config.kubeconfig)
+        certs.write_file(out / apiserverconfig.POLICY_FILE, config.policy.encode(), 0o644)
+        # Holds the client key: owner-only, and never written through a planted symlink.
+        certs.write_file(out / apiserverconfig.KUBECONFIG_FILE, config.kubeconfig.encode(), 0o600)
     except ValueError as exc:
         raise CliError(str(exc)) from None
+    except BrokenPipeError:  # our reader went away: main() ends quietly
+        raise
     except OSError as exc:
         raise _os_error(exc) from None
     print(f"wrote {out}/{apiserverconfig.POLICY_FILE} and {apiserverconfig.KUBECONFIG_FILE}", file=sys.stderr)
@@ -324,18 +380,18 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.add_argument("--audit-client-ca", metavar="FILE", help="/audit needs a client cert signed by it")
     _live_allowlist_args(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=8443, help="port (default: %(default)s; 0: any free)")
+    parser.add_argument("--port", type=_PORT, default=8443, help="port (default: %(default)s; 0: any free)")
     parser.add_argument("--mode", choices=MODES, default="warn")
     parser.add_argument(
         "--join-wait",
-        type=float,
+        type=_seconds(0, 30, above=False),
         default=0.05,
         metavar="SECONDS",
         help="how long /validate awaits a late RequestReceived audit event (default: %(default)s)",
     )
     parser.add_argument(
         "--join-ttl",
-        type=float,
+        type=_seconds(0, 3600),
         default=10.0,
         metavar="SECONDS",
         help="how long an unclaimed RequestReceived stays joinable (default: %(default)s)",
@@ -356,9 +412,9 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="where findings go: stdout (default) | file:PATH | k8s-events[:NAMESPACE] | http:URL | "
         "slack:URL; repeatable",
     )
-    parser.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024, metavar="N")
-    parser.add_argument("--cert-reload-interval", type=float, default=5.0, metavar="SECONDS")
-    parser.add_argument("--allowlist-reload-interval", type=float, default=2.0, metavar="SECONDS")
+    parser.add_argument("--max-body-bytes", type=_int(1024, 2**31), default=8 * 1024 * 1024, metavar="N")
+    parser.add_argument("--cert-reload-interval", type=_seconds(0, _DAY), default=5.0, metavar="SECONDS")
+    parser.add_argument("--allowlist-reload-interval", type=_seconds(0, _DAY), default=2.0, metavar="SECONDS")
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     parser.set_defaults(run=_run_serve)
 
@@ -413,22 +469,28 @@ def _add_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="without a checkpoint, read the rotated backups and PATH from their start",
     )
-    parser.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics here")
+    parser.add_argument("--metrics-port", type=_PORT, metavar="PORT", help="serve Prometheus metrics here")
     _rule_args(parser)
     parser.add_argument(
         "--grace",
-        type=float,
+        type=_seconds(0, _DAY, above=False),
         default=30.0,
         metavar="SECONDS",
         help="when live, close windows this long after they end by the wall clock (default: %(default)s)",
     )
-    parser.add_argument("--poll-interval", type=float, default=0.2, metavar="SECONDS", help=argparse.SUPPRESS)
     parser.add_argument(
-        "--checkpoint-interval", type=float, default=2.0, metavar="SECONDS", help=argparse.SUPPRESS
+        "--poll-interval", type=_seconds(0, 60), default=0.2, metavar="SECONDS", help=argparse.SUPPRESS
+    )
+    parser.add_argument(
+        "--checkpoint-interval",
+        type=_seconds(0, 3600),
+        default=2.0,
+        metavar="SECONDS",
+        help=argparse.SUPPRESS,
     )
     parser.add_argument(
         "--max-backlog",
-        type=int,
+        type=_int(1, 10_000_000),
         default=10_000,
         metavar="N",
         help="undelivered findings kept per sink before the oldest are dropped (default: %(default)s)",
@@ -477,11 +539,19 @@ def _add_suggest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     parser.add_argument(
         "--audit-log", action="append", required=True, metavar="FILE", help="repeatable; - for stdin"
     )
-    parser.add_argument("--days", type=int, metavar="N", help="only the last N days before the newest event")
-    parser.add_argument("--format", choices=FORMATS, default="k8s")
-    parser.add_argument("--min-requests", type=int, default=20, metavar="N", help="(default: %(default)s)")
     parser.add_argument(
-        "--max-forbidden-share", type=float, default=0.25, metavar="F", help="(default: %(default)s)"
+        "--days", type=_int(1, 3650), metavar="N", help="only the last N days before the newest event"
+    )
+    parser.add_argument("--format", choices=FORMATS, default="k8s")
+    parser.add_argument(
+        "--min-requests", type=_int(0, 10**9), default=20, metavar="N", help="(default: %(default)s)"
+    )
+    parser.add_argument(
+        "--max-forbidden-share",
+        type=_ranged(float, 0, 1),
+        default=0.25,
+        metavar="F",
+        help="(default: %(default)s)",
     )
     parser.add_argument("--write", metavar="FILE", help="also write the proposed allowlist.yaml here")
     parser.set_defaults(run=_run_suggest)
@@ -493,8 +563,6 @@ def _run_suggest(args: argparse.Namespace) -> int:
     from webhook.inputs.files import open_log
     from webhook.tools.suggest import propose, render_report, render_yaml, survey
 
-    if args.days is not None and args.days < 1:
-        raise CliError("--days must be at least 1")
     allowlist = load_allowlist(args.allowlist)
     try:
         with contextlib.ExitStack() as stack:
@@ -519,7 +587,7 @@ def _run_suggest(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = _Parser(
         prog="ua-sentinel",
         description="Flag Kubernetes API requests whose user agent is not on the cluster's allowlist.",
     )
@@ -539,13 +607,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Run one command; ordinary failures end in one line on stderr, never a traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     run: Runner = args.run
     try:
         code = run(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit where it cannot be caught
+    except BrokenPipeError:
+        # The reader of stdout went away: stop quietly, as `yes | head -1` does. Point stdout at
+        # /dev/null so the interpreter's own flush at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = EXIT_BROKEN_PIPE
     except SetupError as exc:
         print(f"ua-sentinel {args.command}: {exc}", file=sys.stderr)
+        code = 1
+    except OSError as exc:  # writing to stdout or stderr (a full disk), or a file no runner named
+        print(f"ua-sentinel {args.command}: {_os_error(exc)}", file=sys.stderr)
+        code = 1
+    except sqlite3.Error as exc:  # the new-agent-forbidden baseline (--baseline, tail's --state)
+        print(f"ua-sentinel {args.command}: baseline database: {exc}", file=sys.stderr)
         code = 1
     except KeyboardInterrupt:
         code = 130

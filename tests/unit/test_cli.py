@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 
 from tests.conftest import AUDIT_LOGS
@@ -144,3 +147,152 @@ def test_certs_writes_a_ca_and_serving_pair_with_private_keys(tmp_path: Path) ->
 def test_usage_errors_exit_2() -> None:
     assert cli("replay").returncode == 2
     assert cli("no-such-command").returncode == 2
+
+
+# --- Ordinary mistakes end in one line on stderr, never a traceback (issue 12, items 14 and 15) ---
+
+
+def one_line_error(result: subprocess.CompletedProcess[bytes], code: int) -> str:
+    """The error as one line; serve and tail may log JSON records (one per line) before it."""
+    err = result.stderr.decode()
+    assert result.returncode == code, err
+    assert "Traceback" not in err and "Exception ignored" not in err
+    assert err.endswith("\n"), err
+    said = [line for line in err.splitlines() if not line.startswith('{"ts":')]
+    assert len(said) == 1, err
+    return said[0]
+
+
+def closed_pipe() -> int:
+    """The write end of a pipe whose read end is already closed: every write fails with EPIPE."""
+    read, write = os.pipe()
+    os.close(read)
+    return write
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["check", "kubectl/v1.30.2"],
+        ["replay", *map(str, AUDIT_LOGS)],
+        ["suggest", "--audit-log", str(AUDIT_LOGS[1]), "--min-requests", "1"],
+        ["apiserver-config", "--service-ip", "10.0.0.1", "--certs-dir", "{certs}"],
+        ["--help"],
+    ],
+    ids=["check", "replay", "suggest", "apiserver-config", "help"],
+)
+def test_a_closed_stdout_ends_quietly_with_status_141(tmp_path: Path, args: list[str]) -> None:
+    if "{certs}" in args:
+        assert cli("certs", "--out", str(tmp_path)).returncode == 0
+        args = [str(tmp_path) if a == "{certs}" else a for a in args]
+    stdout = closed_pipe()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "webhook", *args], stdout=stdout, stderr=subprocess.PIPE, timeout=120
+        )
+    finally:
+        os.close(stdout)
+    err = result.stderr.decode()
+    assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err
+    assert result.returncode in (141, 0 if args == ["--help"] else 141)
+
+
+def test_a_full_disk_on_stdout_is_one_line() -> None:
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "webhook", "check", "kubectl/v1"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            timeout=120,
+        )
+    assert "No space left on device" in one_line_error(result, 1)
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["certs", "--out", "{tmp}", "--days", "999999999"], "--days"),
+        (["certs", "--out", "{tmp}", "--days", "0"], "--days"),
+        (["replay", "--window", "nan", "x.log"], "--window"),
+        (["replay", "--window", "1e308", "x.log"], "--window"),
+        (["replay", "--burst-window", "inf", "x.log"], "--burst-window"),
+        (["replay", "--workers", "many", "x.log"], "--workers"),
+        (["replay", "--baseline-days", "-1", "x.log"], "--baseline-days"),
+        (["suggest", "--audit-log", "x.log", "--max-forbidden-share", "nan"], "--max-forbidden-share"),
+        (["suggest", "--audit-log", "x.log", "--days", "99999999999"], "--days"),
+        (["apiserver-config", "--service-ip", "10.0.0.1", "--port", "70000"], "--port"),
+        (["serve", "--tls-cert", "c", "--tls-key", "k", "--port", "99999"], "--port"),
+        (["serve", "--tls-cert", "c", "--tls-key", "k", "--join-wait", "inf"], "--join-wait"),
+        (
+            ["serve", "--tls-cert", "c", "--tls-key", "k", "--cert-reload-interval", "nan"],
+            "--cert-reload-interval",
+        ),
+        (["tail", "--state", "{tmp}", "--metrics-port", "99999", "x.log"], "--metrics-port"),
+        (["tail", "--state", "{tmp}", "--poll-interval", "0", "x.log"], "--poll-interval"),
+        (["tail", "--state", "{tmp}", "--grace", "-inf", "x.log"], "--grace"),
+        (["check", "--bogus", "x"], "--bogus"),
+        (["replay"], "AUDIT_LOG"),
+    ],
+)
+def test_a_bad_flag_value_is_a_one_line_usage_error(tmp_path: Path, args: list[str], flag: str) -> None:
+    result = cli(*(str(tmp_path) if a == "{tmp}" else a for a in args))
+    assert flag in one_line_error(result, 2)
+
+
+def _bad_file(tmp_path: Path, kind: str) -> str:
+    """A path that cannot be read as a file: missing, a directory, or a socket (ENXIO even for root)."""
+    path = tmp_path / kind
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "socket":
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(path))
+        server.close()
+    return str(path)
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "socket"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["check", "--allowlist", "{bad}", "x"],
+        ["replay", "{bad}"],
+        ["replay", "--allowlist", "{bad}", "{log}"],
+        ["replay", "--baseline", "{bad}/new/baseline.db", "{log}"],
+        ["suggest", "--audit-log", "{bad}"],
+        ["suggest", "--audit-log", "{log}", "--allowlist", "{bad}"],
+        ["apiserver-config", "--service-ip", "10.0.0.1", "--certs-dir", "{bad}"],
+        ["serve", "--tls-cert", "{bad}", "--tls-key", "{bad}"],
+        ["tail", "--state", "{bad}/state", "--allowlist", "{bad}", "{log}"],
+    ],
+    ids=lambda a: " ".join(a[:2]) if isinstance(a, list) else a,
+)
+def test_a_bad_file_is_a_one_line_error(tmp_path: Path, args: list[str], kind: str) -> None:
+    bad = _bad_file(tmp_path, kind)
+    given = [a.replace("{bad}", bad).replace("{log}", str(AUDIT_LOGS[1])) for a in args]
+    one_line_error(cli(*given), 1)
+
+
+def test_certs_never_write_through_a_planted_symlink(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    out = tmp_path / "certs"
+    out.mkdir()
+    for name in ("ca.key.tmp", "tls.key.tmp", "ca.crt.tmp", "tls.key"):
+        (out / name).symlink_to(victim)
+    result = cli("certs", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert victim.read_text() == "untouched\n"
+    for key in ("ca.key", "tls.key"):
+        assert not (out / key).is_symlink()
+        assert (out / key).stat().st_mode & 0o777 == 0o600
+        assert b"PRIVATE KEY" in (out / key).read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["ca.crt", "ca.key", "tls.crt", "tls.key", "ca.key.tmp", "tls.key.tmp", "ca.crt.tmp"]
+    )
+
+
+@pytest.mark.parametrize("kind", ["directory", "socket"])
+def test_a_baseline_that_is_not_a_database_file_is_a_one_line_error(tmp_path: Path, kind: str) -> None:
+    result = cli("replay", "--baseline", _bad_file(tmp_path, kind), str(AUDIT_LOGS[1]))
+    assert "baseline database" in one_line_error(result, 1)
