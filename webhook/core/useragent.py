@@ -18,7 +18,7 @@ __all__ = [
     "UserAgent",
     "display",
     "has_unsafe_chars",
-    "is_default_ignorable",
+    "is_invisible",
     "is_look_alike",
     "parse",
     "skeleton",
@@ -59,17 +59,17 @@ _DEFAULT_IGNORABLE: tuple[tuple[int, int], ...] = (
     (0x1D173, 0x1D17A),  # MUSICAL SYMBOL BEGIN BEAM..END PHRASE
     (0xE0000, 0xE0FFF),  # tags, VARIATION SELECTOR-17..256, reserved
 )
-_BLANK = frozenset({0x2800})
-"""Drawn as nothing though neither a format character nor default-ignorable: BRAILLE PATTERN BLANK."""
+_INVISIBLE = frozenset(code for low, high in _DEFAULT_IGNORABLE for code in range(low, high + 1)) | {
+    0x2800  # BRAILLE PATTERN BLANK: drawn as nothing, though neither format nor default-ignorable
+}
 # RFC 9110 tchar: the characters a token (product name or version) may hold.
 _TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _MAX_PARSE = 4096
 
 
-def is_default_ignorable(ch: str) -> bool:
-    """Unicode's Default_Ignorable_Code_Point property (see ``_DEFAULT_IGNORABLE``)."""
-    code = ord(ch)
-    return any(low <= code <= high for low, high in _DEFAULT_IGNORABLE)
+def is_invisible(ch: str) -> bool:
+    """Unicode's Default_Ignorable_Code_Point property (``_DEFAULT_IGNORABLE``), or a blank."""
+    return ord(ch) in _INVISIBLE
 
 
 def is_look_alike(ch: str) -> bool:
@@ -92,13 +92,10 @@ def is_look_alike(ch: str) -> bool:
     )
 
 
-@lru_cache(maxsize=4096)
 def _unsafe_non_ascii(ch: str) -> bool:
     if ch == "\ufffd":
         return True  # what encoders put in place of invalid bytes: the agent was not text
-    if unicodedata.category(ch) in _UNSAFE_CATEGORIES or ord(ch) in _BLANK:
-        return True
-    return is_default_ignorable(ch) or is_look_alike(ch)
+    return unicodedata.category(ch) in _UNSAFE_CATEGORIES or is_invisible(ch) or is_look_alike(ch)
 
 
 def _is_unsafe(ch: str) -> bool:
@@ -126,7 +123,7 @@ def skeleton(agent: str) -> str:
 
     For ``denied:`` entries only (``\\uff50eirates`` is still peirates); never a reason to list.
     """
-    visible = "".join(ch for ch in agent if not (is_default_ignorable(ch) or ord(ch) in _BLANK))
+    visible = "".join(ch for ch in agent if not is_invisible(ch))
     return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", visible).casefold())
 
 
