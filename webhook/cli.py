@@ -237,11 +237,12 @@ def _run_check(args: argparse.Namespace) -> int:
     decision = allowlist.decide(args.agent, user=args.user, groups=args.group, namespace=args.namespace)
     print(f"verdict:   {decision.verdict}")
     print(f'agent:     "{useragent.display(args.agent)}"')
-    print(f"entry:     {decision.entry or '(none)'}")
+    # Entry labels quote the allowlist's own patterns and its path: escaped like the agent.
+    print(f"entry:     {useragent.display(decision.entry or '(none)', 1024)}")
     print(f"reason:    {decision.reason}")
     for label in decision.expired:
-        print(f"expired:   {label}")
-    print(f"allowlist: {allowlist.source} (hash {allowlist.hash})")
+        print(f"expired:   {useragent.display(label, 1024)}")
+    print(f"allowlist: {useragent.display(allowlist.source, 1024)} (hash {allowlist.hash})")
     return 0
 
 

@@ -325,8 +325,9 @@ def test_tail_k8s_events_sink_writes_escaped_events_where_the_docs_say_and_redel
         assert event["metadata"]["name"] == f"ua-sentinel.{finding['event']['id'][:24]}.1"
         assert "\u202e" not in event["message"]
         escaped = agent.replace("\u202e", "\\u202e")
-        assert f'user mallory with agent "{escaped}"' in event["message"]
-        assert finding["event"]["id"] in event["message"]
+        assert event["message"].startswith(f"finding {finding['event']['id']} unusual-agent-forbidden (")
+        assert " user mallory from " in event["message"]
+        assert event["message"].endswith(f'with agent "{escaped}"')
     assert tail.stop() == 0
     seen = {e["metadata"]["uid"] for e in (local, remote)}
 

@@ -120,7 +120,9 @@ def test_slack_text_shows_only_the_escaped_agent(server: Any, findings: list[Fin
     ((path, body, _),) = server.requests
     assert path == "/slack" and set(body) == {"text"}
     assert "\u202e" not in body["text"] and "\\u202e" in body["text"]
-    assert slack_text(spoof).startswith("ua-sentinel unusual-agent-forbidden (medium): user mallory")
+    assert slack_text(spoof).startswith(
+        f"ua-sentinel finding {spoof.id} unusual-agent-forbidden (medium): user mallory"
+    )
     assert "<" not in slack_text(spoof).replace("&lt;", "")
 
 

@@ -296,3 +296,17 @@ def test_certs_never_write_through_a_planted_symlink(tmp_path: Path) -> None:
 def test_a_baseline_that_is_not_a_database_file_is_a_one_line_error(tmp_path: Path, kind: str) -> None:
     result = cli("replay", "--baseline", _bad_file(tmp_path, kind), str(AUDIT_LOGS[1]))
     assert "baseline database" in one_line_error(result, 1)
+
+
+def test_the_replay_summary_escapes_what_a_malformed_line_chose(tmp_path: Path) -> None:
+    """pydantic's error location is an annotation key the line chose: ESC]0;...BEL retitles a terminal."""
+    event = json.loads(AUDIT_LOGS[1].read_bytes().splitlines()[0])
+    event["annotations"] = {"\x1b]0;pwned\x07\u202e": 1}
+    log = tmp_path / "audit\x1b[2J.log"
+    log.write_text(json.dumps(event) + "\n" + "403 \x1b[41m junk\n")
+    result = cli("replay", str(log))
+    assert result.returncode == 0, result.stderr
+    err = result.stderr.decode()
+    assert "2 malformed skipped" in err
+    assert "\x1b" not in err and "\x07" not in err and "\u202e" not in err
+    assert "annotations.\\x1b]0;pwned\\x07\\u202e" in err and "audit\\x1b[2J.log:1: " in err

@@ -13,9 +13,10 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from webhook.core.allowlist import Verdict
-from webhook.core.useragent import display
+from webhook.core.useragent import display, has_unsafe_chars
 
 __all__ = [
+    "ONE_LINE_MAX",
     "RULES",
     "THREAT",
     "Aggregate",
@@ -31,6 +32,12 @@ __all__ = [
     "VerdictDetail",
     "dumps",
 ]
+
+ONE_LINE_MAX = 1024
+""":meth:`Finding.one_line` never exceeds this (a Kubernetes Event message's cap)."""
+_USER_MAX = 96
+_URI_MAX = 256
+_AGENT_MAX = 180
 
 Severity = Literal["low", "medium", "high", "critical"]
 RISK_SCORE: dict[Severity, int] = {"low": 21, "medium": 47, "high": 73, "critical": 99}
@@ -180,17 +187,33 @@ class Finding(_Out):
         return self.model_dump(by_alias=True, exclude_none=True)
 
     def one_line(self) -> str:
-        """The finding as one sentence for people (Event messages, chat). Only the escaped agent
-        (``user_agent.display``) appears, never the raw one; user, URI and verb are escaped too,
-        since they come from the same audit event an attacker shaped."""
+        """The finding as one sentence for people (Event messages, chat), at most
+        :data:`ONE_LINE_MAX` characters whatever the audit event held.
+
+        Identifiers come first (finding id, rule, user, source IP, time), so a cut made by whoever
+        shows the line never loses them; the long attacker-shaped fields (verb, URI, agent) come
+        last, each escaped (:func:`~webhook.core.useragent.display`) and capped on its own. Only the
+        escaped agent (``user_agent.display``) appears, never the raw one.
+        """
         audit = self.kubernetes.get("audit", {})
-        severity = self.ua_sentinel.get("severity", "?")
+        severity = display(str(self.ua_sentinel.get("severity", "?")), 16)
+        user = display(self.user.name, _USER_MAX)
+        if self.user.effective is not None:
+            user += f" (as {display(self.user.effective.name, _USER_MAX)})"
         return (
-            f"{self.rule.name} ({severity}): user {display(self.user.name)} with agent "
-            f'"{self.user_agent.display}": {self.event.count} request(s), first '
-            f"{display(str(audit.get('verb', '?')))} {display(str(audit.get('requestURI', '?')))} "
-            f"from {self.source.ip or '?'} at {self.timestamp}; finding {self.id}"
-        )
+            f"finding {display(self.id, 64)} {display(self.rule.name, 48)} ({severity}): "
+            f"user {user} from {display(self.source.ip or '?', 64)} at {display(self.timestamp, 40)}: "
+            f"{self.event.count} request(s), first {display(str(audit.get('verb', '?')), 32)} "
+            f"{display(str(audit.get('requestURI', '?')), _URI_MAX)} "
+            f'with agent "{_capped(self.user_agent.display, _AGENT_MAX)}"'
+        )[:ONE_LINE_MAX]
+
+
+def _capped(shown: str, limit: int) -> str:
+    """An already escaped text (``user_agent.display``) cut to ``limit``, never escaped twice."""
+    if has_unsafe_chars(shown):  # not what display() makes: a finding read back from elsewhere
+        shown = display(shown, limit)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
 
 
 def dumps(finding: Finding) -> bytes:

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from webhook.core.audit import parse_event
+from webhook.core.useragent import display
 from webhook.detect.detector import Detector
 from webhook.inputs.files import open_log
 from webhook.inputs.formats import Format
@@ -52,7 +53,11 @@ class ReplayReport:
             f"ua-sentinel replay: {self.lines} lines ({self.bytes} bytes) read, "
             f"{self.malformed} malformed skipped, {self.findings} findings"
         )
-        shown = [f"  {m.source}:{m.line}: {m.reason}" for m in self.malformed_samples]
+        # A reason quotes the line (pydantic's error location is a key the line chose: an
+        # annotation key holding ESC]0;...BEL would retitle the terminal); both are escaped.
+        shown = [
+            f"  {display(m.source, 1024)}:{m.line}: {display(m.reason, 300)}" for m in self.malformed_samples
+        ]
         if self.malformed > len(self.malformed_samples):
             shown.append(f"  ... and {self.malformed - len(self.malformed_samples)} more")
         return "\n".join([text, *shown])
