@@ -300,3 +300,16 @@ def test_a_non_ascii_look_alike_of_a_listed_agent_is_never_listed(listed: str, d
     assert not agent.isascii()
     assert unicodedata.normalize("NFKC", agent).casefold() == listed.casefold()
     assert allow.decide(agent).verdict != "listed"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['"\\e]0;x\\a": []', 'agents: [{glob: "a/*", "\\e[2J\\u202e": 1}]'],
+    ids=["top-level key", "entry key"],
+)
+def test_an_error_message_escapes_the_keys_the_file_chose(text: str) -> None:
+    with pytest.raises(AllowlistError) as caught:
+        load(text)
+    message = str(caught.value)
+    assert "\x1b" not in message and "\x07" not in message and "\u202e" not in message
+    assert "\\x1b" in message

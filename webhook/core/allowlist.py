@@ -285,7 +285,9 @@ def _parse_items(section: Section, items: Any) -> list[Entry]:
             entries.append(Entry.model_validate(item))
         except ValidationError as exc:
             problems = "; ".join(
-                (".".join(str(p) for p in err["loc"]) + ": " if err["loc"] else "")
+                # A key the file chose (extra="forbid" names it): escaped, as the message reaches
+                # Events, /readyz and terminals.
+                (".".join(useragent.display(str(p), 120) for p in err["loc"]) + ": " if err["loc"] else "")
                 + err["msg"].removeprefix("Value error, ")
                 for err in exc.errors()
             )
@@ -324,7 +326,7 @@ class Allowlist:
             doc = {}
         if not isinstance(doc, dict):
             raise AllowlistError(f"{source}: top level must be a mapping with agents: and denied:")
-        unknown = sorted(str(k) for k in doc if k not in ("agents", "denied"))
+        unknown = sorted(useragent.display(str(k), 120) for k in doc if k not in ("agents", "denied"))
         if unknown:
             raise AllowlistError(f"{source}: unknown key(s) {', '.join(unknown)}; expected agents, denied")
         try:
