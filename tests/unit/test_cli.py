@@ -310,3 +310,13 @@ def test_the_replay_summary_escapes_what_a_malformed_line_chose(tmp_path: Path) 
     assert "2 malformed skipped" in err
     assert "\x1b" not in err and "\x07" not in err and "\u202e" not in err
     assert "annotations.\\x1b]0;pwned\\x07\\u202e" in err and "audit\\x1b[2J.log:1: " in err
+
+
+@pytest.mark.parametrize("kind", ["file", "socket"])
+def test_certs_into_something_that_is_not_a_directory_is_a_one_line_error(tmp_path: Path, kind: str) -> None:
+    out = tmp_path / kind
+    if kind == "file":
+        out.write_text("x")
+    else:
+        _bad_file(tmp_path, kind)
+    assert str(out) in one_line_error(cli("certs", "--out", str(out)), 1)
