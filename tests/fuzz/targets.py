@@ -25,6 +25,7 @@ _SCAN_ALLOWLIST = Allowlist.from_yaml('agents: ["kubectl/*", "kube-*"]\ndenied: 
 
 def assert_inert(text: str, cap: int) -> None:
     assert len(text) <= cap, (len(text), cap)
+    assert not useragent.has_unsafe_chars(text), text  # no invisible, combining or look-alike either
     for ch in text:
         assert ch == " " or (unicodedata.category(ch) not in UNSAFE and ch != "\ufffd"), repr(ch)
 
