@@ -229,6 +229,10 @@ def test_promtool_check_rules_accepts_what_the_chart_renders(
     assert set(alerts(render)) == ALERTS
 
 
+def test_prometheus_rule_needs_the_prometheus_operator(render_error: Any) -> None:
+    assert "monitoring.coreos.com/v1" in render_error({"prometheusRule": {"enabled": True}})
+
+
 @pytest.mark.parametrize("unit", sorted(p.name for p in PROMTOOL_TESTS.glob("*.yaml")))
 def test_promtool_unit_tests_fire_each_alert(
     render: Render, promtool: Path, tmp_path: Path, unit: str
@@ -285,6 +289,21 @@ def test_thresholds_and_alert_labels_are_settable(render: Render) -> None:
     assert all(r["labels"]["team"] == "security" and r["labels"]["severity"] for r in found.values())
     assert found["UASentinelJoinMostlyUnknown"]["expr"].split()[-2:] == [">", "0.9"]
     assert found["UASentinelSourceLagging"]["expr"].split()[-2:] == [">", "60"]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"prometheusRule": {"latencyTimeoutRatio": 0}},
+        {"prometheusRule": {"joinUnknownRatio": 1.5}},
+        {"prometheusRule": {"sourceLagSeconds": "5m"}},
+        {"grafana": {"labels": {"grafana_dashboard": 1}}},
+    ],
+)
+def test_schema_refuses_thresholds_and_labels_that_cannot_work(
+    render_error: Any, values: dict[str, Any]
+) -> None:
+    assert "values don't meet the specifications of the schema" in render_error(values)
 
 
 # --- every metric named is one the code exports ---------------------------------------------------
