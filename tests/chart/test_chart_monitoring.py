@@ -24,7 +24,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.procs import free_port
-from tests.e2e.tools import ToolError, ensure_promtool
+from tests.e2e.tools import ToolError, cache_root, ensure_promtool
 from tests.integration.server import ServeProcess, make_pki, wait_for
 
 from .conftest import CHART, NAMESPACE, PROMETHEUS, Render
@@ -67,6 +67,18 @@ def promtool() -> Path:
         return ensure_promtool(progress=sys.stderr)
     except ToolError as exc:
         pytest.fail(f"could not get promtool: {exc}", pytrace=False)
+
+
+def test_promtool_is_extracted_from_the_debian_package_when_not_installed(tmp_path: Path) -> None:
+    """A fresh machine has no /usr/bin/promtool: the binary comes out of the `prometheus` .deb
+    (cached), without installing the package and the server it would start."""
+    try:
+        tool = ensure_promtool(progress=sys.stderr, system=tmp_path / "no-promtool")
+    except ToolError as exc:
+        pytest.fail(f"could not get promtool: {exc}", pytrace=False)
+    assert tool.parent.parent == cache_root() / "promtool"
+    done = subprocess.run([str(tool), "--version"], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0 and done.stdout.startswith("promtool, version "), done.stdout + done.stderr
 
 
 def run_promtool(promtool: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
