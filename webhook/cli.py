@@ -159,6 +159,10 @@ def _run_replay(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise CliError("--workers must be at least 1")
+    if args.report:
+        from webhook.tools.report import require_jinja2
+
+        require_jinja2()  # before reading, not after
     config = _detector_config(args)
     allowlist = load_allowlist(args.allowlist)
     baseline = None
@@ -543,6 +547,10 @@ def _run_suggest(args: argparse.Namespace) -> int:
 
     if args.days is not None and args.days < 1:
         raise CliError("--days must be at least 1")
+    if args.report:
+        from webhook.tools.report import require_jinja2
+
+        require_jinja2()
     allowlist = load_allowlist(args.allowlist)
     try:
         with contextlib.ExitStack() as stack:

@@ -30,7 +30,7 @@ from webhook.sinks.base import Sink
 from webhook.tools.replay import ReplayReport
 from webhook.tools.suggest import AgentCounts, Proposal, Survey, product_of
 
-__all__ = ["ReportCollector", "ReportError", "render_replay", "render_suggest"]
+__all__ = ["ReportCollector", "ReportError", "render_replay", "render_suggest", "require_jinja2"]
 
 MAX_AGENTS = 10_000
 """Agents counted one by one; the rest go to one ``(other agents)`` row (attackers can invent
@@ -141,6 +141,11 @@ class ReportCollector:
             for (name, bucket), count in self.timeline.items():
                 coarser[(name, bucket * old // self.resolution)] += count
             self.timeline = coarser
+
+
+def require_jinja2() -> None:
+    """Raise :class:`ReportError` now, before a long read, if the page could not be written after it."""
+    _environment()
 
 
 def _environment() -> Any:
