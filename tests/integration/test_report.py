@@ -91,6 +91,7 @@ def test_replay_report_renders_without_errors_and_the_screenshot_shows_the_chart
         assert page.evaluate("document.body.getAttribute('data-charts-ready')") == "1"
         assert page.problems == []
         assert _chart_pixels(page, "timeline", FIRST_SERIES) > 500  # bars drawn, not a blank canvas
+        assert "DejaVu Sans" in page.evaluate("getComputedStyle(document.body).fontFamily")  # CSS applied
         text = page.evaluate("document.getElementById('read').innerText")
         assert "1630" in text and "2026-11-27T18:09:37Z" in text
         agents = page.evaluate(

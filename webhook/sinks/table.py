@@ -70,10 +70,10 @@ def _columns(*, wide: bool, agent_width: int) -> list[Column]:
         Column("TIME", 19, _time),
         Column("RULE", 23, lambda f: display(f.rule.name, 64)),
         Column("SEVERITY", 8, lambda f: display(str(f.ua_sentinel.get("severity", "?")), 16)),
-        Column("CLUSTER", 14, _cluster),
-        Column("USER", 20, lambda f: display(f.user.name, 128)),
+        Column("CLUSTER", 12, _cluster),
+        Column("USER", 16, lambda f: display(f.user.name, 128)),
         Column("AGENT", agent_width, lambda f: f.user_agent.display),
-        Column("VERBS/RESOURCES", 28 if not wide else 40, _verbs_resources),
+        Column("VERBS/RESOURCES", 24 if not wide else 40, _verbs_resources),
         Column("COUNT", 5, lambda f: str(f.event.count), right=True),
     ]
     if wide:

@@ -122,7 +122,7 @@ class ReportCollector:
         if VERDICT_RANK[verdict] > VERDICT_RANK[row.verdict] or row.events == 0:
             row.verdict = verdict
         row.events += 1
-        name = display(user.username, 128)
+        name = display(user.username, 128) if user.username else "(no user)"
         if name in row.users or len(row.users) < MAX_USERS:
             row.users[name] += 1
         if when is not None:
