@@ -192,7 +192,7 @@ def _run_replay(args: argparse.Namespace) -> int:
         raise _os_error(exc) from None
     finally:
         if progress is not None:
-            progress.done()
+            progress.clear()
         sink.close()
         if baseline is not None:
             baseline.close()

@@ -30,16 +30,22 @@ class Terminal:
     """``ua-sentinel ARGS`` with stdout and stderr each on a terminal or a pipe, read as it runs."""
 
     def __init__(
-        self, *args: str, stdout_tty: bool = True, stderr_tty: bool = True, columns: int = COLUMNS
+        self,
+        *args: str,
+        stdout_tty: bool = True,
+        stderr_tty: bool = True,
+        same_tty: bool = False,
+        columns: int = COLUMNS,
     ) -> None:
+        """``same_tty``: stdout and stderr on one terminal, as in a shell (all in :attr:`stdout`)."""
         ends: list[tuple[int, int]] = []
-        for tty in (stdout_tty, stderr_tty):
+        for tty in (stdout_tty, stderr_tty)[: 1 if same_tty else 2]:
             ends.append(_pty(columns) if tty else os.pipe())
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "webhook", *args],
             stdin=subprocess.DEVNULL,
             stdout=ends[0][1],
-            stderr=ends[1][1],
+            stderr=ends[-1][1],
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT), "TERM": "xterm"},
         )
@@ -49,8 +55,8 @@ class Terminal:
         self._err = bytearray()
         self._lock = threading.Lock()
         self._threads = [
-            threading.Thread(target=self._drain, args=(ends[0][0], self._out), daemon=True),
-            threading.Thread(target=self._drain, args=(ends[1][0], self._err), daemon=True),
+            threading.Thread(target=self._drain, args=(fd, into), daemon=True)
+            for (fd, _), into in zip(ends, (self._out, self._err), strict=False)
         ]
         for thread in self._threads:
             thread.start()

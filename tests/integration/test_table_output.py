@@ -122,6 +122,25 @@ def test_progress_shows_on_a_terminal_stderr_and_is_cleared_before_the_summary()
     assert "\x1b" not in piped and "\r" not in piped and piped.startswith("ua-sentinel replay: 1630 lines")
 
 
+def test_on_one_terminal_every_table_row_starts_on_a_clean_line() -> None:
+    """stdout and stderr on one screen: the progress line is erased before each row is printed."""
+    term = Terminal("replay", "--workers", "1", *SAMPLE, same_tty=True)
+    assert term.finish() == 0
+    assert "replay: file 1/2" in term.stdout  # the progress line was drawn
+    screen = [line.rsplit("\r", 1)[-1].replace("\x1b[K", "") for line in term.stdout.split("\n")]
+    assert screen[0].split() == HEADER
+    assert [line.split()[2] for line in screen[1:16]] == [
+        "known-bad-agent",
+        *["unusual-agent-forbidden"] * 3,
+        "known-bad-agent",
+        *["unusual-agent-forbidden"] * 2,
+        *["known-bad-agent"] * 2,
+        *["unusual-agent-forbidden"] * 4,
+        *["known-bad-agent"] * 2,
+    ]
+    assert screen[16].startswith("ua-sentinel replay: 1630 lines")
+
+
 def test_tail_on_a_terminal_prints_the_table_and_into_a_pipe_json(tmp_path: Path) -> None:
     log, allowlist = _files(tmp_path)
     common = [

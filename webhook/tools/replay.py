@@ -62,7 +62,7 @@ class ReplayReport:
 
 class Progress:
     """One status line on a terminal (files, MB read, MB/s, findings so far), redrawn at most
-    every ``interval`` seconds and at each new file, cleared by :meth:`done`.
+    every ``interval`` seconds and at each new file, erased by :meth:`clear`.
 
     Replay calls :meth:`update` per decoded event and per file; bytes are counted per block read,
     so a long stretch with nothing to decode shows as one step.
@@ -90,11 +90,13 @@ class Progress:
         self._stream.flush()
         self._drawn = True
 
-    def done(self) -> None:
-        """Erase the line, so the summary that follows starts on a clean one."""
+    def clear(self) -> None:
+        """Erase the line: before a finding is printed (stdout may be the same terminal) and
+        before the summary. The next :meth:`update` draws it again."""
         if self._drawn:
             self._stream.write("\r\x1b[K")
             self._stream.flush()
+            self._drawn = False
 
 
 def replay(
@@ -129,6 +131,8 @@ def replay(
                 if observe is not None:
                     observe(event)
                 for finding in detector.process(event):
+                    if progress is not None:
+                        progress.clear()
                     sink.deliver(finding)
                     report.findings += 1
                 if progress is not None:
@@ -140,6 +144,8 @@ def replay(
                 stream.close()
         report.lines += decoder.lines
         report.bytes += decoder.size
+    if progress is not None:
+        progress.clear()
     for finding in detector.flush():
         sink.deliver(finding)
         report.findings += 1
