@@ -135,7 +135,7 @@ def test_suggest_report_renders_the_proposal_and_its_chart(chromium: Path, tmp_p
         page.open(page_file)
         assert page.evaluate("document.body.getAttribute('data-charts-ready')") == "1"
         assert page.problems == []
-        assert _chart_pixels(page, "products", (0xC0, 0x39, 0x2B)) > 500
+        assert _chart_pixels(page, "products", (0x27, 0xAE, 0x60)) > 500  # "allowed" bars
         proposal = page.evaluate("document.getElementById('proposal').innerText")
         assert "kubectl/*" in proposal
         assert "agents:" in page.evaluate("document.getElementById('yaml').innerText")

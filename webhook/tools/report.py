@@ -17,7 +17,7 @@ import datetime as dt
 import hashlib
 import importlib.resources
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,8 @@ TIMELINE_AGENTS = 8
 TIMELINE_BARS = 60
 NICE_BUCKETS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400)
 OTHER_AGENTS = "(other agents)"
+CHART_LABEL_CHARS = 40
+SUGGEST_COLOURS = {"allowed": "#27ae60", "forbidden": "#c0392b", "other": "#95a5a6"}
 ASSETS = "data/report"
 
 
@@ -186,6 +188,11 @@ def _render(template: str, **context: Any) -> str:
     return rendered
 
 
+def _short(text: str) -> str:
+    """A chart label: the table beside it holds the whole (escaped) text."""
+    return text if len(text) <= CHART_LABEL_CHARS else text[: CHART_LABEL_CHARS - 1] + "…"
+
+
 def _bucket_seconds(span: float, resolution: int) -> int:
     for size in NICE_BUCKETS:
         if size >= resolution and span / size <= TIMELINE_BARS:
@@ -215,7 +222,7 @@ def _timeline(collector: ReportCollector) -> dict[str, Any]:
     labels = [dt.datetime.fromtimestamp(start + i * size, dt.UTC).strftime(fmt) for i in range(bars)]
     return {
         "labels": labels,
-        "series": [{"label": name, "data": values} for name, values in series.items()],
+        "series": [{"label": _short(name), "data": values} for name, values in series.items()],
         "bucket": size,
     }
 
@@ -279,10 +286,8 @@ def render_suggest(
     proposal: Proposal,
     allowlist: Allowlist,
     proposed_yaml: str,
-    decide: Callable[[str | None], str] | None = None,
 ) -> str:
     """The ``suggest --report`` page: what is proposed, why the rest is not, every agent counted."""
-    judge = decide or (lambda agent: allowlist.decide(agent).verdict if agent else "unlisted")
     products: dict[str, list[tuple[str | None, AgentCounts]]] = {}
     for agent, counts in agents.items():
         products.setdefault(product_of(agent), []).append((agent, counts))
@@ -302,7 +307,7 @@ def render_suggest(
                 "agents": [
                     {
                         "agent": display(agent, AGENT_CHARS),
-                        "verdict": judge(agent),
+                        "verdict": allowlist.decide(agent).verdict if agent else "unlisted",
                         "requests": counts.requests,
                         "allowed": counts.allowed,
                         "forbidden": counts.forbidden,
@@ -319,10 +324,10 @@ def render_suggest(
     chart = {
         "id": "products",
         "kind": "products",
-        "labels": [row["product"] for row in shown],
+        "labels": [_short(display(product, 200)) for product in order[: len(shown)]],
         "series": [
-            {"label": kind, "data": [row[kind] for row in shown]}
-            for kind in ("allowed", "forbidden", "other")
+            {"label": kind, "data": [row[kind] for row in shown], "color": colour}
+            for kind, colour in SUGGEST_COLOURS.items()
         ],
     }
     return _render(

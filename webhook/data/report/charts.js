@@ -17,7 +17,7 @@
       data: {
         labels: spec.labels,
         datasets: spec.series.map(function (s, n) {
-          return { label: s.label, data: s.data, backgroundColor: palette[n % palette.length] };
+          return { label: s.label, data: s.data, backgroundColor: s.color || palette[n % palette.length] };
         })
       },
       options: {
