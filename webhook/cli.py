@@ -54,6 +54,16 @@ def _live_allowlist_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _output_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=("json", "table", "wide"),
+        help="findings on stdout as JSON lines or a table (wide: also verdict, source, id); "
+        "default: a table on a terminal, JSON lines otherwise",
+    )
+
+
 def _os_error(exc: OSError) -> CliError:
     """One line naming the file and the system's reason, no traceback."""
     return CliError(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}")
@@ -134,16 +144,25 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         metavar="FILE",
         help="SQLite baseline for new-agent-forbidden (created if missing; the rule is off without it)",
     )
+    _output_arg(parser)
+    parser.add_argument(
+        "--report", metavar="HTML", help="also write a self-contained HTML report here (needs [report])"
+    )
     parser.add_argument("logs", nargs="+", metavar="AUDIT_LOG")
     parser.set_defaults(run=_run_replay)
 
 
 def _run_replay(args: argparse.Namespace) -> int:
-    from webhook.sinks.base import JsonLinesSink
-    from webhook.tools.replay import replay
+    from webhook.sinks.base import Sink
+    from webhook.sinks.table import output_sink
+    from webhook.tools.replay import Progress, replay
 
     if args.workers < 1:
         raise CliError("--workers must be at least 1")
+    if args.report:
+        from webhook.tools.report import require_jinja2
+
+        require_jinja2()  # before reading, not after
     config = _detector_config(args)
     allowlist = load_allowlist(args.allowlist)
     baseline = None
@@ -152,17 +171,45 @@ def _run_replay(args: argparse.Namespace) -> int:
 
         baseline = Baseline(args.baseline, days=args.baseline_days)
     detector = Detector(allowlist, config=config, baseline=baseline)
-    sink = JsonLinesSink()
+    sink: Sink = output_sink(args.output)
+    collector = None
+    if args.report:
+        from webhook.tools.report import ReportCollector
+
+        sink = collector = ReportCollector(sink, allowlist)
+    progress = Progress(sys.stderr, len(args.logs)) if sys.stderr.isatty() else None
     try:
-        report = replay(args.logs, detector, sink, workers=args.workers, fmt=args.format)
+        report = replay(
+            args.logs,
+            detector,
+            sink,
+            workers=args.workers,
+            fmt=args.format,
+            progress=progress,
+            observe=collector.observe if collector is not None else None,
+        )
     except OSError as exc:
         raise _os_error(exc) from None
     finally:
+        if progress is not None:
+            progress.clear()
         sink.close()
         if baseline is not None:
             baseline.close()
     print(report.summary(), file=sys.stderr)
+    if collector is not None:
+        from webhook.tools.report import render_replay
+
+        _write_report(args.report, render_replay(collector, report, args.logs))
     return 0
+
+
+def _write_report(path: str, page: str) -> None:
+    try:
+        Path(path).write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"--report {path}: {exc.strerror or exc}") from None
+    print(f"wrote {path}", file=sys.stderr)
 
 
 def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -434,6 +481,7 @@ def _add_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="undelivered findings kept per sink before the oldest are dropped (default: %(default)s)",
     )
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    _output_arg(parser)
     parser.add_argument(
         "path", metavar="PATH", help="the live audit log (/var/log/kubernetes/audit/audit.log)"
     )
@@ -461,6 +509,7 @@ def _run_tail(args: argparse.Namespace) -> int:
         poll_interval=args.poll_interval,
         checkpoint_interval=args.checkpoint_interval,
         max_backlog=args.max_backlog,
+        output=args.output,
     )
     return run_tail(options)
 
@@ -484,6 +533,9 @@ def _add_suggest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "--max-forbidden-share", type=float, default=0.25, metavar="F", help="(default: %(default)s)"
     )
     parser.add_argument("--write", metavar="FILE", help="also write the proposed allowlist.yaml here")
+    parser.add_argument(
+        "--report", metavar="HTML", help="also write a self-contained HTML report here (needs [report])"
+    )
     parser.set_defaults(run=_run_suggest)
 
 
@@ -495,6 +547,10 @@ def _run_suggest(args: argparse.Namespace) -> int:
 
     if args.days is not None and args.days < 1:
         raise CliError("--days must be at least 1")
+    if args.report:
+        from webhook.tools.report import require_jinja2
+
+        require_jinja2()
     allowlist = load_allowlist(args.allowlist)
     try:
         with contextlib.ExitStack() as stack:
@@ -515,6 +571,10 @@ def _run_suggest(args: argparse.Namespace) -> int:
             Path(args.write).write_text(text, encoding="utf-8")
         except OSError as exc:
             raise CliError(f"{args.write}: {exc.strerror or exc}") from None
+    if args.report:
+        from webhook.tools.report import render_suggest
+
+        _write_report(args.report, render_suggest(result, agents, proposal, allowlist, text))
     return 0
 
 

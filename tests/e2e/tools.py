@@ -29,6 +29,7 @@ __all__ = [
     "ToolError",
     "cache_root",
     "ensure_binaries",
+    "ensure_chromium",
     "ensure_helm",
     "ensure_promtool",
 ]
@@ -227,3 +228,40 @@ def _apt_download(package: str, directory: Path, progress: TextIO | None) -> Pat
             if update.returncode != 0:
                 raise ToolError(f"apt-get update failed (needs root):\n{update.stderr}")
     raise ToolError(f"apt-get download {package} failed:\n{done.stdout}\n{done.stderr}")
+
+
+def _chromium_runs(binary: str) -> bool:
+    try:
+        done = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=60)
+    except OSError:
+        return False
+    return done.returncode == 0 and "Chromium" in done.stdout
+
+
+def ensure_chromium(progress: TextIO | None = None) -> Path:
+    """Debian's `chromium` (the HTML report tests drive it headless), apt-get installed when missing.
+
+    Installing needs root, which CI is; anywhere else a missing chromium is a ToolError (the
+    tests fail, never skip). One installer at a time across processes (a lock in the cache).
+    """
+    found = shutil.which("chromium")
+    if found and _chromium_runs(found):
+        return Path(found)
+    with _locked(cache_root() / "chromium.lock"):
+        found = shutil.which("chromium")
+        if found and _chromium_runs(found):
+            return Path(found)
+        if os.geteuid() != 0:
+            raise ToolError("chromium is missing and installing it needs root: apt-get install chromium")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+            if progress is not None:
+                progress.write(f"[report-chromium] {' '.join(cmd)}\n")
+                progress.flush()
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
+            if done.returncode != 0:
+                raise ToolError(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+        found = shutil.which("chromium")
+        if found is None or not _chromium_runs(found):
+            raise ToolError("apt-get installed chromium but `chromium --version` does not run")
+        return Path(found)

@@ -6,6 +6,7 @@
 - ``fanout``: one Sink that feeds several outboxes.
 - ``file``, ``http``, ``kube_events``: the sinks themselves.
 - ``metrics``: the sinks' and findings' Prometheus metrics, the same in serve and tail.
+- ``table``: findings as a table for people at a terminal, or JSON lines (``-o``).
 """
 
-__all__ = ["base", "fanout", "file", "http", "kube_events", "metrics", "outbox", "spec"]
+__all__ = ["base", "fanout", "file", "http", "kube_events", "metrics", "outbox", "spec", "table"]

@@ -17,6 +17,7 @@ from webhook.detect.detector import DEFAULT_CONFIG, Detector, DetectorConfig
 from webhook.inputs.formats import Format
 from webhook.logs import fields
 from webhook.sinks.outbox import DEFAULT_MAX_BACKLOG
+from webhook.sinks.table import OutputFormat, output_sink
 from webhook.startup import AllowlistSource, SettingsError, allowlist_flags, open_allowlist, open_sinks
 from webhook.tail.checkpoint import CheckpointStore, StateLocked
 from webhook.tail.metrics import TailMetrics
@@ -48,6 +49,8 @@ class TailOptions:
     max_backlog: int = DEFAULT_MAX_BACKLOG
     configmap_wait: float = 30.0
     """Seconds to wait at start for the allowlist ConfigMap's first outcome before reading."""
+    output: OutputFormat | None = None
+    """How the ``stdout`` sink writes: ``None`` = a table on a terminal, JSON lines otherwise."""
 
 
 def _allowlist_source(options: TailOptions) -> AllowlistSource:
@@ -72,7 +75,12 @@ def run_tail(options: TailOptions) -> int:
         raise SettingsError(f"--state {state}: {exc.strerror or exc}") from None
     try:
         allowlist = _allowlist_source(options)
-        sinks = open_sinks(options.sinks)
+        # `stdout` is a table for a person at a terminal (-o); the spec, and so the checkpoint's
+        # backlog key, stays the same whichever form it takes.
+        sinks = [
+            (spec, output_sink(options.output) if spec.kind == "stdout" else sink)
+            for spec, sink in open_sinks(options.sinks)
+        ]
     except BaseException:
         store.close()
         raise
