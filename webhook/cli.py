@@ -59,6 +59,14 @@ def _os_error(exc: OSError) -> CliError:
     return CliError(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}")
 
 
+def _cluster_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cluster-name",
+        metavar="NAME",
+        help="the cluster's name, put on every finding (orchestrator.cluster.name) and its text",
+    )
+
+
 def _rule_args(parser: argparse.ArgumentParser) -> None:
     """Input shape and rule tuning shared by replay and tail (so both find the same)."""
     parser.add_argument(
@@ -134,6 +142,7 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         metavar="FILE",
         help="SQLite baseline for new-agent-forbidden (created if missing; the rule is off without it)",
     )
+    _cluster_arg(parser)
     parser.add_argument("logs", nargs="+", metavar="AUDIT_LOG")
     parser.set_defaults(run=_run_replay)
 
@@ -154,7 +163,9 @@ def _run_replay(args: argparse.Namespace) -> int:
     detector = Detector(allowlist, config=config, baseline=baseline)
     sink = JsonLinesSink()
     try:
-        report = replay(args.logs, detector, sink, workers=args.workers, fmt=args.format)
+        report = replay(
+            args.logs, detector, sink, workers=args.workers, fmt=args.format, cluster_name=args.cluster_name
+        )
     except OSError as exc:
         raise _os_error(exc) from None
     finally:
@@ -354,8 +365,9 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         action="append",
         metavar="SINK",
         help="where findings go: stdout (default) | file:PATH | k8s-events[:NAMESPACE] | http:URL | "
-        "slack:URL; repeatable",
+        "slack:URL | falcosidekick:URL | otlp:URL; repeatable",
     )
+    _cluster_arg(parser)
     parser.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024, metavar="N")
     parser.add_argument("--cert-reload-interval", type=float, default=5.0, metavar="SECONDS")
     parser.add_argument("--allowlist-reload-interval", type=float, default=2.0, metavar="SECONDS")
@@ -387,6 +399,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         cert_interval=args.cert_reload_interval,
         allowlist_interval=args.allowlist_reload_interval,
         sinks=args.sink,
+        cluster_name=args.cluster_name,
     )
     serve.serve(settings)
     return 0
@@ -406,8 +419,10 @@ def _add_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--sink",
         action="append",
         metavar="SINK",
-        help="stdout (default) | file:PATH | k8s-events[:NAMESPACE] | http:URL | slack:URL; repeatable",
+        help="stdout (default) | file:PATH | k8s-events[:NAMESPACE] | http:URL | slack:URL | "
+        "falcosidekick:URL | otlp:URL; repeatable",
     )
+    _cluster_arg(parser)
     parser.add_argument(
         "--from-start",
         action="store_true",
@@ -452,6 +467,7 @@ def _run_tail(args: argparse.Namespace) -> int:
         allowlist=args.allowlist,
         allowlist_configmap=args.allowlist_configmap,
         sinks=args.sink or ["stdout"],
+        cluster_name=args.cluster_name,
         fmt=args.format,
         from_start=args.from_start,
         metrics_port=args.metrics_port,

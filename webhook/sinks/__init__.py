@@ -4,8 +4,19 @@
 - ``spec``: ``--sink`` texts parsed and opened.
 - ``outbox``: the per-sink queue with retries (at least once, duplicates recognisable).
 - ``fanout``: one Sink that feeds several outboxes.
-- ``file``, ``http``, ``kube_events``: the sinks themselves.
+- ``file``, ``http``, ``kube_events``, ``falcosidekick``, ``otlp``: the sinks themselves.
 - ``metrics``: the sinks' and findings' Prometheus metrics, the same in serve and tail.
 """
 
-__all__ = ["base", "fanout", "file", "http", "kube_events", "metrics", "outbox", "spec"]
+__all__ = [
+    "base",
+    "falcosidekick",
+    "fanout",
+    "file",
+    "http",
+    "kube_events",
+    "metrics",
+    "otlp",
+    "outbox",
+    "spec",
+]

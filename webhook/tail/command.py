@@ -36,6 +36,8 @@ class TailOptions:
     allowlist: str | None = None
     allowlist_configmap: str | None = None
     sinks: list[str] = field(default_factory=lambda: ["stdout"])
+    cluster_name: str | None = None
+    """``orchestrator.cluster.name`` on every finding (``--cluster-name``)."""
     fmt: Format = "k8s"
     from_start: bool = False
     metrics_port: int | None = None
@@ -72,7 +74,7 @@ def run_tail(options: TailOptions) -> int:
         raise SettingsError(f"--state {state}: {exc.strerror or exc}") from None
     try:
         allowlist = _allowlist_source(options)
-        sinks = open_sinks(options.sinks)
+        sinks = open_sinks(options.sinks, cluster_name=options.cluster_name)
     except BaseException:
         store.close()
         raise

@@ -15,11 +15,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from webhook.core.audit import parse_event
+from webhook.core.useragent import display
 from webhook.detect.detector import Detector
 from webhook.inputs.files import open_log
 from webhook.inputs.formats import Format
 from webhook.inputs.lines import LineDecoder
-from webhook.sinks.base import Sink
+from webhook.sinks.base import ClusterSink, Sink
 
 __all__ = ["MalformedLine", "ReplayReport", "replay"]
 
@@ -39,6 +40,7 @@ class ReplayReport:
     bytes: int = 0
     malformed: int = 0
     findings: int = 0
+    cluster_name: str | None = None
     malformed_samples: list[MalformedLine] = field(default_factory=list)
 
     def bad(self, source: str, line: int, reason: str) -> None:
@@ -48,8 +50,9 @@ class ReplayReport:
             self.malformed_samples.append(MalformedLine(source, line, reason))
 
     def summary(self) -> str:
+        cluster = f" in cluster {display(self.cluster_name)}" if self.cluster_name else ""
         text = (
-            f"ua-sentinel replay: {self.lines} lines ({self.bytes} bytes) read, "
+            f"ua-sentinel replay{cluster}: {self.lines} lines ({self.bytes} bytes) read, "
             f"{self.malformed} malformed skipped, {self.findings} findings"
         )
         shown = [f"  {m.source}:{m.line}: {m.reason}" for m in self.malformed_samples]
@@ -59,15 +62,24 @@ class ReplayReport:
 
 
 def replay(
-    paths: Iterable[str], detector: Detector, sink: Sink, *, workers: int = 1, fmt: Format = "k8s"
+    paths: Iterable[str],
+    detector: Detector,
+    sink: Sink,
+    *,
+    workers: int = 1,
+    fmt: Format = "k8s",
+    cluster_name: str | None = None,
 ) -> ReplayReport:
     """Feed every line of ``paths`` (in order) through ``detector``; findings go to ``sink``.
 
     Raises OSError when a file cannot be opened or read; malformed lines never raise. With
     ``workers`` > 1 a large plain file is scanned by that many processes (same results).
     ``fmt`` selects the input shape (:mod:`webhook.inputs.formats`); ``k8s`` is the apiserver's own.
+    ``cluster_name`` stamps every finding (``orchestrator.cluster.name``) and names the summary.
     """
-    report = ReplayReport()
+    report = ReplayReport(cluster_name=cluster_name or None)
+    if cluster_name:
+        sink = ClusterSink(sink, cluster_name)
     for path in paths:
         source = "<stdin>" if path == "-" else path
         decoder = LineDecoder(fmt, parse_event, functools.partial(report.bad, source))
