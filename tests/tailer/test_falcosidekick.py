@@ -4,11 +4,7 @@ that retries it after the endpoint failed."""
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -22,6 +18,7 @@ from webhook.sinks.outbox import Outbox
 from webhook.sinks.spec import parse_sink
 
 from .conftest import ACCEPTANCE_ALLOWLIST, fixture_lines
+from .endpoints import endpoint, falcosidekick
 from .falco_payload import falco_payload_errors
 
 
@@ -30,40 +27,6 @@ def findings() -> list[Finding]:
     detector = Detector(Allowlist.from_yaml(ACCEPTANCE_ALLOWLIST))
     out = [f for line in fixture_lines() for f in detector.process(parse_event(line))]
     return out + detector.flush()
-
-
-class Falcosidekick(http.server.BaseHTTPRequestHandler):
-    """falcosidekick's ``/``: 400 for a payload it would refuse, 200 otherwise; the first
-    statuses can be scripted (503s) to play an endpoint that is down."""
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        server: Any = self.server
-        with server.lock:
-            scripted = server.script.pop(0) if server.script else None
-            errors = falco_payload_errors(body)
-            status = scripted or (400 if errors else 200)
-            server.requests.append((self.path, self.headers.get("Content-Type"), body, status, errors))
-        self.send_response(status)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return None
-
-
-@pytest.fixture
-def sidekick() -> Iterator[Any]:
-    httpd: Any = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Falcosidekick)
-    httpd.lock = threading.Lock()
-    httpd.script = []
-    httpd.requests = []
-    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}/"
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
 
 
 def test_the_checker_refuses_what_falcosidekick_refuses() -> None:
@@ -91,22 +54,19 @@ def test_the_checker_refuses_what_falcosidekick_refuses() -> None:
         assert falco_payload_errors(json.dumps({**good, **change}).encode()), change
 
 
-def test_every_finding_reaches_falcosidekick_after_it_failed(sidekick: Any, findings: list[Finding]) -> None:
-    sidekick.script = [503, 503, 503]
-    spec = parse_sink(f"falcosidekick:{sidekick.url}")
-    outbox = Outbox(spec, ClusterSink(FalcosidekickSink(spec.target), "prod-eu-1"))
-    outbox.put(findings)
-    assert outbox.drain(timeout=60)
-    outbox.close()
+def test_every_finding_reaches_falcosidekick_after_it_failed(findings: list[Finding]) -> None:
+    with endpoint(falcosidekick, fail_first=3) as sidekick:
+        spec = parse_sink(f"falcosidekick:{sidekick.url}/")
+        outbox = Outbox(spec, ClusterSink(FalcosidekickSink(spec.target), "prod-eu-1"))
+        outbox.put(findings)
+        assert outbox.drain(timeout=60)
+        outbox.close()
 
-    assert outbox.failures == 3
-    assert [r[3] for r in sidekick.requests[:3]] == [503, 503, 503]
-    accepted = [r for r in sidekick.requests if r[3] == 200]
-    refused = [r for r in sidekick.requests if r[3] == 400]
-    assert refused == [], refused[0][4] if refused else None
-    assert {r[0] for r in sidekick.requests} == {"/"}
-    assert {r[1] for r in sidekick.requests} == {"application/json"}
-    payloads = [json.loads(r[2]) for r in accepted]
+    assert outbox.failures == 3 and [r.status for r in sidekick.received[:3]] == [503, 503, 503]
+    refused = [r.errors for r in sidekick.received if r.status == 400]
+    assert refused == []
+    assert {(r.path, r.content_type) for r in sidekick.received} == {("/", "application/json")}
+    payloads = [json.loads(r.body) for r in sidekick.received if r.status == 200]
     got = [(p["output_fields"]["event.id"], p["output_fields"]["event.sequence"]) for p in payloads]
     assert got == [(f.id, f.event.sequence) for f in findings]  # in order, none lost, none twice
     for payload, finding in zip(payloads, findings, strict=True):

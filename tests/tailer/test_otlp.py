@@ -5,17 +5,8 @@ it after the endpoint failed; and OTLP's rule that a partial success is never re
 from __future__ import annotations
 
 import datetime as dt
-import http.server
-import threading
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
-    ExportLogsServiceRequest,
-    ExportLogsServiceResponse,
-)
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from webhook.core.allowlist import Allowlist
 from webhook.core.audit import parse_event
@@ -27,6 +18,7 @@ from webhook.sinks.outbox import Outbox
 from webhook.sinks.spec import parse_sink
 
 from .conftest import ACCEPTANCE_ALLOWLIST, fixture_lines
+from .endpoints import endpoint, otlp_collector, otlp_records
 
 
 @pytest.fixture(scope="module")
@@ -36,87 +28,28 @@ def findings() -> list[Finding]:
     return out + detector.flush()
 
 
-class Collector(http.server.BaseHTTPRequestHandler):
-    """An OTLP/HTTP logs receiver: decodes the protobuf body (400 if it does not decode), answers
-    an ``ExportLogsServiceResponse``; scripted statuses first (503s: the collector is down)."""
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        server: Any = self.server
-        with server.lock:
-            scripted = server.script.pop(0) if server.script else None
-            try:
-                request = ExportLogsServiceRequest.FromString(body)
-                status = scripted or 200
-            except Exception:
-                request, status = None, 400
-            server.requests.append((self.path, self.headers.get("Content-Type"), request, status))
-        reply = ExportLogsServiceResponse()
-        if server.reject:
-            reply.partial_success.rejected_log_records = 1
-            reply.partial_success.error_message = "attribute limit exceeded"
-        data = reply.SerializeToString() if status == 200 else b""
-        self.send_response(status)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return None
-
-
-@pytest.fixture
-def collector() -> Iterator[Any]:
-    httpd: Any = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collector)
-    httpd.lock = threading.Lock()
-    httpd.script = []
-    httpd.requests = []
-    httpd.reject = False
-    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-
-
-def _plain(value: AnyValue) -> Any:
-    kind = value.WhichOneof("value")
-    if kind == "array_value":
-        return [_plain(v) for v in value.array_value.values]
-    if kind == "kvlist_value":
-        return {kv.key: _plain(kv.value) for kv in value.kvlist_value.values}
-    return getattr(value, kind) if kind else None
-
-
 def _nanos(timestamp: str) -> int:
     when = dt.datetime.fromisoformat(timestamp)
     return int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1000
 
 
-def test_every_finding_reaches_the_collector_after_it_failed(collector: Any, findings: list[Finding]) -> None:
-    collector.script = [503, 502, 503]
-    spec = parse_sink(f"otlp:{collector.url}")
-    outbox = Outbox(spec, ClusterSink(OtlpSink(spec.target), "prod-eu-1"))
-    outbox.put(findings)
-    assert outbox.drain(timeout=60)
-    outbox.close()
+def test_every_finding_reaches_the_collector_after_it_failed(findings: list[Finding]) -> None:
+    with endpoint(otlp_collector(), fail_first=3) as collector:
+        spec = parse_sink(f"otlp:{collector.url}")
+        outbox = Outbox(spec, ClusterSink(OtlpSink(spec.target), "prod-eu-1"))
+        outbox.put(findings)
+        assert outbox.drain(timeout=60)
+        outbox.close()
 
-    assert outbox.failures == 3
-    assert {(r[0], r[1]) for r in collector.requests} == {("/v1/logs", "application/x-protobuf")}
-    accepted = [r[2] for r in collector.requests if r[3] == 200]
-    assert len(accepted) == len(findings) and all(r[3] in (200, 502, 503) for r in collector.requests)
-    seen = []
-    for request, finding in zip(accepted, findings, strict=True):
-        (resource_logs,) = request.resource_logs
-        resource = {kv.key: _plain(kv.value) for kv in resource_logs.resource.attributes}
+    assert outbox.failures == 3 and [r.status for r in collector.received[:3]] == [503, 503, 503]
+    assert all(r.status == 200 for r in collector.received[3:])
+    assert {(r.path, r.content_type) for r in collector.received} == {("/v1/logs", "application/x-protobuf")}
+    assert all(len(r.request.resource_logs) == 1 for r in collector.received)  # one finding per request
+    records = otlp_records(collector.received)
+    seen = [(attributes["event.id"], attributes["event.sequence"]) for _, _, attributes in records]
+    assert seen == [(f.id, f.event.sequence) for f in findings]  # in order, none lost, none twice
+    for (resource, record, attributes), finding in zip(records, findings, strict=True):
         assert resource["service.name"] == "ua-sentinel" and resource["k8s.cluster.name"] == "prod-eu-1"
-        (scope_logs,) = resource_logs.scope_logs
-        assert scope_logs.scope.name == "ua-sentinel"
-        (record,) = scope_logs.log_records
-        attributes = {kv.key: _plain(kv.value) for kv in record.attributes}
-        seen.append((attributes["event.id"], attributes["event.sequence"]))
         assert attributes["orchestrator.cluster.name"] == "prod-eu-1"
         assert attributes["data_stream.dataset"] == attributes["event.dataset"] == DATASET
         assert attributes["user_agent.display"] == finding.user_agent.display
@@ -126,23 +59,23 @@ def test_every_finding_reaches_the_collector_after_it_failed(collector: Any, fin
         assert record.severity_number == SEVERITY_NUMBER[finding.ua_sentinel["severity"]]
         assert record.time_unix_nano == _nanos(finding.timestamp)
         assert record.body.string_value.startswith("ua-sentinel cluster prod-eu-1: ")
-    assert seen == [(f.id, f.event.sequence) for f in findings]  # in order, none lost, none twice
 
 
 def test_a_rejected_record_is_logged_not_retried(
-    collector: Any, findings: list[Finding], caplog: pytest.LogCaptureFixture
+    findings: list[Finding], caplog: pytest.LogCaptureFixture
 ) -> None:
     """OTLP/HTTP: a partial success must not be retried (it would be rejected forever)."""
-    collector.reject = True
-    outbox = Outbox(parse_sink(f"otlp:{collector.url}"), OtlpSink(collector.url))
-    with caplog.at_level("ERROR", logger="webhook.sinks.otlp"):
-        outbox.put(findings[:2])
-        assert outbox.drain(timeout=30)
-    outbox.close()
-    assert len(collector.requests) == 2 and outbox.failures == 0
+    with endpoint(otlp_collector(reject=True)) as collector:
+        outbox = Outbox(parse_sink(f"otlp:{collector.url}"), OtlpSink(collector.url))
+        with caplog.at_level("ERROR", logger="webhook.sinks.otlp"):
+            outbox.put(findings[:2])
+            assert outbox.drain(timeout=30)
+        outbox.close()
+    assert len(collector.received) == 2 and outbox.failures == 0
     rejected = [r for r in caplog.records if r.name == "webhook.sinks.otlp"]
     assert len(rejected) == 2 and "rejected" in rejected[0].getMessage()
-    assert rejected[0].fields == {"findingId": findings[0].id, "reason": "attribute limit exceeded"}  # type: ignore[attr-defined]
+    fields = rejected[0].fields  # type: ignore[attr-defined]
+    assert fields == {"findingId": findings[0].id, "reason": "attribute limit exceeded"}
 
 
 def test_the_logs_path_is_added_only_to_a_bare_endpoint() -> None:
