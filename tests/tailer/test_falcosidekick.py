@@ -97,3 +97,18 @@ def test_an_agent_shaped_to_fool_a_reader_reaches_chat_escaped(findings: list[Fi
     spoof = next(f for f in findings if f.user_agent.original and "\u202e" in f.user_agent.original)
     text = json.dumps(falco_payload(spoof), ensure_ascii=False)
     assert "\u202e" not in text and "\\\\u202e" in text
+
+
+@pytest.mark.parametrize(
+    ("severity", "priority"),
+    [("low", "Notice"), ("medium", "Warning"), ("high", "Error"), ("critical", "Critical")],
+)
+def test_each_severity_is_a_priority_falcosidekick_accepts(
+    findings: list[Finding], severity: str, priority: str
+) -> None:
+    """PolicyReports map Notice/Warning/Error/Critical back to low/medium/high/critical."""
+    extra = {**findings[0].ua_sentinel, "severity": severity}
+    finding = findings[0].model_copy(update={"ua_sentinel": extra})
+    payload = falco_payload(finding)
+    assert payload["priority"] == priority
+    assert falco_payload_errors(json.dumps(payload).encode()) == []
