@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,10 @@ def test_url_sinks_hide_their_url_and_a_cluster_name_wraps_every_sink() -> None:
     ]
     assert all(isinstance(sink, ClusterSink) and sink.cluster_name == "prod-eu-1" for _, sink in opened)
     assert not any(isinstance(sink, ClusterSink) for _, sink in open_sinks(["stdout"]))
+
+
+def test_an_otlp_sink_without_its_extra_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "opentelemetry.proto.collector.logs.v1", None)  # not installed
+    needs = r"^--sink otlp:http://c/\.\.\.: .*pip install 'ua-sentinel\[otlp\]'"
+    with pytest.raises(SettingsError, match=needs):
+        open_sinks(["otlp:http://c:4318"])
