@@ -69,6 +69,14 @@ def _os_error(exc: OSError) -> CliError:
     return CliError(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}")
 
 
+def _cluster_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cluster-name",
+        metavar="NAME",
+        help="the cluster's name, put on every finding (orchestrator.cluster.name) and its text",
+    )
+
+
 def _rule_args(parser: argparse.ArgumentParser) -> None:
     """Input shape and rule tuning shared by replay and tail (so both find the same)."""
     parser.add_argument(
@@ -144,6 +152,7 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         metavar="FILE",
         help="SQLite baseline for new-agent-forbidden (created if missing; the rule is off without it)",
     )
+    _cluster_arg(parser)
     _output_arg(parser)
     parser.add_argument(
         "--report", metavar="HTML", help="also write a self-contained HTML report here (needs [report])"
@@ -187,6 +196,7 @@ def _run_replay(args: argparse.Namespace) -> int:
             fmt=args.format,
             progress=progress,
             observe=collector.observe if collector is not None else None,
+            cluster_name=args.cluster_name,
         )
     except OSError as exc:
         raise _os_error(exc) from None
@@ -401,8 +411,9 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         action="append",
         metavar="SINK",
         help="where findings go: stdout (default) | file:PATH | k8s-events[:NAMESPACE] | http:URL | "
-        "slack:URL; repeatable",
+        "slack:URL | falcosidekick:URL | otlp:URL; repeatable",
     )
+    _cluster_arg(parser)
     parser.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024, metavar="N")
     parser.add_argument("--cert-reload-interval", type=float, default=5.0, metavar="SECONDS")
     parser.add_argument("--allowlist-reload-interval", type=float, default=2.0, metavar="SECONDS")
@@ -434,6 +445,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         cert_interval=args.cert_reload_interval,
         allowlist_interval=args.allowlist_reload_interval,
         sinks=args.sink,
+        cluster_name=args.cluster_name,
     )
     serve.serve(settings)
     return 0
@@ -453,8 +465,10 @@ def _add_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--sink",
         action="append",
         metavar="SINK",
-        help="stdout (default) | file:PATH | k8s-events[:NAMESPACE] | http:URL | slack:URL; repeatable",
+        help="stdout (default) | file:PATH | k8s-events[:NAMESPACE] | http:URL | slack:URL | "
+        "falcosidekick:URL | otlp:URL; repeatable",
     )
+    _cluster_arg(parser)
     parser.add_argument(
         "--from-start",
         action="store_true",
@@ -500,6 +514,7 @@ def _run_tail(args: argparse.Namespace) -> int:
         allowlist=args.allowlist,
         allowlist_configmap=args.allowlist_configmap,
         sinks=args.sink or ["stdout"],
+        cluster_name=args.cluster_name,
         fmt=args.format,
         from_start=args.from_start,
         metrics_port=args.metrics_port,

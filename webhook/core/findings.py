@@ -16,12 +16,16 @@ from webhook.core.allowlist import Verdict
 from webhook.core.useragent import display
 
 __all__ = [
+    "DATASET",
     "RULES",
     "THREAT",
     "Aggregate",
+    "DataStream",
     "EffectiveUser",
     "Finding",
     "FindingEvent",
+    "Orchestrator",
+    "OrchestratorCluster",
     "Rule",
     "Severity",
     "Source",
@@ -31,6 +35,9 @@ __all__ = [
     "VerdictDetail",
     "dumps",
 ]
+
+DATASET = "ua_sentinel.finding"
+"""``event.dataset`` and ``data_stream.dataset`` alike, as ECS asks (lowercase, no ``-``)."""
 
 Severity = Literal["low", "medium", "high", "critical"]
 RISK_SCORE: dict[Severity, int] = {"low": 21, "medium": 47, "high": 73, "critical": 99}
@@ -98,7 +105,7 @@ class FindingEvent(_Out):
     type: list[str] = Field(default_factory=lambda: ["denied"])
     outcome: Literal["failure", "success", "unknown"] = "failure"
     module: str = "ua-sentinel"
-    dataset: str = "kubernetes.audit_logs"
+    dataset: str = DATASET
     id: str
     severity: int
     risk_score: int
@@ -106,6 +113,27 @@ class FindingEvent(_Out):
     start: str
     end: str
     sequence: int = Field(description="1 for the first emission of this id, 2 for the window total")
+
+
+class DataStream(_Out):
+    """ECS ``data_stream``: where an Elastic ingest pipeline files the finding
+    (``logs-ua_sentinel.finding-default``). The namespace stays ``default``: cluster names may hold
+    ``-``, which ECS forbids there; the cluster is in ``orchestrator.cluster.name``."""
+
+    type: Literal["logs"] = "logs"
+    dataset: str = DATASET
+    namespace: str = "default"
+
+
+class OrchestratorCluster(_Out):
+    name: str
+
+
+class Orchestrator(_Out):
+    """ECS ``orchestrator``: which cluster the finding comes from (``--cluster-name``)."""
+
+    type: Literal["kubernetes"] = "kubernetes"
+    cluster: OrchestratorCluster
 
 
 class Rule(_Out):
@@ -170,11 +198,24 @@ class Finding(_Out):
     source: Source
     kubernetes: dict[str, Any]
     threat: list[dict[str, Any]] = Field(default_factory=lambda: THREAT)
+    data_stream: DataStream = Field(default_factory=DataStream)
+    orchestrator: Orchestrator | None = None
     ua_sentinel: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def id(self) -> str:
         return self.event.id
+
+    @property
+    def cluster_name(self) -> str | None:
+        return self.orchestrator.cluster.name if self.orchestrator else None
+
+    def in_cluster(self, name: str | None) -> Finding:
+        """This finding stamped with its cluster; the id stays (the same finding from any source
+        has one id, and a renamed cluster must not turn old findings into new ones)."""
+        if not name:
+            return self
+        return self.model_copy(update={"orchestrator": Orchestrator(cluster=OrchestratorCluster(name=name))})
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True)
@@ -185,8 +226,9 @@ class Finding(_Out):
         since they come from the same audit event an attacker shaped."""
         audit = self.kubernetes.get("audit", {})
         severity = self.ua_sentinel.get("severity", "?")
+        cluster = f"cluster {display(self.cluster_name)}: " if self.cluster_name else ""
         return (
-            f"{self.rule.name} ({severity}): user {display(self.user.name)} with agent "
+            f"{cluster}{self.rule.name} ({severity}): user {display(self.user.name)} with agent "
             f'"{self.user_agent.display}": {self.event.count} request(s), first '
             f"{display(str(audit.get('verb', '?')))} {display(str(audit.get('requestURI', '?')))} "
             f"from {self.source.ip or '?'} at {self.timestamp}; finding {self.id}"

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from webhook.core.audit import Event, parse_event
+from webhook.core.useragent import display
 from webhook.detect.detector import Detector
 from webhook.inputs.files import open_log
 from webhook.inputs.formats import Format
 from webhook.inputs.lines import LineDecoder
-from webhook.sinks.base import Sink
+from webhook.sinks.base import ClusterSink, Sink
 
 __all__ = ["MalformedLine", "Progress", "ReplayReport", "replay"]
 
@@ -41,6 +42,7 @@ class ReplayReport:
     bytes: int = 0
     malformed: int = 0
     findings: int = 0
+    cluster_name: str | None = None
     malformed_samples: list[MalformedLine] = field(default_factory=list)
 
     def bad(self, source: str, line: int, reason: str) -> None:
@@ -50,8 +52,9 @@ class ReplayReport:
             self.malformed_samples.append(MalformedLine(source, line, reason))
 
     def summary(self) -> str:
+        cluster = f" in cluster {display(self.cluster_name)}" if self.cluster_name else ""
         text = (
-            f"ua-sentinel replay: {self.lines} lines ({self.bytes} bytes) read, "
+            f"ua-sentinel replay{cluster}: {self.lines} lines ({self.bytes} bytes) read, "
             f"{self.malformed} malformed skipped, {self.findings} findings"
         )
         shown = [f"  {m.source}:{m.line}: {m.reason}" for m in self.malformed_samples]
@@ -108,6 +111,7 @@ def replay(
     fmt: Format = "k8s",
     progress: Progress | None = None,
     observe: Callable[[Event], None] | None = None,
+    cluster_name: str | None = None,
 ) -> ReplayReport:
     """Feed every line of ``paths`` (in order) through ``detector``; findings go to ``sink``.
 
@@ -116,8 +120,11 @@ def replay(
     ``fmt`` selects the input shape (:mod:`webhook.inputs.formats`); ``k8s`` is the apiserver's own.
     ``progress`` is told how far the reading got; ``observe`` sees every decoded event before the
     detector does (the HTML report counts refusals per agent with it).
+    ``cluster_name`` stamps every finding (``orchestrator.cluster.name``) and names the summary.
     """
-    report = ReplayReport()
+    report = ReplayReport(cluster_name=cluster_name or None)
+    if cluster_name:
+        sink = ClusterSink(sink, cluster_name)
     for number, path in enumerate(paths, start=1):
         source = "<stdin>" if path == "-" else path
         decoder = LineDecoder(fmt, parse_event, functools.partial(report.bad, source))
