@@ -111,9 +111,27 @@ def _live_allowlist_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _output_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=("json", "table", "wide"),
+        help="findings on stdout as JSON lines or a table (wide: also verdict, source, id); "
+        "default: a table on a terminal, JSON lines otherwise",
+    )
+
+
 def _os_error(exc: OSError) -> CliError:
     """One line naming the file and the system's reason, no traceback."""
     return CliError(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}")
+
+
+def _cluster_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cluster-name",
+        metavar="NAME",
+        help="the cluster's name, put on every finding (orchestrator.cluster.name) and its text",
+    )
 
 
 def _rule_args(parser: argparse.ArgumentParser) -> None:
@@ -187,14 +205,24 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         metavar="FILE",
         help="SQLite baseline for new-agent-forbidden (created if missing; the rule is off without it)",
     )
+    _cluster_arg(parser)
+    _output_arg(parser)
+    parser.add_argument(
+        "--report", metavar="HTML", help="also write a self-contained HTML report here (needs [report])"
+    )
     parser.add_argument("logs", nargs="+", metavar="AUDIT_LOG")
     parser.set_defaults(run=_run_replay)
 
 
 def _run_replay(args: argparse.Namespace) -> int:
-    from webhook.sinks.base import JsonLinesSink
-    from webhook.tools.replay import replay
+    from webhook.sinks.base import Sink
+    from webhook.sinks.table import output_sink
+    from webhook.tools.replay import Progress, replay
 
+    if args.report:
+        from webhook.tools.report import require_jinja2
+
+        require_jinja2()  # before reading, not after
     config = _detector_config(args)
     allowlist = load_allowlist(args.allowlist)
     baseline = None
@@ -203,19 +231,48 @@ def _run_replay(args: argparse.Namespace) -> int:
 
         baseline = Baseline(args.baseline, days=args.baseline_days)
     detector = Detector(allowlist, config=config, baseline=baseline)
-    sink = JsonLinesSink()
+    sink: Sink = output_sink(args.output)
+    collector = None
+    if args.report:
+        from webhook.tools.report import ReportCollector
+
+        sink = collector = ReportCollector(sink, allowlist)
+    progress = Progress(sys.stderr, len(args.logs)) if sys.stderr.isatty() else None
     try:
-        report = replay(args.logs, detector, sink, workers=args.workers, fmt=args.format)
+        report = replay(
+            args.logs,
+            detector,
+            sink,
+            workers=args.workers,
+            fmt=args.format,
+            progress=progress,
+            observe=collector.observe if collector is not None else None,
+            cluster_name=args.cluster_name,
+        )
     except BrokenPipeError:  # our reader went away: main() ends quietly
         raise
     except OSError as exc:
         raise _os_error(exc) from None
     finally:
+        if progress is not None:
+            progress.clear()
         sink.close()
         if baseline is not None:
             baseline.close()
     print(report.summary(), file=sys.stderr)
+    if collector is not None:
+        from webhook.tools.report import render_replay
+
+        _write_report(args.report, render_replay(collector, report, args.logs))
     return 0
+
+
+def _write_report(path: str, page: str) -> None:
+    try:
+        Path(path).write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"--report {path}: {exc.strerror or exc}") from None
+    print(f"wrote {path}", file=sys.stderr)
 
 
 def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -411,8 +468,9 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         action="append",
         metavar="SINK",
         help="where findings go: stdout (default) | file:PATH | k8s-events[:NAMESPACE] | http:URL | "
-        "slack:URL; repeatable",
+        "slack:URL | falcosidekick:URL | otlp:URL; repeatable",
     )
+    _cluster_arg(parser)
     parser.add_argument("--max-body-bytes", type=_int(1024, 2**31), default=8 * 1024 * 1024, metavar="N")
     parser.add_argument("--cert-reload-interval", type=_seconds(0, _DAY), default=5.0, metavar="SECONDS")
     parser.add_argument("--allowlist-reload-interval", type=_seconds(0, _DAY), default=2.0, metavar="SECONDS")
@@ -444,6 +502,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         cert_interval=args.cert_reload_interval,
         allowlist_interval=args.allowlist_reload_interval,
         sinks=args.sink,
+        cluster_name=args.cluster_name,
     )
     serve.serve(settings)
     return 0
@@ -463,8 +522,10 @@ def _add_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--sink",
         action="append",
         metavar="SINK",
-        help="stdout (default) | file:PATH | k8s-events[:NAMESPACE] | http:URL | slack:URL; repeatable",
+        help="stdout (default) | file:PATH | k8s-events[:NAMESPACE] | http:URL | slack:URL | "
+        "falcosidekick:URL | otlp:URL; repeatable",
     )
+    _cluster_arg(parser)
     parser.add_argument(
         "--from-start",
         action="store_true",
@@ -497,6 +558,7 @@ def _add_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="undelivered findings kept per sink before the oldest are dropped (default: %(default)s)",
     )
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    _output_arg(parser)
     parser.add_argument(
         "path", metavar="PATH", help="the live audit log (/var/log/kubernetes/audit/audit.log)"
     )
@@ -515,6 +577,7 @@ def _run_tail(args: argparse.Namespace) -> int:
         allowlist=args.allowlist,
         allowlist_configmap=args.allowlist_configmap,
         sinks=args.sink or ["stdout"],
+        cluster_name=args.cluster_name,
         fmt=args.format,
         from_start=args.from_start,
         metrics_port=args.metrics_port,
@@ -524,6 +587,7 @@ def _run_tail(args: argparse.Namespace) -> int:
         poll_interval=args.poll_interval,
         checkpoint_interval=args.checkpoint_interval,
         max_backlog=args.max_backlog,
+        output=args.output,
     )
     return run_tail(options)
 
@@ -555,6 +619,9 @@ def _add_suggest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="(default: %(default)s)",
     )
     parser.add_argument("--write", metavar="FILE", help="also write the proposed allowlist.yaml here")
+    parser.add_argument(
+        "--report", metavar="HTML", help="also write a self-contained HTML report here (needs [report])"
+    )
     parser.set_defaults(run=_run_suggest)
 
 
@@ -564,6 +631,10 @@ def _run_suggest(args: argparse.Namespace) -> int:
     from webhook.inputs.files import open_log
     from webhook.tools.suggest import propose, render_report, render_yaml, survey
 
+    if args.report:
+        from webhook.tools.report import require_jinja2
+
+        require_jinja2()
     allowlist = load_allowlist(args.allowlist)
     try:
         with contextlib.ExitStack() as stack:
@@ -584,6 +655,10 @@ def _run_suggest(args: argparse.Namespace) -> int:
             Path(args.write).write_text(text, encoding="utf-8")
         except OSError as exc:
             raise CliError(f"{args.write}: {exc.strerror or exc}") from None
+    if args.report:
+        from webhook.tools.report import render_suggest
+
+        _write_report(args.report, render_suggest(result, agents, proposal, allowlist, text))
     return 0
 
 

@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.integration.conftest import Launch
 from tests.integration.server import PKI, wait_for
 from tests.integration.traffic import admission, audit_batch, recorded, with_audit_id
+from tests.tailer.endpoints import endpoint, falcosidekick
 
 
 def test_health_ready_and_metrics_after_a_replay(launch: Launch) -> None:
@@ -98,6 +99,18 @@ def test_findings_go_to_every_configured_sink(launch: Launch, tmp_path: Path) ->
     assert json.loads(line)["user"]["name"] == "mallory"
     assert server.metric("ua_sentinel_sink_delivered_total", sink=f"file:{out}") == 1
     assert server.metric("ua_sentinel_sink_delivered_total", sink="stdout") == 1
+
+
+def test_serve_names_its_cluster_in_every_sink(launch: Launch) -> None:
+    with endpoint(falcosidekick, fail_first=1) as sidekick:
+        server = launch("--cluster-name", "prod-eu-1", "--sink", f"falcosidekick:{sidekick.url}/")
+        with server.client() as client:
+            client.post("/audit", json=audit_batch(1398))
+        wait_for(lambda: [r for r in sidekick.received if r.status == 200], timeout=30, what="falcosidekick")
+    (accepted,) = [json.loads(r.body) for r in sidekick.received if r.status == 200]
+    assert accepted["output_fields"]["orchestrator.cluster.name"] == "prod-eu-1"
+    assert accepted["output_fields"]["ka.user.name"] == "mallory"
+    assert accepted["output"].startswith("ua-sentinel cluster prod-eu-1: ")
 
 
 def test_a_bad_sink_is_a_start_up_error(tmp_path: Path, pki: PKI) -> None:

@@ -171,3 +171,12 @@ def test_gzip_and_plain_agree(generated: Path, tmp_path: Path) -> None:
     packed = tmp_path / "audit-2026-11-27T00-00-00.000.log.gz"
     packed.write_bytes(gzip.compress(generated.read_bytes()))
     assert fast_path([packed]) == fast_path([generated])
+
+
+def test_a_cluster_name_is_on_every_finding_and_in_the_summary(generated: Path) -> None:
+    sink = Collect()
+    report = replay([str(generated)], Detector(default_allowlist()), sink, cluster_name="prod-eu-1")
+    assert sink.findings and {f.cluster_name for f in sink.findings} == {"prod-eu-1"}
+    assert report.summary().startswith("ua-sentinel replay in cluster prod-eu-1: 30000 lines")
+    without = fast_path([generated])[0]
+    assert [f.id for f in sink.findings] == [cast(dict[str, str], f["event"])["id"] for f in without]

@@ -65,7 +65,10 @@ class ServeSettings:
     allowlist_interval: float = DEFAULT_POLL_INTERVAL
     detector_queue: int = DEFAULT_QUEUE_EVENTS
     sinks: tuple[str, ...] = ("stdout",)
-    """Where findings go: ``stdout`` | ``file:PATH`` | ``k8s-events[:NS]`` | ``http:URL`` | ``slack:URL``."""
+    """Where findings go: ``stdout`` | ``file:PATH`` | ``k8s-events[:NS]`` | ``http:URL`` | ``slack:URL``
+    | ``falcosidekick:URL`` | ``otlp:URL``."""
+    cluster_name: str | None = None
+    """``orchestrator.cluster.name`` on every finding (``--cluster-name``)."""
 
 
 class Service:
@@ -86,7 +89,9 @@ class Service:
         detector = Detector(self.allowlist.current_or_fallback)
         self.sinks: FanOutSink | None = None
         if sink is None:
-            self.sinks = sink = FanOutSink(open_sinks(settings.sinks))
+            self.sinks = sink = FanOutSink(
+                open_sinks(settings.sinks, cluster_name=settings.cluster_name, output="json")
+            )
         self.feed = DetectorFeed(detector, sink, max_events=settings.detector_queue)
         self.metrics.watch(
             StateSources(
@@ -194,6 +199,7 @@ def build_settings(
     cert_interval: float = DEFAULT_CERT_INTERVAL,
     allowlist_interval: float = DEFAULT_POLL_INTERVAL,
     sinks: list[str] | None = None,
+    cluster_name: str | None = None,
 ) -> ServeSettings:
     """Command-line values → :class:`ServeSettings`; :class:`SettingsError` names the bad flag.
 
@@ -238,4 +244,5 @@ def build_settings(
         cert_interval=cert_interval,
         allowlist_interval=allowlist_interval,
         sinks=tuple(sinks) if sinks else ("stdout",),
+        cluster_name=cluster_name or None,
     )
