@@ -113,15 +113,21 @@ def test_a_uri_with_control_characters_is_escaped() -> None:
 
 
 @settings(max_examples=150, deadline=None)
-@given(user=st.text(max_size=3000), uri=st.text(max_size=5000), agent=st.text(min_size=1, max_size=3000))
+@given(
+    user=st.text(max_size=3000),
+    uri=st.text(max_size=5000),
+    agent=st.text(min_size=1, max_size=3000),
+    cluster=st.none() | st.text(min_size=1, max_size=500),
+)
 def test_any_audit_text_gives_a_short_inert_line_that_starts_with_the_identifiers(
-    user: str, uri: str, agent: str
+    user: str, uri: str, agent: str, cluster: str | None
 ) -> None:
     finding = finding_for(
         user={"username": user or "u", "uid": "1"}, requestURI=uri or "/", userAgent=agent, verb="g\x1bt"
-    )
+    ).in_cluster(cluster)
     line = finding.one_line()
     assert len(line) <= MAX_MESSAGE
     assert not has_unsafe_chars(line)
-    assert line.startswith(f"finding {finding.id} unusual-agent-forbidden (")
+    assert f"finding {finding.id} unusual-agent-forbidden (" in line[:200]
     assert " from 203.0.113.7 at " in line
+    assert line.endswith('"')  # nothing was cut: every field fits on its own cap
