@@ -126,6 +126,43 @@ def test_bodies_the_skim_cannot_take_still_get_a_review_error(body: bytes) -> No
         adm.parse_review(body)
 
 
+def nested(depth: int, shape: str) -> Any:
+    """A JSON value ``depth`` levels deep, built without recursion (json.dumps would recurse)."""
+    opening, closing = ("[", "]") if shape == "list" else ('{"a":', "}")
+    return orjson.Fragment((opening * depth + "0" + closing * depth).encode())
+
+
+@pytest.mark.parametrize("depth", [200, 1000, 100_000])
+@pytest.mark.parametrize("shape", ["list", "map"])
+@pytest.mark.parametrize("where", ["object", "oldObject"])
+@pytest.mark.parametrize("pad", [0, adm.SKIM_FROM], ids=["small", "large"])
+def test_an_object_nested_at_any_depth_still_gives_the_header(
+    depth: int, shape: str, where: str, pad: int
+) -> None:
+    """The verdict needs only the header: nesting inside the objects never costs it (issue 12, 4)."""
+    body = admission(1405)
+    body["request"][where] = {"data": nested(depth, shape), "pad": "x" * pad, "s": '\\"}]{['}
+    review = adm.parse_review(orjson.dumps(body))
+    reference = adm.parse_review(json.dumps(admission(1405)).encode())
+    # dryRun, written after the objects, may go unread: it is only logged.
+    assert review.request.model_dump(exclude={"dry_run"}) == reference.request.model_dump(exclude={"dry_run"})
+
+
+def test_a_deep_object_written_before_the_header_is_skipped_too() -> None:
+    """Not the apiserver's order: every value is skipped in one pass, the header still read."""
+    body = admission(1405)
+    request = body.pop("request")
+    body = {"request": {"object": nested(100_000, "map"), **request}, **body}
+    assert adm.parse_review(orjson.dumps(body)).request.name == request.get("name", "")
+
+
+def test_nesting_outside_the_objects_is_still_refused() -> None:
+    body = admission(1405)
+    body["request"]["userInfo"] = nested(1000, "map")
+    with pytest.raises(adm.ReviewError, match="body is not JSON"):
+        adm.parse_review(orjson.dumps(body))
+
+
 @pytest.mark.parametrize("seq", RECORDED_SEQS)
 def test_skimmed_parse_equals_the_whole_parse_on_every_recorded_review(seq: int) -> None:
     body = json.dumps(admission(seq)).encode()
