@@ -178,7 +178,7 @@ _CUT: Final = frozenset((*_SKIPPED, "options"))
 """``request`` members that come from the client (``options`` too: an embedded object)."""
 
 
-class _Unreadable(Exception):
+class _Unreadable(InputError):
     """Not the shape :func:`_without_objects` reads (the caller reports pydantic's error)."""
 
 
