@@ -346,6 +346,11 @@ class Policy:
     def exempt(self, user: UserInfo) -> bool:
         return user.username in self.exempt_users or any(g in self.exempt_groups for g in user.groups)
 
+    def can_deny(self, user: UserInfo) -> bool:
+        """Whether a verdict on ``user``'s request can refuse it: then the join settles first
+        (:meth:`webhook.serve.join.RequestIndex.join`), so no concurrent request lends its agent."""
+        return self.mode == "enforce" and not self.exempt(user)
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Outcome:
@@ -408,7 +413,9 @@ def decide(
     """The verdict for ``request`` given the pending audit requests it joined.
 
     Several pending requests with different agents: every agent is judged and the worst
-    verdict answers (denied > unlisted > listed); ``user-agent-join`` says so.
+    verdict answers (denied > unlisted > listed); ``user-agent-join`` says so. Scopes are
+    matched against each request's authenticated user: for an impersonated write, the
+    impersonator, not the user the review names.
     """
     if allowlist is None:
         return unknown(None, reason="no allowlist loaded yet")
@@ -416,9 +423,15 @@ def decide(
         return unknown(allowlist.hash)
     user = request.user_info
     worst: tuple[str | None, Decision] | None = None
-    for agent in join.agents:
+    for agent, authenticated, groups in join.judged:
+        # Scopes match the authenticated user of each joined request (README), never the
+        # impersonated one the review names.
         decision = allowlist.decide(
-            agent, user=user.username, groups=user.groups, namespace=request.namespace or None, today=today
+            agent,
+            user=authenticated or user.username,
+            groups=list(groups) if authenticated else user.groups,
+            namespace=request.namespace or None,
+            today=today,
         )
         if worst is None or VERDICT_RANK[decision.verdict] > VERDICT_RANK[worst[1].verdict]:
             worst = (agent, decision)
