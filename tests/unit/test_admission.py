@@ -152,8 +152,19 @@ def test_a_deep_object_written_before_the_header_is_skipped_too() -> None:
     """Not the apiserver's order: every value is skipped in one pass, the header still read."""
     body = admission(1405)
     request = body.pop("request")
-    body = {"request": {"object": nested(100_000, "map"), **request}, **body}
+    request.pop("object")
+    body = {"request": {"object": nested(10_000, "map"), **request}, **body}  # the apiserver's limit
     assert adm.parse_review(orjson.dumps(body)).request.name == request.get("name", "")
+
+
+def test_skipping_a_crafted_body_is_bounded() -> None:
+    """Past the budget a body not in the apiserver's order is refused (400), not read for seconds."""
+    body = admission(1405)
+    request = body.pop("request")
+    request.pop("object")
+    body = {"request": {"object": nested(100_000, "map"), **request}, **body}
+    with pytest.raises(adm.ReviewError, match="body is not JSON"):
+        adm.parse_review(orjson.dumps(body))
 
 
 def test_nesting_outside_the_objects_is_still_refused() -> None:

@@ -197,8 +197,14 @@ def _string_end(body: bytes, at: int) -> int:
         start = quote + 1
 
 
-def _value_end(body: bytes, at: int) -> int:
-    """Index after the JSON value starting at ``at``; nesting is counted in a loop, never recursed."""
+_SKIP_BUDGET: Final = 50_000
+"""Brackets and strings one review may make :func:`_without_objects` step over (~0.1 s): the
+apiserver's order needs none inside the objects; a body in another order gets this far."""
+
+
+def _value_end(body: bytes, at: int, budget: list[int]) -> int:
+    """Index after the JSON value starting at ``at``; nesting is counted in a loop, never recursed.
+    Each bracket or string stepped over costs one of ``budget[0]``; none left: unreadable."""
     first = body[at : at + 1]
     if first == b'"':
         return _string_end(body, at)
@@ -215,6 +221,9 @@ def _value_end(body: bytes, at: int) -> int:
         where: int = match.start()
         if where < skip_to:
             continue  # a bracket inside a string
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise _Unreadable
         char = body[where]
         if char == 0x22:  # '"'
             skip_to = _string_end(body, where)
@@ -237,10 +246,11 @@ class _Members:
     """Walks the members of the JSON object at ``body[at] == '{'``: :meth:`key` reads the next
     key, the caller decides whether to :meth:`skip` its value (one pass, no recursion) or stop."""
 
-    def __init__(self, body: bytes, at: int) -> None:
+    def __init__(self, body: bytes, at: int, budget: list[int]) -> None:
         if body[at : at + 1] != b"{":
             raise _Unreadable
         self.body = body
+        self.budget = budget
         self.at = _blank(body, at + 1)
         self.first = True
 
@@ -266,7 +276,7 @@ class _Members:
 
     def skip(self, value_at: int) -> int:
         """Skip the value at ``value_at``; where it ends."""
-        end = _value_end(self.body, value_at)
+        end = _value_end(self.body, value_at, self.budget)
         self.at = _blank(self.body, end)
         return end
 
@@ -284,13 +294,15 @@ def _without_objects(body: bytes) -> bytes | None:
     request's header (uid, resource, name, namespace, operation, userInfo) before ``object``:
     then reading stops at ``object``, whatever its size (``dryRun``, written after the objects,
     is then not read: it is only logged). In any other order every value is skipped, each in
-    one pass that counts brackets.
+    one pass that counts brackets, within :data:`_SKIP_BUDGET` (the apiserver's own limit of
+    10,000 levels fits): a crafted body cannot hold the event loop.
     """
     top: list[bytes] = []
     seen_top: set[str] = set()
     found = False
     try:
-        members = _Members(body, _blank(body, 0))
+        budget = [_SKIP_BUDGET]
+        members = _Members(body, _blank(body, 0), budget)
         while (member := members.key()) is not None:
             key, key_at, value_at = member
             if key != "request" or body[value_at : value_at + 1] != b"{" or found:
@@ -301,7 +313,7 @@ def _without_objects(body: bytes) -> bytes | None:
             early = seen_top >= _ENVELOPE
             kept: list[bytes] = []
             seen: set[str] = set()
-            fields = _Members(body, value_at)
+            fields = _Members(body, value_at, budget)
             while (field := fields.key()) is not None:
                 name, field_at, field_value_at = field
                 if name in _CUT and early and seen >= _HEADER:

@@ -90,7 +90,7 @@ DEFAULT_TTL = 10.0
 """Seconds an unanswered RequestReceived stays joinable: Kubernetes' default webhook timeout."""
 DEFAULT_MAX_ENTRIES = 100_000
 """Pending requests kept; ~0.9 KB each (measured: bench/RESULTS.md, item 5), ~90 MB at the cap."""
-DEFAULT_MAX_BYTES = 96 * 1024 * 1024
+DEFAULT_MAX_BYTES = 128 * 1024 * 1024
 """Estimated bytes of pending entries and remembered audit IDs: forged long strings cannot grow
 the index past it (the oldest entries go first)."""
 AGENT_CUT = 1024
@@ -488,7 +488,8 @@ class RequestIndex:
         keys = candidate_keys(lookup)
         result = None if settle else self._take(lookup, keys)
         if result is None and wait > 0 and keys:
-            self.stats.waited += 1
+            if not settle or all(p.stale for group in self._matches(lookup, keys) for p in group):
+                self.stats.waited += 1  # its own event had not arrived yet
             loop = asyncio.get_running_loop()
             deadline = loop.time() + wait
             if settle:
