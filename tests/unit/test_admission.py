@@ -329,6 +329,36 @@ def test_ambiguous_join_answers_the_worst_verdict_and_says_so() -> None:
     assert "user-agent-join" not in plain.annotations
 
 
+SCOPED = Allowlist.from_yaml('agents: [{glob: "kc-scoped/*", users: ["dev-alice"]}]', source="test")
+
+
+def _joined_as(authenticated: str, groups: tuple[str, ...] = ()) -> JoinResult:
+    """One pending request whose RequestReceived names ``authenticated`` (for an impersonated
+    write: the impersonator; the review names the impersonated user)."""
+    key = ("dev-alice", "", "", "configmaps", "", "team", "", "create")
+    return JoinResult(
+        (Pending("id", "kc-scoped/v1.20.2", key, 0.0, False, user=authenticated, groups=groups),)
+    )
+
+
+def test_scopes_match_the_authenticated_user_not_the_impersonated_one() -> None:
+    """README: scopes match the authenticated user. mallory writing as dev-alice is not dev-alice."""
+    enforce = adm.Policy(mode="enforce")
+    as_alice = request(userInfo={"username": "dev-alice", "groups": ["system:authenticated"]})
+    borrowed = adm.decide(as_alice, _joined_as("mallory", ("devs",)), SCOPED, enforce)
+    assert borrowed.verdict == "unlisted" and not borrowed.allowed
+    own = adm.decide(as_alice, _joined_as("dev-alice", ("devs",)), SCOPED, enforce)
+    assert own.verdict == "listed" and own.allowed
+
+
+def test_enforce_settles_only_where_a_verdict_can_deny() -> None:
+    alice = adm.UserInfo(username="dev-alice", groups=["devs"])
+    masters = adm.UserInfo(username="admin", groups=["system:masters"])
+    assert adm.Policy(mode="enforce").can_deny(alice)
+    assert not adm.Policy(mode="enforce").can_deny(masters)
+    assert not adm.Policy(mode="warn").can_deny(alice)
+
+
 def test_missing_agent_is_unlisted_with_a_plain_warning() -> None:
     outcome = adm.decide(request(), join(None), ALLOWLIST, adm.Policy())
     assert outcome.verdict == "unlisted"
