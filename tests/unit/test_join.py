@@ -322,15 +322,38 @@ def test_an_impersonated_write_joins_the_impersonators_request() -> None:
     assert result.judged == (("peirates/1.0", "mallory", ("devs",)),)
 
 
-def test_an_impersonator_beside_the_users_own_request_makes_it_ambiguous() -> None:
+def _own_without_uid() -> Event:
+    """dev-alice's own kubectl create, authenticated without a uid (a client certificate, OIDC)."""
+    return _rr("create", "", auditID="own", user={"username": "dev-alice"}, userAgent="kubectl/v1.30.0")
+
+
+def test_a_users_own_request_answers_alone_even_without_a_uid() -> None:
+    """Another user's concurrent request (here refused: no rights needed to send one) cannot
+    change the verdict of a user whose own request came: no one denies others' writes."""
     index = RequestIndex()
     index.observe(
         _rr("create", "", auditID="own", user={"username": "dev-alice"}, userAgent="kubectl/v1.30.0")
     )
     index.observe(_impersonated_by("mallory", "peirates/1.0"))
     result = index.lookup(Lookup("CREATE", "dev-alice", "", "", "configmaps", "", "team", "cm"))
-    assert result is not None and result.ambiguous
-    assert set(result.agents) == {"kubectl/v1.30.0", "peirates/1.0"}
+    assert result is not None and result.agents == ("kubectl/v1.30.0",)
+
+
+def test_an_impersonated_call_waits_for_a_request_of_its_own_before_taking_another_users() -> None:
+    """The impersonator's event is there first; the call still waits out its wait (in warn mode
+    too) in case the review user's own request is only late."""
+    own = _own_without_uid()
+
+    async def scenario() -> JoinResult | None:
+        index = RequestIndex()
+        index.observe(_impersonated_by("mallory", "peirates/1.0"))
+        call = asyncio.create_task(index.join(_create("cm", uid=""), wait=1.0))
+        await asyncio.sleep(0)
+        index.observe(own)  # late, but within the wait
+        return await call
+
+    result = asyncio.run(scenario())
+    assert result is not None and result.agents == ("kubectl/v1.30.0",)
 
 
 def test_a_user_with_a_uid_and_its_own_request_is_not_joined_to_other_users() -> None:

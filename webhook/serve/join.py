@@ -20,10 +20,12 @@ CONNECT     get or create (pods/exec, attach,   present
 Impersonation: the apiserver writes ``RequestReceived`` before it applies ``Impersonate-User``,
 so that event names only the authenticated user (no ``impersonatedUser``, recorded on a real
 kube-apiserver 1.20), while the admission call names the impersonated one. Every entry is
-therefore also indexed without its user, and another user's pending entry with the same request
-attributes joins in (a possible impersonator) when the review's user has no uid: an impersonated
-user has none, unless the impersonator also sends ``Impersonate-Uid`` (Kubernetes 1.22+), which
-stays unjoined (``unknown``). A user with a uid is never joined to other users' requests.
+therefore also indexed without its user. When the review's user has no uid (an impersonated user
+has none, unless the impersonator also sends ``Impersonate-Uid``, Kubernetes 1.22+, which stays
+unjoined: ``unknown``) and no request of its own came by the end of the wait, another user's
+pending request with the same attributes answers (its impersonator). A user's own request always
+answers alone, so another user's concurrent (even refused) requests cannot change its verdict;
+a user with a uid is never joined to other users' requests.
 Scopes are always matched against the authenticated user of each entry (``Pending.user``).
 
 Concurrent requests of one key: an admission call cannot tell its own RequestReceived from a
@@ -449,10 +451,17 @@ class RequestIndex:
                     others.extend(p for p in same.values() if p.key[:2] != who)
         return own, others
 
-    def _take(self, lookup: Lookup, keys: list[JoinKey]) -> JoinResult | None:
+    def _take(self, lookup: Lookup, keys: list[JoinKey], *, last: bool) -> JoinResult | None:
+        """The match, consumed when unambiguous. The review user's own requests answer alone;
+        other users' (a possible impersonator's) only ``last``, when none of its own came."""
         self._expire(self._clock())
         own, others = self._matches(lookup, keys)
-        found = own + others
+        if any(not p.stale for p in own):
+            found = own
+        elif last:
+            found = own + others
+        else:
+            return None
         if all(p.stale for p in found):
             return None  # a finished request never lends its agent
         found.sort(key=lambda p: p.arrived)
@@ -460,9 +469,7 @@ class RequestIndex:
         if result.ambiguous:
             self.stats.ambiguous += 1
             return result
-        # The review user's own request first; another user's (an impersonator's) only without one.
-        mine = sorted(own, key=lambda p: p.arrived)
-        oldest = next((p for p in (mine or found) if not p.shared and not p.stale), None)
+        oldest = next((p for p in found if not p.shared and not p.stale), None)
         if oldest is not None:
             del self._by_id[oldest.slot]
             self._forget(oldest)
@@ -472,7 +479,7 @@ class RequestIndex:
 
     def lookup(self, lookup: Lookup) -> JoinResult | None:
         """Match now, without waiting; consumes the entry on an unambiguous match."""
-        result = self._take(lookup, candidate_keys(lookup))
+        result = self._take(lookup, candidate_keys(lookup), last=True)
         self._count(result)
         return result
 
@@ -486,7 +493,7 @@ class RequestIndex:
         answer ambiguous rather than lending this call its agent.
         """
         keys = candidate_keys(lookup)
-        result = None if settle else self._take(lookup, keys)
+        result = None if settle else self._take(lookup, keys, last=False)
         if result is None and wait > 0 and keys:
             if not settle or all(p.stale for group in self._matches(lookup, keys) for p in group):
                 self.stats.waited += 1  # its own event had not arrived yet
@@ -514,9 +521,9 @@ class RequestIndex:
                             waiters.discard(future)
                             if not waiters:
                                 del self._waiters[key]
-                result = self._take(lookup, keys)
-        if result is None and settle:
-            result = self._take(lookup, keys)
+                result = self._take(lookup, keys, last=False)
+        if result is None:
+            result = self._take(lookup, keys, last=True)
         self._count(result)
         return result
 
