@@ -91,7 +91,8 @@ __all__ = [
 DEFAULT_TTL = 10.0
 """Seconds an unanswered RequestReceived stays joinable: Kubernetes' default webhook timeout."""
 DEFAULT_MAX_ENTRIES = 100_000
-"""Pending requests kept; ~0.9 KB each (measured: bench/RESULTS.md, item 5), ~90 MB at the cap."""
+"""Pending requests kept; ~1.1 KB each with the by-attributes index (tracemalloc, 50,000
+ordinary creates; bench/RESULTS.md item 5 measured ~0.9 KB before it), ~110 MB at the cap."""
 DEFAULT_MAX_BYTES = 128 * 1024 * 1024
 """Estimated bytes of pending entries and remembered audit IDs: forged long strings cannot grow
 the index past it (the oldest entries go first)."""
@@ -99,10 +100,12 @@ AGENT_CUT = 1024
 AGENT_CUT_SUFFIX = "...TRUNCATED"
 """kube-apiserver cuts ``userAgent`` in audit events to 1,024 bytes plus this (seen on 1.20)."""
 _ID_MAX = 128
-_ENTRY_BYTES = 900
+"""Longer audit IDs (client-chosen) are kept as a digest."""
+_ENTRY_BYTES = 1000
+"""Fixed cost of one entry, its two index slots and key tuples: with its strings the estimate
+(~1,150 B for an ordinary create) is above the measured ~1,130 B."""
 _ID_BYTES = 100
 """Fixed cost of one remembered audit ID in ``_finished``."""
-"""Fixed cost of one entry, its dict slots and its key tuple (bench/RESULTS.md, item 5)."""
 
 CONNECT_SUBRESOURCES = frozenset(("exec", "attach", "portforward", "proxy"))
 OPERATION_VERBS: dict[str, tuple[str, ...]] = {
