@@ -93,7 +93,7 @@ DEFAULT_TTL = 10.0
 DEFAULT_MAX_ENTRIES = 100_000
 """Pending requests kept; ~1.1 KB each with the by-attributes index (tracemalloc, 50,000
 ordinary creates; bench/RESULTS.md item 5 measured ~0.9 KB before it), ~110 MB at the cap."""
-DEFAULT_MAX_BYTES = 128 * 1024 * 1024
+DEFAULT_MAX_BYTES = 160 * 1024 * 1024
 """Estimated bytes of pending entries and remembered audit IDs: forged long strings cannot grow
 the index past it (the oldest entries go first)."""
 AGENT_CUT = 1024
@@ -290,6 +290,9 @@ class RequestIndex:
         self.stats = IndexStats()
         self._clock = clock
         self._bytes = 0
+        """Estimated bytes of pending entries, at most three quarters of ``max_bytes``."""
+        self._finished_bytes = 0
+        """... and of remembered audit IDs, at most a quarter: neither crowds out the other."""
         self._by_id: OrderedDict[tuple[str, int], Pending] = OrderedDict()
         self._by_key: dict[JoinKey, dict[tuple[str, int], Pending]] = {}
         self._by_request: dict[tuple[str, ...], dict[tuple[str, int], Pending]] = {}
@@ -305,7 +308,11 @@ class RequestIndex:
     @property
     def bytes(self) -> int:
         """Estimated bytes held (pending entries and remembered audit IDs)."""
-        return self._bytes
+        return self._bytes + self._finished_bytes
+
+    @property
+    def _pending_cap(self) -> int:
+        return self.max_bytes - self.max_bytes // 4
 
     def observe_all(self, events: Iterable[Event]) -> None:
         for event in events:
@@ -346,11 +353,12 @@ class RequestIndex:
             + len(user.username)
             + sum(map(len, groups))
         )
-        while self._by_id and (len(self._by_id) >= self.max_entries or self._bytes + size > self.max_bytes):
+        cap = self._pending_cap
+        while self._by_id and (len(self._by_id) >= self.max_entries or self._bytes + size > cap):
             _, oldest = self._by_id.popitem(last=False)
             self._forget(oldest)
             self.stats.evicted_cap += 1
-        if size > self.max_bytes:
+        if size > cap:
             self.stats.evicted_cap += 1
             return
         entry = Pending(
@@ -400,16 +408,17 @@ class RequestIndex:
 
     def _remember(self, audit_id: str, now: float) -> None:
         if audit_id not in self._finished:
-            self._bytes += _ID_BYTES + len(audit_id)
+            self._finished_bytes += _ID_BYTES + len(audit_id)
         self._finished[audit_id] = now
         self._finished.move_to_end(audit_id)
         horizon = now - 2 * self.ttl
+        cap = self.max_bytes // 4
         while self._finished:
             first_id, at = next(iter(self._finished.items()))
-            if at > horizon and len(self._finished) <= self.max_entries and self._bytes <= self.max_bytes:
+            if at > horizon and len(self._finished) <= self.max_entries and self._finished_bytes <= cap:
                 break
             del self._finished[first_id]
-            self._bytes -= _ID_BYTES + len(first_id)
+            self._finished_bytes -= _ID_BYTES + len(first_id)
 
     def _forget(self, entry: Pending) -> None:
         """Remove ``entry`` (already out of ``_by_id``) from the key buckets and the repeats."""
