@@ -455,3 +455,20 @@ def test_the_index_is_bounded_by_bytes_as_well_as_entries() -> None:
         index.observe(_rr("patch", "x", auditID=f"id-{number}" + "i" * 4000, stage="ResponseComplete"))
         assert index.bytes <= index.max_bytes
     assert len(index) == 0
+
+
+def test_pending_entries_and_finished_ids_do_not_crowd_each_other_out() -> None:
+    index = RequestIndex(max_bytes=64 * 1024)
+    index.observe(_rr("create", "", auditID="done"))
+    index.observe(_rr("create", "", auditID="done", stage="ResponseComplete"))
+    for number in range(50):  # forged pending entries with long names evict only their own kind
+        index.observe(_rr("patch", f"{number}" + "n" * 4000, auditID=f"flood-{number}"))
+    index.observe(_rr("create", "", auditID="done"))  # a retried batch: still known as finished
+    assert index.stats.ignored_finished == 1
+
+    index.observe(_rr("create", "", auditID="real", userAgent="kubectl/v1.30.0"))
+    for number in range(500):  # forged completions with long IDs evict only remembered IDs
+        index.observe(_rr("create", "", auditID=f"forged-{number}" + "i" * 4000, stage="ResponseComplete"))
+    assert index.bytes <= index.max_bytes
+    result = index.lookup(_create("cm"))
+    assert result is not None and "kubectl/v1.30.0" in result.agents
