@@ -312,3 +312,37 @@ def test_the_allowlist_configmap_is_watched(tmp_path: Path, tail_factory) -> Non
     assert {"python-requests/2.34.2", "curl/7.88.1"} <= first
     assert not {"python-requests/2.34.2", "curl/7.88.1"} & later_agents
     assert "peirates/v0.0.0 (linux/amd64) kubernetes/$Format" in later_agents
+
+
+def _refusal_at(agent: str, when: str, audit_id: str) -> bytes:
+    template = json.loads(next(line for line in LINES if b'"forbid"' in line))
+    template.update(auditID=audit_id, userAgent=agent, stageTimestamp=when, requestReceivedTimestamp=when)
+    return orjson.dumps(template) + b"\n"
+
+
+def test_an_event_with_an_out_of_range_time_is_counted_and_no_finding_is_lost_across_a_restart(
+    tmp_path: Path, tail_factory, allowlist_file: Path
+) -> None:
+    log = tmp_path / "audit.log"
+    log.write_bytes(
+        _refusal_at("curl/1", "2026-11-27T18:00:00.000000Z", "a1")
+        + _refusal_at("curl/2", "9999-12-31T23:59:59.999999Z", "a2")
+        + _refusal_at("curl/3", "0001-01-01T00:00:00+01:00", "a3")
+        + _refusal_at("curl/4", "2026-11-27T18:00:01.000000Z", "a4")
+    )
+    tail = tail_factory(log, "--allowlist", str(allowlist_file), "--from-start").start()
+    wait_for(tail.caught_up, what="catch up")
+    assert tail.stop() == 0
+    assert tail.stats()["malformed"] == 2
+    restarted = tail.start()
+    with open(log, "ab") as handle:
+        handle.write(_refusal_at("curl/5", "2026-11-27T18:00:02.000000Z", "a5"))
+    wait_for(restarted.caught_up, what="the restarted tailer")
+    assert restarted.stop() == 0
+    found = findings_in(*tail.stdout_files)
+    assert [f["user_agent"]["original"] for f in found if f["rule"]["name"] == "unusual-agent-forbidden"] == [
+        "curl/1",
+        "curl/4",
+        "curl/5",
+    ]
+    assert "Traceback" not in tail.stderr()

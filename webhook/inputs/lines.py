@@ -76,7 +76,8 @@ class LineDecoder(Generic[T]):
     raising :class:`MalformedEvent`) go to ``malformed(line number, reason)`` instead.
 
     Line numbers count from 1 across everything this decoder reads; :attr:`lines`, :attr:`size`
-    and :attr:`skipped` count it too.
+    and :attr:`skipped` count it too, and :attr:`line` is the number of the last event yielded
+    (for a caller that skips it later, such as an event the Detector rejects).
     """
 
     def __init__(
@@ -85,7 +86,7 @@ class LineDecoder(Generic[T]):
         self.fmt = fmt
         self.parse = parse
         self.malformed = malformed
-        self.lines = self.size = self.skipped = 0
+        self.lines = self.size = self.skipped = self.line = 0
 
     def _events(self, results: Iterable[ScanResult]) -> Iterator[T]:
         """The events of ``results`` (as :func:`_decode_stream` yields them), in line order."""
@@ -103,6 +104,7 @@ class LineDecoder(Generic[T]):
                 except MalformedEvent as exc:
                     malformed(base + number, str(exc))
                     continue
+                self.line = base + number
                 yield event
 
     def read(
