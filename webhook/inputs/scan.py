@@ -108,8 +108,8 @@ def _careful(block: bytes, result: ScanResult, base: int, prefilter: Prefilter) 
     lines = block.split(b"\n")
     lines.pop()
     for i, raw in enumerate(lines, start=base + 1):
-        line = raw.rstrip(b"\r")
-        if not line.strip():
+        line = raw.strip(b" \t\r")  # JSON allows white space around the object, CRLF included
+        if not line:
             continue
         if len(line) > MAX_LINE_BYTES:
             result.malformed.append((i, f"line longer than {MAX_LINE_BYTES} bytes"))
