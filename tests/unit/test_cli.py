@@ -60,7 +60,7 @@ def test_malformed_lines_are_counted_with_line_numbers_and_skipped(tmp_path: Pat
                 good[0],
                 good[1][: len(good[1]) // 2],  # truncated JSON
                 b"\x00\x01\xfe\xffbinary junk 403",
-                b'{"padding":"' + b"x" * (5 * 1024 * 1024) + b'"}',  # a 5 MB line
+                b'{"padding":"' + b"x" * (5 * 1024 * 1024) + b'"',  # a 5 MB line, not one JSON object
                 forbid,
                 b"",
             ]
@@ -135,6 +135,23 @@ def test_a_truncated_gzip_is_reported_and_the_next_files_still_read(tmp_path: Pa
         f"  {first}:2: data breaks off, rest of the file skipped: "
         "Compressed file ended before the end-of-stream marker was reached"
     ]
+
+
+def test_a_refusal_padded_past_the_line_limit_is_still_a_finding(tmp_path: Path) -> None:
+    """``GET .../secrets?`` + 700,000 ``&`` (written ``\\u0026``): a 4.2 MB line, refused."""
+    event = json.loads(_refusal("curl/padded", "2026-11-27T18:00:00.000000Z"))
+    event["requestURI"] = "/api/v1/namespaces/default/secrets?" + "&" * 700_000
+    padded = json.dumps(event, separators=(",", ":")).replace("&", "\\u0026").encode()
+    assert len(padded) > 4 * 1024 * 1024
+    log = tmp_path / "audit.log"
+    log.write_bytes(_refusal("curl/1", "2026-11-27T17:59:59.000000Z") + b"\n" + padded + b"\n")
+    result = cli("replay", "--allowlist", allowlist(tmp_path), str(log))
+    assert result.returncode == 0, result.stderr
+    found = findings(result.stdout)
+    assert [f["user_agent"]["original"] for f in found] == ["curl/1", "curl/padded"]  # type: ignore[index]
+    uri = found[1]["kubernetes"]["audit"]["requestURI"]  # type: ignore[index]
+    assert uri.startswith("/api/v1/namespaces/default/secrets?&&&") and len(uri) <= 4096
+    assert f"2 lines ({log.stat().st_size} bytes) read, 0 malformed" in result.stderr.decode()
 
 
 def test_replay_of_a_missing_file_is_a_one_line_error(tmp_path: Path) -> None:

@@ -236,7 +236,7 @@ class Tailer:
         self.totals.add("lines", len(batch.lines))
         self.totals.add("bytes", batch.consumed)
         for _ in range(batch.overlong):
-            self._malformed("line longer than the 4 MiB limit, skipped")
+            self._malformed("line longer than the 4 MiB limit and not readable as an audit event, skipped")
         findings: list[Finding] = []
         skipped = self._decoder.skipped
         for event in self._decoder.lines_of(batch.lines, self.detector.prefilter):
