@@ -14,6 +14,12 @@ is searched for by a pattern that starts elsewhere (:data:`BLOCK_FORMS`), and th
 ``gent": "``, which shares its start with the verdict needle's tail ``gent-verdict``: one pass
 finds both.
 
+A denied product is looked for anywhere in the agent (the parser takes the first product token
+after any comment or junk: ``(x) peirates/1.0``), the agent key however it is spaced, and a line
+on its own (:meth:`Prefilter.matches`) by the same patterns as a block, so the line-by-line path
+of odd blocks (CRLF, white space around lines) selects alike. Numbers are taken as the
+apiserver writes them (``403``, also ``403.0``, ``403e0``): ``4.03e2`` is not looked for.
+
 It is a superset, never an exact test: case is ignored; an agent holding a JSON escape or a
 non-ASCII byte always counts (so ``\\u212a`` spellings and Unicode case folding cannot hide a
 denied agent); a ``regex:`` denied entry, whose literal cannot be derived, makes every line
