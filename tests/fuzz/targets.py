@@ -108,6 +108,7 @@ _EXTREME_TIMES = (
     "2999-01-01T00:00:00Z",
 )
 _T0 = dt.datetime(2026, 11, 27, 12, tzinfo=dt.UTC)
+_SCAN_PREFILTER = Detector(_SCAN_ALLOWLIST).prefilter
 
 
 def _time_of(record: bytes) -> str:
@@ -194,9 +195,8 @@ def scan_target(data: bytes) -> None:
     """The block scanner against a line-by-line reference: every line counted, every line of the
     wrong shape malformed with its number, every line the Detector flags on its own a hit."""
     block = data if data.endswith(b"\n") else data + b"\n"
-    prefilter = Detector(_SCAN_ALLOWLIST).prefilter
     result = scan.ScanResult()
-    scan.scan_block((block, 0, len(block)), result, prefilter)
+    scan.scan_block((block, 0, len(block)), result, _SCAN_PREFILTER)
     lines = block.split(b"\n")[:-1]
     assert result.lines == len(lines) and result.size == len(block)
     hits = {number: line for number, line in result.hits}

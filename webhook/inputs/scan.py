@@ -260,6 +260,18 @@ def _scan_piece(piece: tuple[str, int, int, Prefilter]) -> ScanResult:
     return result
 
 
+def _next_line_start(handle: IO[bytes], offset: int) -> int:
+    """Where the line after the one holding ``offset`` starts (read in blocks: a line may be
+    longer than memory should hold); the file's end when there is none."""
+    handle.seek(offset)
+    while chunk := handle.read(BLOCK_BYTES):
+        newline = chunk.find(b"\n")
+        if newline >= 0:
+            return offset + newline + 1
+        offset += len(chunk)
+    return offset
+
+
 def _pieces(path: str, size: int, workers: int = 1) -> list[tuple[str, int, int]]:
     """Split ``path`` into pieces that start right after a newline.
 
@@ -271,9 +283,7 @@ def _pieces(path: str, size: int, workers: int = 1) -> list[tuple[str, int, int]
     with open(path, "rb") as handle:
         offset = piece
         while offset < size:
-            handle.seek(offset)
-            handle.readline()
-            position = handle.tell()
+            position = _next_line_start(handle, offset)
             if position >= size:
                 break
             if position > bounds[-1]:
