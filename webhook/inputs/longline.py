@@ -64,6 +64,7 @@ _SKIP = re2.compile(rb'[^"{}\[\]]*', _options())
 _SKIP_TOP = re2.compile(rb'[^"{}\[\],]*', _options())
 """The same at the top level, where a comma ends the dropped value."""
 _SCALAR = re2.compile(rb"[-+.0-9A-Za-z]*", _options())
+_SPACE = re2.compile(rb"[ \t\r\n]+", _options())
 _HIGH = frozenset((b"d8", b"d9", b"da", b"db"))
 
 
@@ -152,7 +153,7 @@ class LongLine:
                 continue
             byte = data[pos : pos + 1]
             if byte in (b" ", b"\t", b"\r", b"\n"):
-                pos += 1
+                pos = _SPACE.match(data, pos).end()
             elif self._done:
                 raise ValueError("data after the JSON object")
             elif self._dropping and byte not in (b'"{}[],' if self._depth == 1 else b'"{}[]'):
