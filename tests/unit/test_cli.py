@@ -63,7 +63,7 @@ def test_malformed_lines_are_counted_with_line_numbers_and_skipped(tmp_path: Pat
                 good[0],
                 good[1][: len(good[1]) // 2],  # truncated JSON
                 b"\x00\x01\xfe\xffbinary junk 403",
-                b'{"padding":"' + b"x" * (5 * 1024 * 1024) + b'"}',  # a 5 MB line
+                b'{"padding":"' + b"x" * (5 * 1024 * 1024) + b'"',  # a 5 MB line, not one JSON object
                 forbid,
                 b"",
             ]
@@ -90,6 +90,71 @@ def test_malformed_line_numbers_count_from_one_in_each_file(tmp_path: Path) -> N
     err = result.stderr.decode()
     assert f"{first}:{lines + 1}: not a JSON object line" in err
     assert f"{second}:1: not a JSON object line" in err
+
+
+def _refusal(agent: str, timestamp: str) -> bytes:
+    good = [line for path in AUDIT_LOGS for line in path.read_bytes().splitlines()]
+    forbid = next(line for line in good if b'"forbid"' in line and b"python-requests/2.25.1" in line)
+    event = json.loads(forbid)
+    event.update(userAgent=agent, stageTimestamp=timestamp, requestReceivedTimestamp=timestamp)
+    return json.dumps(event, separators=(",", ":")).encode()
+
+
+def test_an_event_with_an_out_of_range_time_is_counted_and_the_others_still_found(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    log.write_bytes(
+        b"\n".join(
+            [
+                _refusal("curl/1", "2026-11-27T18:00:00.000000Z"),
+                _refusal("curl/2", "9999-12-31T23:59:59.999999Z"),
+                _refusal("curl/3", "0001-01-01T00:00:00+01:00"),
+                _refusal("curl/4", "2026-11-27T18:00:01.000000Z"),
+                b"",
+            ]
+        )
+    )
+    result = cli("replay", "--allowlist", allowlist(tmp_path), str(log))
+    assert result.returncode == 0, result.stderr
+    assert [f["user_agent"]["original"] for f in findings(result.stdout)] == ["curl/1", "curl/4"]  # type: ignore[index]
+    err = result.stderr.decode()
+    assert "2 malformed skipped" in err and "Traceback" not in err
+    assert f"{log}:2: event skipped: timestamp out of range" in err
+    assert f"{log}:3: event skipped: timestamp out of range" in err
+
+
+def test_a_truncated_gzip_is_reported_and_the_next_files_still_read(tmp_path: Path) -> None:
+    first = tmp_path / "audit-1.log.gz"
+    refusal = _refusal("curl/1", "2026-11-27T18:00:00.000000Z")
+    packed = gzip.compress(refusal + b"\n" + b"x" * 100_000 + b"\n", compresslevel=0)  # stored: cut anywhere
+    first.write_bytes(packed[: len(packed) // 2])
+    second = tmp_path / "audit.log"
+    second.write_bytes(_refusal("curl/2", "2026-11-27T18:00:01.000000Z") + b"\n")
+    result = cli("replay", "--allowlist", allowlist(tmp_path), str(first), str(second))
+    assert result.returncode == 0, result.stderr
+    assert [f["user_agent"]["original"] for f in findings(result.stdout)] == ["curl/1", "curl/2"]  # type: ignore[index]
+    err = result.stderr.decode()
+    assert "1 files cut short" in err and "Traceback" not in err
+    assert [line for line in err.splitlines() if str(first) in line] == [
+        f"  {first}:2: data breaks off, rest of the file skipped: "
+        "Compressed file ended before the end-of-stream marker was reached"
+    ]
+
+
+def test_a_refusal_padded_past_the_line_limit_is_still_a_finding(tmp_path: Path) -> None:
+    """``GET .../secrets?`` + 700,000 ``&`` (written ``\\u0026``): a 4.2 MB line, refused."""
+    event = json.loads(_refusal("curl/padded", "2026-11-27T18:00:00.000000Z"))
+    event["requestURI"] = "/api/v1/namespaces/default/secrets?" + "&" * 700_000
+    padded = json.dumps(event, separators=(",", ":")).replace("&", "\\u0026").encode()
+    assert len(padded) > 4 * 1024 * 1024
+    log = tmp_path / "audit.log"
+    log.write_bytes(_refusal("curl/1", "2026-11-27T17:59:59.000000Z") + b"\n" + padded + b"\n")
+    result = cli("replay", "--allowlist", allowlist(tmp_path), str(log))
+    assert result.returncode == 0, result.stderr
+    found = findings(result.stdout)
+    assert [f["user_agent"]["original"] for f in found] == ["curl/1", "curl/padded"]  # type: ignore[index]
+    uri = found[1]["kubernetes"]["audit"]["requestURI"]  # type: ignore[index]
+    assert uri.startswith("/api/v1/namespaces/default/secrets?&&&") and len(uri) <= 4096
+    assert f"2 lines ({log.stat().st_size} bytes) read, 0 malformed" in result.stderr.decode()
 
 
 def test_replay_of_a_missing_file_is_a_one_line_error(tmp_path: Path) -> None:

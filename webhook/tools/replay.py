@@ -7,19 +7,17 @@ Every line is still checked for shape, so junk is counted with its line number.
 from __future__ import annotations
 
 import functools
-import gzip
 import io
 import sys
 import time
-import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TextIO
 
 from webhook.core.audit import Event, parse_event
 from webhook.core.useragent import display
 from webhook.detect.detector import Detector
-from webhook.inputs.files import open_log
+from webhook.inputs.files import READ_ERRORS, open_log
 from webhook.inputs.formats import Format
 from webhook.inputs.lines import LineDecoder
 from webhook.sinks.base import ClusterSink, Sink
@@ -44,6 +42,8 @@ class ReplayReport:
     findings: int = 0
     cluster_name: str | None = None
     malformed_samples: list[MalformedLine] = field(default_factory=list)
+    cut_short: list[MalformedLine] = field(default_factory=list)
+    """Files whose data broke off (a truncated or corrupt .gz): read up to there, the rest skipped."""
 
     def bad(self, source: str, line: int, reason: str) -> None:
         """Count a malformed line (``line`` counts from 1 in ``source``); the first few are kept."""
@@ -57,10 +57,13 @@ class ReplayReport:
             f"ua-sentinel replay{cluster}: {self.lines} lines ({self.bytes} bytes) read, "
             f"{self.malformed} malformed skipped, {self.findings} findings"
         )
+        if self.cut_short:
+            text += f", {len(self.cut_short)} files cut short"
         # A reason quotes the line (pydantic's error location is a key the line chose: an
         # annotation key holding ESC]0;...BEL would retitle the terminal); both are escaped.
         shown = [
-            f"  {display(m.source, 1024)}:{m.line}: {display(m.reason, 300)}" for m in self.malformed_samples
+            f"  {display(m.source, 1024)}:{m.line}: {display(m.reason, 300)}"
+            for m in [*self.cut_short, *self.malformed_samples]
         ]
         if self.malformed > len(self.malformed_samples):
             shown.append(f"  ... and {self.malformed - len(self.malformed_samples)} more")
@@ -106,6 +109,14 @@ class Progress:
             self._drawn = False
 
 
+def _until_broken(events: Iterator[Event], broken: Callable[[Exception], None]) -> Iterator[Event]:
+    """``events`` until reading the file fails (``broken`` is told; the caller goes on)."""
+    try:
+        yield from events
+    except READ_ERRORS as exc:
+        broken(exc)
+
+
 def replay(
     paths: Iterable[str],
     detector: Detector,
@@ -119,7 +130,8 @@ def replay(
 ) -> ReplayReport:
     """Feed every line of ``paths`` (in order) through ``detector``; findings go to ``sink``.
 
-    Raises OSError when a file cannot be opened or read; malformed lines never raise. With
+    Raises OSError when a file cannot be opened; malformed lines never raise, nor does data that
+    breaks off (a truncated .gz): that file is counted in ``cut_short`` and the next is read. With
     ``workers`` > 1 a large plain file is scanned by that many processes (same results).
     ``fmt`` selects the input shape (:mod:`webhook.inputs.formats`); ``k8s`` is the apiserver's own.
     ``progress`` is told how far the reading got; ``observe`` sees every decoded event before the
@@ -134,22 +146,28 @@ def replay(
         decoder = LineDecoder(fmt, parse_event, functools.partial(report.bad, source))
         if progress is not None:
             progress.update(number, report.bytes, report.findings, force=True)
+
+        def broken(exc: Exception, source: str = source, decoder: LineDecoder[Event] = decoder) -> None:
+            reason = f"data breaks off, rest of the file skipped: {exc}"
+            report.cut_short.append(MalformedLine(source, decoder.lines + 1, reason))
+
         stream = open_log(path)
         try:
             plain = isinstance(stream, io.BufferedReader) and path != "-"
             events = decoder.read(stream, detector.prefilter, path=path, workers=workers if plain else 1)
-            for event in events:
+            for event in _until_broken(events, broken):
                 if observe is not None:
                     observe(event)
-                for finding in detector.process(event):
+                found = detector.process(event)
+                if detector.last_rejection is not None:
+                    report.bad(source, decoder.line, f"event skipped: {detector.last_rejection}")
+                for finding in found:
                     if progress is not None:
                         progress.clear()
                     sink.deliver(finding)
                     report.findings += 1
                 if progress is not None:
                     progress.update(number, report.bytes + decoder.size, report.findings)
-        except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-            raise OSError(f"{source}: corrupt gzip data: {exc}") from None
         finally:
             if stream is not sys.stdin.buffer:
                 stream.close()
