@@ -94,6 +94,9 @@ class StateCollector(Collector):
         feed, queued = self.sources.feed()
         yield counter("detector_events", "Audit events processed by the detector.", feed.events)
         yield counter("audit_events_dropped", "Audit events dropped: detector queue full.", feed.dropped)
+        yield counter(
+            "detector_skipped", "Audit events the detector could not take (skipped).", feed.detector_errors
+        )
         yield from findings_metrics(feed.by_rule)
         yield counter("sink_errors", "Findings a sink failed to deliver.", feed.sink_errors)
         yield gauge("detector_queue", "Audit events waiting for the detector.", queued)
