@@ -22,9 +22,11 @@ COPY pyproject.toml README.md ./
 COPY webhook ./webhook
 # --only-binary: every dependency must come as a wheel, so the build needs no compiler.
 # pip byte-compiles what it installs; at run time nothing can (read-only root).
+# [otlp]: the chart offers the otlp: sink, which needs opentelemetry-proto.
 RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
     && python -m venv /opt/venv \
-    && /opt/venv/bin/python -m pip install --only-binary=:all: /wheels/ua_sentinel-*.whl
+    && wheel="$(echo /wheels/ua_sentinel-*.whl)" \
+    && /opt/venv/bin/python -m pip install --only-binary=:all: "${wheel}[otlp]"
 
 # ---- runtime ------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}

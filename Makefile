@@ -37,7 +37,7 @@ test: lint typecheck
 # Long coverage-guided runs (the suite runs each target briefly). FUZZ_SECONDS per target.
 FUZZ_SECONDS ?= 600
 fuzz: $(STAMP)
-	for t in useragent allowlist audit_line admission; do \
+	for t in useragent allowlist audit_line admission detector_times scan; do \
 		$(BIN)/python -m tests.fuzz.run_atheris $$t -max_total_time=$(FUZZ_SECONDS) -max_len=8192 \
 			-artifact_prefix=tests/fuzz/ tests/fuzz/corpus/$$t || exit 1; \
 	done

@@ -1,17 +1,23 @@
 """``ua-sentinel`` command line: parses arguments and hands off to library functions.
 
 Only this module prints to stderr or exits. Exit status: 0 when the command ran (findings
-are not errors), 1 for an I/O or configuration error (one line on stderr), 2 for usage errors.
+are not errors), 1 for an I/O or configuration error (one line on stderr), 2 for usage errors
+(one line on stderr: every numeric flag is range-checked when parsed), 141 when the reader of
+stdout went away (``... | head -1``; silent, as a process killed by SIGPIPE, which is what shells
+and ``set -o pipefail`` expect). Ordinary mistakes never print a traceback.
 Each subcommand is an ``_add_<name>`` function that registers its parser and a ``_run_<name>``.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from webhook import __version__
 from webhook.core import useragent
@@ -20,6 +26,7 @@ from webhook.detect.detector import Detector, DetectorConfig
 from webhook.errors import SetupError
 from webhook.inputs.formats import FORMATS
 from webhook.logs import LOG_LEVELS
+from webhook.tools.certs import MAX_DAYS
 
 __all__ = ["CliError", "build_parser", "load_allowlist", "main"]
 
@@ -28,6 +35,56 @@ Runner = Callable[[argparse.Namespace], int]
 
 class CliError(SetupError):
     """A problem the user can fix; printed as one line, exit status 1."""
+
+
+EXIT_BROKEN_PIPE = 141
+"""128 + SIGPIPE: what a shell reports for a process a closed pipe stopped."""
+_DAY = 86400.0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line (``ua-sentinel check: argument --days: ...``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _ranged(
+    convert: Callable[[str], float], low: float, high: float, *, above: bool = False
+) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number in [low, high] (``above``: strictly above low).
+
+    Out-of-range values are usage errors at parse time, never an OverflowError later
+    (``--days 999999999``, ``--window inf``, ``--port 99999``).
+    """
+    lower = f"above {_shown(low)}" if above else f"at least {_shown(low)}"
+
+    def parse(text: str) -> float:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value < low or (above and value == low) or value > high:
+            raise argparse.ArgumentTypeError(f"{text!r} must be {lower} and at most {_shown(high)}")
+        return value
+
+    parse.__name__ = convert.__name__  # argparse names the type in its messages
+    return parse
+
+
+def _shown(number: float) -> str:
+    return str(int(number)) if number == int(number) else f"{number:g}"
+
+
+def _int(low: int, high: int) -> Callable[[str], float]:
+    return _ranged(int, low, high)
+
+
+def _seconds(low: float, high: float, *, above: bool = True) -> Callable[[str], float]:
+    return _ranged(float, low, high, above=above)
+
+
+_PORT = _int(0, 65535)
 
 
 def load_allowlist(path: str | None) -> Allowlist:
@@ -54,9 +111,27 @@ def _live_allowlist_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _output_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=("json", "table", "wide"),
+        help="findings on stdout as JSON lines or a table (wide: also verdict, source, id); "
+        "default: a table on a terminal, JSON lines otherwise",
+    )
+
+
 def _os_error(exc: OSError) -> CliError:
     """One line naming the file and the system's reason, no traceback."""
     return CliError(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}")
+
+
+def _cluster_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cluster-name",
+        metavar="NAME",
+        help="the cluster's name, put on every finding (orchestrator.cluster.name) and its text",
+    )
 
 
 def _rule_args(parser: argparse.ArgumentParser) -> None:
@@ -70,28 +145,28 @@ def _rule_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--window",
-        type=float,
+        type=_seconds(0, 30 * _DAY),
         default=DetectorConfig().window.total_seconds(),
         metavar="SECONDS",
         help="aggregate refusals of one user+agent+source over this long (default: %(default)s)",
     )
     parser.add_argument(
         "--burst-threshold",
-        type=int,
+        type=_int(1, 1_000_000),
         default=DetectorConfig().burst_threshold,
         metavar="N",
         help="forbidden-burst: distinct refused URIs of one user+agent (default: %(default)s)",
     )
     parser.add_argument(
         "--burst-window",
-        type=float,
+        type=_seconds(0, 30 * _DAY),
         default=DetectorConfig().burst_window.total_seconds(),
         metavar="SECONDS",
         help="forbidden-burst: within this long (default: %(default)s)",
     )
     parser.add_argument(
         "--baseline-days",
-        type=int,
+        type=_int(0, 3650),
         default=7,
         metavar="N",
         help="new-agent-forbidden: an agent family not refused in the N days before is new; 0 turns "
@@ -102,10 +177,6 @@ def _rule_args(parser: argparse.ArgumentParser) -> None:
 def _detector_config(args: argparse.Namespace) -> DetectorConfig:
     import datetime as dt
 
-    if args.window <= 0 or args.burst_window <= 0:
-        raise CliError("--window and --burst-window must be positive")
-    if args.burst_threshold < 1 or args.baseline_days < 0:
-        raise CliError("--burst-threshold must be at least 1 and --baseline-days not negative")
     return DetectorConfig(
         window=dt.timedelta(seconds=args.window),
         burst_threshold=args.burst_threshold,
@@ -123,7 +194,7 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     _allowlist_arg(parser)
     parser.add_argument(
         "--workers",
-        type=int,
+        type=_int(1, 1024),
         default=os.cpu_count() or 1,
         metavar="N",
         help="processes scanning a large plain file (default: %(default)s, the CPU count)",
@@ -134,16 +205,24 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         metavar="FILE",
         help="SQLite baseline for new-agent-forbidden (created if missing; the rule is off without it)",
     )
+    _cluster_arg(parser)
+    _output_arg(parser)
+    parser.add_argument(
+        "--report", metavar="HTML", help="also write a self-contained HTML report here (needs [report])"
+    )
     parser.add_argument("logs", nargs="+", metavar="AUDIT_LOG")
     parser.set_defaults(run=_run_replay)
 
 
 def _run_replay(args: argparse.Namespace) -> int:
-    from webhook.sinks.base import JsonLinesSink
-    from webhook.tools.replay import replay
+    from webhook.sinks.base import Sink
+    from webhook.sinks.table import output_sink
+    from webhook.tools.replay import Progress, replay
 
-    if args.workers < 1:
-        raise CliError("--workers must be at least 1")
+    if args.report:
+        from webhook.tools.report import require_jinja2
+
+        require_jinja2()  # before reading, not after
     config = _detector_config(args)
     allowlist = load_allowlist(args.allowlist)
     baseline = None
@@ -152,17 +231,48 @@ def _run_replay(args: argparse.Namespace) -> int:
 
         baseline = Baseline(args.baseline, days=args.baseline_days)
     detector = Detector(allowlist, config=config, baseline=baseline)
-    sink = JsonLinesSink()
+    sink: Sink = output_sink(args.output)
+    collector = None
+    if args.report:
+        from webhook.tools.report import ReportCollector
+
+        sink = collector = ReportCollector(sink, allowlist)
+    progress = Progress(sys.stderr, len(args.logs)) if sys.stderr.isatty() else None
     try:
-        report = replay(args.logs, detector, sink, workers=args.workers, fmt=args.format)
+        report = replay(
+            args.logs,
+            detector,
+            sink,
+            workers=args.workers,
+            fmt=args.format,
+            progress=progress,
+            observe=collector.observe if collector is not None else None,
+            cluster_name=args.cluster_name,
+        )
+    except BrokenPipeError:  # our reader went away: main() ends quietly
+        raise
     except OSError as exc:
         raise _os_error(exc) from None
     finally:
+        if progress is not None:
+            progress.clear()
         sink.close()
         if baseline is not None:
             baseline.close()
     print(report.summary(), file=sys.stderr)
+    if collector is not None:
+        from webhook.tools.report import render_replay
+
+        _write_report(args.report, render_replay(collector, report, args.logs))
     return 0
+
+
+def _write_report(path: str, page: str) -> None:
+    try:
+        Path(path).write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"--report {path}: {exc.strerror or exc}") from None
+    print(f"wrote {path}", file=sys.stderr)
 
 
 def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -184,11 +294,12 @@ def _run_check(args: argparse.Namespace) -> int:
     decision = allowlist.decide(args.agent, user=args.user, groups=args.group, namespace=args.namespace)
     print(f"verdict:   {decision.verdict}")
     print(f'agent:     "{useragent.display(args.agent)}"')
-    print(f"entry:     {decision.entry or '(none)'}")
+    # Entry labels quote the allowlist's own patterns and its path: escaped like the agent.
+    print(f"entry:     {useragent.display(decision.entry or '(none)', 1024)}")
     print(f"reason:    {decision.reason}")
     for label in decision.expired:
-        print(f"expired:   {label}")
-    print(f"allowlist: {allowlist.source} (hash {allowlist.hash})")
+        print(f"expired:   {useragent.display(label, 1024)}")
+    print(f"allowlist: {useragent.display(allowlist.source, 1024)} (hash {allowlist.hash})")
     return 0
 
 
@@ -201,15 +312,18 @@ def _add_certs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.add_argument("--out", required=True, metavar="DIR")
     parser.add_argument("--dns", action="append", metavar="NAME", help="DNS name (repeatable)")
     parser.add_argument("--ip", action="append", metavar="IP", help="IP address (repeatable)")
-    parser.add_argument("--days", type=int, default=365)
+    parser.add_argument(
+        "--days",
+        type=_int(1, MAX_DAYS),
+        default=365,
+        help=f"validity in days, 1 to {MAX_DAYS} (default: %(default)s)",
+    )
     parser.set_defaults(run=_run_certs)
 
 
 def _run_certs(args: argparse.Namespace) -> int:
     from webhook.tools.certs import write_serving_set
 
-    if args.days <= 0:
-        raise CliError("--days must be positive")
     dns = args.dns if args.dns is not None else (["localhost"] if args.ip is None else [])
     ips = args.ip if args.ip is not None else (["127.0.0.1"] if args.dns is None else [])
     try:
@@ -232,7 +346,9 @@ def _add_apiserver_config(sub: argparse._SubParsersAction[argparse.ArgumentParse
         "DIR/ca.key when it is missing; --ca/--client-cert/--client-key override single files.",
     )
     parser.add_argument("--service-ip", required=True, metavar="IP", help="the Service's ClusterIP")
-    parser.add_argument("--port", type=int, default=443, help="the Service's port (default: %(default)s)")
+    parser.add_argument(
+        "--port", type=_int(1, 65535), default=443, help="the Service's port (default: %(default)s)"
+    )
     parser.add_argument(
         "--tls-server-name",
         metavar="NAME",
@@ -254,8 +370,6 @@ def _add_apiserver_config(sub: argparse._SubParsersAction[argparse.ArgumentParse
 
 
 def _run_apiserver_config(args: argparse.Namespace) -> int:
-    import os
-
     from webhook.tools import apiserver_config as apiserverconfig
     from webhook.tools import certs
 
@@ -293,13 +407,13 @@ def _run_apiserver_config(args: argparse.Namespace) -> int:
             return 0
         out = Path(args.out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / apiserverconfig.POLICY_FILE).write_text(config.policy)
-        fd = os.open(out / apiserverconfig.KUBECONFIG_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:  # holds the client key: owner-only
-            os.fchmod(fd, 0o600)
-            handle.write(config.kubeconfig)
+        certs.write_file(out / apiserverconfig.POLICY_FILE, config.policy.encode(), 0o644)
+        # Holds the client key: owner-only, and never written through a planted symlink.
+        certs.write_file(out / apiserverconfig.KUBECONFIG_FILE, config.kubeconfig.encode(), 0o600)
     except ValueError as exc:
         raise CliError(str(exc)) from None
+    except BrokenPipeError:  # our reader went away: main() ends quietly
+        raise
     except OSError as exc:
         raise _os_error(exc) from None
     print(f"wrote {out}/{apiserverconfig.POLICY_FILE} and {apiserverconfig.KUBECONFIG_FILE}", file=sys.stderr)
@@ -330,18 +444,18 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     _live_allowlist_args(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=8443, help="port (default: %(default)s; 0: any free)")
+    parser.add_argument("--port", type=_PORT, default=8443, help="port (default: %(default)s; 0: any free)")
     parser.add_argument("--mode", choices=MODES, default="warn")
     parser.add_argument(
         "--join-wait",
-        type=float,
+        type=_seconds(0, 30, above=False),
         default=0.05,
         metavar="SECONDS",
         help="how long /validate awaits a late RequestReceived audit event (default: %(default)s)",
     )
     parser.add_argument(
         "--join-ttl",
-        type=float,
+        type=_seconds(0, 3600),
         default=10.0,
         metavar="SECONDS",
         help="how long an unclaimed RequestReceived stays joinable (default: %(default)s)",
@@ -360,18 +474,19 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         action="append",
         metavar="SINK",
         help="where findings go: stdout (default) | file:PATH | k8s-events[:NAMESPACE] | http:URL | "
-        "slack:URL; repeatable",
+        "slack:URL | falcosidekick:URL | otlp:URL; repeatable",
     )
-    parser.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024, metavar="N")
-    parser.add_argument("--cert-reload-interval", type=float, default=5.0, metavar="SECONDS")
+    _cluster_arg(parser)
+    parser.add_argument("--max-body-bytes", type=_int(1024, 2**31), default=8 * 1024 * 1024, metavar="N")
+    parser.add_argument("--cert-reload-interval", type=_seconds(0, _DAY), default=5.0, metavar="SECONDS")
     parser.add_argument(
         "--tls-handshake-timeout",
-        type=float,
+        type=_seconds(0, 600),
         default=10.0,
         metavar="SECONDS",
         help="a new connection is closed unless its TLS handshake is done in time (default: %(default)s)",
     )
-    parser.add_argument("--allowlist-reload-interval", type=float, default=2.0, metavar="SECONDS")
+    parser.add_argument("--allowlist-reload-interval", type=_seconds(0, _DAY), default=2.0, metavar="SECONDS")
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     parser.set_defaults(run=_run_serve)
 
@@ -402,6 +517,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         handshake_timeout=args.tls_handshake_timeout,
         allowlist_interval=args.allowlist_reload_interval,
         sinks=args.sink,
+        cluster_name=args.cluster_name,
     )
     serve.serve(settings)
     return 0
@@ -421,34 +537,43 @@ def _add_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--sink",
         action="append",
         metavar="SINK",
-        help="stdout (default) | file:PATH | k8s-events[:NAMESPACE] | http:URL | slack:URL; repeatable",
+        help="stdout (default) | file:PATH | k8s-events[:NAMESPACE] | http:URL | slack:URL | "
+        "falcosidekick:URL | otlp:URL; repeatable",
     )
+    _cluster_arg(parser)
     parser.add_argument(
         "--from-start",
         action="store_true",
         help="without a checkpoint, read the rotated backups and PATH from their start",
     )
-    parser.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics here")
+    parser.add_argument("--metrics-port", type=_PORT, metavar="PORT", help="serve Prometheus metrics here")
     _rule_args(parser)
     parser.add_argument(
         "--grace",
-        type=float,
+        type=_seconds(0, _DAY, above=False),
         default=30.0,
         metavar="SECONDS",
         help="when live, close windows this long after they end by the wall clock (default: %(default)s)",
     )
-    parser.add_argument("--poll-interval", type=float, default=0.2, metavar="SECONDS", help=argparse.SUPPRESS)
     parser.add_argument(
-        "--checkpoint-interval", type=float, default=2.0, metavar="SECONDS", help=argparse.SUPPRESS
+        "--poll-interval", type=_seconds(0, 60), default=0.2, metavar="SECONDS", help=argparse.SUPPRESS
+    )
+    parser.add_argument(
+        "--checkpoint-interval",
+        type=_seconds(0, 3600),
+        default=2.0,
+        metavar="SECONDS",
+        help=argparse.SUPPRESS,
     )
     parser.add_argument(
         "--max-backlog",
-        type=int,
+        type=_int(1, 10_000_000),
         default=10_000,
         metavar="N",
         help="undelivered findings kept per sink before the oldest are dropped (default: %(default)s)",
     )
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    _output_arg(parser)
     parser.add_argument(
         "path", metavar="PATH", help="the live audit log (/var/log/kubernetes/audit/audit.log)"
     )
@@ -467,6 +592,7 @@ def _run_tail(args: argparse.Namespace) -> int:
         allowlist=args.allowlist,
         allowlist_configmap=args.allowlist_configmap,
         sinks=args.sink or ["stdout"],
+        cluster_name=args.cluster_name,
         fmt=args.format,
         from_start=args.from_start,
         metrics_port=args.metrics_port,
@@ -476,6 +602,7 @@ def _run_tail(args: argparse.Namespace) -> int:
         poll_interval=args.poll_interval,
         checkpoint_interval=args.checkpoint_interval,
         max_backlog=args.max_backlog,
+        output=args.output,
     )
     return run_tail(options)
 
@@ -492,13 +619,24 @@ def _add_suggest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     parser.add_argument(
         "--audit-log", action="append", required=True, metavar="FILE", help="repeatable; - for stdin"
     )
-    parser.add_argument("--days", type=int, metavar="N", help="only the last N days before the newest event")
-    parser.add_argument("--format", choices=FORMATS, default="k8s")
-    parser.add_argument("--min-requests", type=int, default=20, metavar="N", help="(default: %(default)s)")
     parser.add_argument(
-        "--max-forbidden-share", type=float, default=0.25, metavar="F", help="(default: %(default)s)"
+        "--days", type=_int(1, 3650), metavar="N", help="only the last N days before the newest event"
+    )
+    parser.add_argument("--format", choices=FORMATS, default="k8s")
+    parser.add_argument(
+        "--min-requests", type=_int(0, 10**9), default=20, metavar="N", help="(default: %(default)s)"
+    )
+    parser.add_argument(
+        "--max-forbidden-share",
+        type=_ranged(float, 0, 1),
+        default=0.25,
+        metavar="F",
+        help="(default: %(default)s)",
     )
     parser.add_argument("--write", metavar="FILE", help="also write the proposed allowlist.yaml here")
+    parser.add_argument(
+        "--report", metavar="HTML", help="also write a self-contained HTML report here (needs [report])"
+    )
     parser.set_defaults(run=_run_suggest)
 
 
@@ -508,8 +646,10 @@ def _run_suggest(args: argparse.Namespace) -> int:
     from webhook.inputs.files import open_log
     from webhook.tools.suggest import propose, render_report, render_yaml, survey
 
-    if args.days is not None and args.days < 1:
-        raise CliError("--days must be at least 1")
+    if args.report:
+        from webhook.tools.report import require_jinja2
+
+        require_jinja2()
     allowlist = load_allowlist(args.allowlist)
     try:
         with contextlib.ExitStack() as stack:
@@ -530,11 +670,15 @@ def _run_suggest(args: argparse.Namespace) -> int:
             Path(args.write).write_text(text, encoding="utf-8")
         except OSError as exc:
             raise CliError(f"{args.write}: {exc.strerror or exc}") from None
+    if args.report:
+        from webhook.tools.report import render_suggest
+
+        _write_report(args.report, render_suggest(result, agents, proposal, allowlist, text))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = _Parser(
         prog="ua-sentinel",
         description="Flag Kubernetes API requests whose user agent is not on the cluster's allowlist.",
     )
@@ -554,13 +698,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Run one command; ordinary failures end in one line on stderr, never a traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     run: Runner = args.run
     try:
         code = run(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit where it cannot be caught
+    except BrokenPipeError:
+        # The reader of stdout went away: stop quietly, as `yes | head -1` does. Point stdout at
+        # /dev/null so the interpreter's own flush at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = EXIT_BROKEN_PIPE
     except SetupError as exc:
         print(f"ua-sentinel {args.command}: {exc}", file=sys.stderr)
+        code = 1
+    except OSError as exc:  # writing to stdout or stderr (a full disk), or a file no runner named
+        print(f"ua-sentinel {args.command}: {_os_error(exc)}", file=sys.stderr)
+        code = 1
+    except sqlite3.Error as exc:  # the new-agent-forbidden baseline (--baseline, tail's --state)
+        print(f"ua-sentinel {args.command}: baseline database: {exc}", file=sys.stderr)
         code = 1
     except KeyboardInterrupt:
         code = 130

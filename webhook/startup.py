@@ -28,8 +28,9 @@ from webhook.kube.client import api_client, parse_configmap_ref, pod_namespace
 from webhook.kube.configmap import ConfigMapSource
 from webhook.kube.events import EventWriter
 from webhook.logs import fields
-from webhook.sinks.base import Sink
+from webhook.sinks.base import ClusterSink, Sink
 from webhook.sinks.spec import SinkSpec, open_sink, parse_sink
+from webhook.sinks.table import OutputFormat, output_sink
 
 __all__ = ["AllowlistSource", "SettingsError", "allowlist_flags", "open_allowlist", "open_sinks"]
 
@@ -132,8 +133,15 @@ def open_allowlist(
     return AllowlistSource(LiveAllowlist(builtin, fallback=builtin))
 
 
-def open_sinks(texts: Iterable[str]) -> list[tuple[SinkSpec, Sink]]:
-    """Every ``--sink``, parsed and opened; a bad one, or one that cannot open: :class:`SettingsError`."""
+def open_sinks(
+    texts: Iterable[str], *, cluster_name: str | None = None, output: OutputFormat | None = None
+) -> list[tuple[SinkSpec, Sink]]:
+    """Every ``--sink``, parsed and opened; a bad one, or one that cannot open: :class:`SettingsError`.
+
+    With ``cluster_name`` (``--cluster-name``) every sink stamps each finding with it. ``stdout``
+    takes the form ``output`` asks (``-o``; by default a table on a terminal, JSON lines
+    otherwise); its spec, and so a checkpoint's backlog key, is the same in every form.
+    """
     opened: list[tuple[SinkSpec, Sink]] = []
     for text in texts:
         try:
@@ -141,7 +149,8 @@ def open_sinks(texts: Iterable[str]) -> list[tuple[SinkSpec, Sink]]:
         except ValueError as exc:
             raise SettingsError(f"--sink {exc}") from None
         try:
-            opened.append((spec, open_sink(spec)))
+            sink = output_sink(output) if spec.kind == "stdout" else open_sink(spec)
+            opened.append((spec, ClusterSink(sink, cluster_name) if cluster_name else sink))
         except Exception as exc:  # a sink that cannot even be opened (k8s-events without API access)
             raise SettingsError(f"--sink {spec.label}: {exc}") from None
     return opened

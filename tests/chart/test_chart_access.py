@@ -133,9 +133,10 @@ def test_tailer_arguments_and_identity(render: Render) -> None:
     assert args[0] == "tail"
     assert arg(args, "--allowlist-configmap") == f"{NAMESPACE}/{FULLNAME}-allowlist"
     assert arg(args, "--sink") == "stdout" and arg(args, "--metrics-port") == "9090"
-    sinks = ["stdout", "k8s-events", "file:/state/findings.jsonl"]
+    sinks = ["stdout", "k8s-events", "file:/state/findings.jsonl", "falcosidekick:http://sk:2801/"]
     (several,) = tailer_spec(render, {"sinks": sinks})["containers"]
     assert [several["args"][i + 1] for i, a in enumerate(several["args"]) if a == "--sink"] == sinks
+    assert "--cluster-name" not in args
     assert args[-1] == "/var/log/kubernetes/audit/audit.log"
     env = {e["name"]: e for e in c["env"]}
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
@@ -190,3 +191,14 @@ def test_helm_test_pod_gets_readyz_over_tls_through_the_service(render: Render) 
     assert volume["secret"]["secretName"] == f"{FULLNAME}-tls"
     assert volume["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
     assert pod["spec"]["restartPolicy"] == "Never"
+
+
+def test_both_processes_get_the_cluster_name_and_the_webhook_its_sinks(render: Render) -> None:
+    sinks = ["stdout", "falcosidekick:http://falcosidekick.falco:2801/", "otlp:http://otel:4318"]
+    rendered = render({**TAILER, "clusterName": "prod-eu-1", "sinks": sinks})
+    (serve,) = rendered.one("Deployment")["spec"]["template"]["spec"]["containers"]
+    (tail,) = rendered.one("DaemonSet")["spec"]["template"]["spec"]["containers"]
+    assert arg(serve["args"], "--cluster-name") == arg(tail["args"], "--cluster-name") == "prod-eu-1"
+    assert [serve["args"][i + 1] for i, a in enumerate(serve["args"]) if a == "--sink"] == sinks
+    (default,) = render().one("Deployment")["spec"]["template"]["spec"]["containers"]
+    assert arg(default["args"], "--sink") == "stdout" and "--cluster-name" not in default["args"]

@@ -27,6 +27,8 @@ VARIANTS: dict[str, tuple[dict[str, Any], tuple[str, ...], str | None]] = {
         {
             "tailer": {"enabled": True},
             "serviceMonitor": {"enabled": True},
+            "grafana": {"enabled": True},
+            "prometheusRule": {"enabled": True},
             "networkPolicy": {"controlPlaneCIDRs": ["10.0.0.10/32"]},
             "webhook": {"clientCA": SERVING_CA.cert_pem.decode()},
             "service": {"clusterIP": "10.96.0.200"},
@@ -57,6 +59,7 @@ ALLOWED_KINDS = {
     ("cert-manager.io/v1", "Issuer"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("monitoring.coreos.com/v1", "PodMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
 }
 CLUSTER_SCOPED = {"ValidatingWebhookConfiguration"}
 

@@ -75,6 +75,10 @@ def test_every_value_in_values_yaml_is_in_the_schema() -> None:
         ({"joinWait": "50ms"}, "/joinWait"),
         ({"tailer": {"sinks": ["k8s-events:kube-system"]}}, "/tailer/sinks"),
         ({"tailer": {"sinks": []}}, "/tailer/sinks"),
+        ({"tailer": {"sinks": ["falcosidekick:sidekick:2801"]}}, "/tailer/sinks"),
+        ({"sinks": ["file:/tmp/findings.jsonl"]}, "/sinks"),
+        ({"sinks": ["otlp:grpc://otel:4317"]}, "/sinks"),
+        ({"clusterName": 7}, "/clusterName"),
         ({"logLevel": "trace"}, "/logLevel"),
     ],
 )

@@ -113,12 +113,13 @@ def release(control_plane: ControlPlane, helm_binary: Path) -> Release:
     return Release(control_plane, namespace, kubeconfig)
 
 
-def _probe(cp: ControlPlane, agent: str, namespace: str = "kube-system") -> str:
-    """mallory (no rights) lists secrets with `agent` (sent as UTF-8), refused by RBAC; waits until
-    the request's completed audit event is in the log, so probes reach the log in order. Returns
-    its auditID."""
+def _probe(cp: ControlPlane, agent: str, namespace: str = "kube-system", name: str = "") -> str:
+    """mallory (no rights) lists secrets (or gets the one at the URL path segment `name`) with
+    `agent` (sent as UTF-8), refused by RBAC; waits until the request's completed audit event is
+    in the log, so probes reach the log in order. Returns its auditID."""
+    path = f"/api/v1/namespaces/{namespace}/secrets" + (f"/{name}" if name else "")
     with cp.client("mallory") as c:
-        response = c.get(f"/api/v1/namespaces/{namespace}/secrets", headers={b"User-Agent": agent.encode()})
+        response = c.get(path, headers={b"User-Agent": agent.encode()})
     assert response.status_code == 403, response.text
     audit_id = response.headers["Audit-Id"]
     event = cp.wait_for_audit(
@@ -325,8 +326,9 @@ def test_tail_k8s_events_sink_writes_escaped_events_where_the_docs_say_and_redel
         assert event["metadata"]["name"] == f"ua-sentinel.{finding['event']['id'][:24]}.1"
         assert "\u202e" not in event["message"]
         escaped = agent.replace("\u202e", "\\u202e")
-        assert f'user mallory with agent "{escaped}"' in event["message"]
-        assert finding["event"]["id"] in event["message"]
+        assert event["message"].startswith(f"finding {finding['event']['id']} unusual-agent-forbidden (")
+        assert " user mallory from " in event["message"]
+        assert event["message"].endswith(f'with agent "{escaped}"')
     assert tail.stop() == 0
     seen = {e["metadata"]["uid"] for e in (local, remote)}
 
@@ -343,3 +345,27 @@ def test_tail_k8s_events_sink_writes_escaped_events_where_the_docs_say_and_redel
     assert {_one_event(release, f)["metadata"]["uid"] for f in (found_in_ns, found_elsewhere)} == seen
     assert not [r for r in again.log_records() if "delivery failed" in r["msg"]]
     assert again.stop() == 0
+
+
+def test_a_refused_name_holding_escape_sequences_reaches_the_event_escaped(
+    release: Release, sentinels: SentinelLauncher
+) -> None:
+    """`GET .../secrets/%1B%5B41mEVIL`: the apiserver audits the name with a raw ESC; the Event it
+    stores names the object escaped, and its message starts with the finding id."""
+    release.set_allowlist(_allowlist())
+    tail = release.tail(sentinels, "--sink", "k8s-events", "--baseline-days", "0")
+    agent = _agent("esc-name")
+    audit_id = _probe(release.cp, agent, release.namespace, name="%1B%5B41mEVIL")
+    finding = _finding(tail, agent)
+    assert finding["kubernetes"]["audit"]["auditID"] == audit_id
+    assert finding["kubernetes"]["audit"]["objectRef"]["name"] == "\x1b[41mEVIL"  # as audited: raw ESC
+    event = _one_event(release, finding)
+    assert event["involvedObject"] == {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "namespace": release.namespace,
+        "name": "\\x1b[41mEVIL",
+    }
+    assert "\x1b" not in str(event)
+    assert event["message"].startswith(f"finding {finding['event']['id']} unusual-agent-forbidden (")
+    assert tail.stop() == 0

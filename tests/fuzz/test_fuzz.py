@@ -16,6 +16,8 @@ from tests.fuzz.targets import (
     admission_target,
     allowlist_target,
     audit_line_target,
+    detector_times_target,
+    scan_target,
     useragent_target,
 )
 
@@ -91,6 +93,54 @@ def test_audit_line_parser_on_raw_bytes(data: bytes) -> None:
 @given(st.binary(max_size=3000))
 def test_admission_review_handler_on_raw_bytes(data: bytes) -> None:
     admission_target(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400))
+def test_detector_holds_on_any_event_times(data: bytes) -> None:
+    detector_times_target(data)
+
+
+RECORDED = (ROOT / "tests" / "data" / "audit" / "audit.log").read_bytes().splitlines()[:400]
+SPELLINGS = [(b'":"', b'":"'), (b'":"', b'": "'), (b'":"', b'" : "'), (b'":4', b'" : 4'), (b"{", b" {")]
+
+
+@st.composite
+def audit_blocks(draw: st.DrawFn) -> bytes:
+    """Recorded lines, respelled (spacing, CRLF, white space), cut, or replaced by junk."""
+    lines = []
+    for _ in range(draw(st.integers(1, 8))):
+        line = draw(st.sampled_from(RECORDED))
+        old, new = draw(st.sampled_from(SPELLINGS))
+        line = line.replace(old, new)
+        if draw(st.booleans()):
+            agent = draw(
+                st.sampled_from([b"(x) peirates/1.0", b"@peirates/1.0", b"\\u0070eirates/1", b"curl/8"])
+            )
+            line = line.replace(b'"userAgent":"', b'"userAgent":"' + agent + b" ", 1)
+        line = draw(
+            st.sampled_from([line, line[: draw(st.integers(0, len(line)))], draw(st.binary(max_size=60))])
+        )
+        lines.append(line + draw(st.sampled_from([b"", b"\r", b" ", b"\t\r"])))
+    return b"\n".join(lines) + b"\n"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(audit_blocks())
+def test_block_scanner_hands_over_what_a_line_by_line_reading_flags(block: bytes) -> None:
+    scan_target(block)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=2000))
+def test_block_scanner_on_raw_bytes(data: bytes) -> None:
+    scan_target(data)
+
+
+@pytest.mark.parametrize("target", ["detector_times", "scan"])
+def test_new_corpora(target: str) -> None:
+    for path in sorted((CORPUS / target).iterdir()):
+        TARGETS[target](path.read_bytes())
 
 
 @pytest.mark.parametrize("path", sorted((CORPUS / "admission").iterdir()), ids=lambda p: p.name)

@@ -116,6 +116,14 @@ def test_wheel_carries_the_package_data_and_the_console_script(image: Image) -> 
     assert not [n for n in names if n.startswith("tests/") or n.endswith(".pyc")]
 
 
+def test_the_otlp_sink_the_chart_offers_opens_in_the_image(image: Image) -> None:
+    code = "from webhook.sinks.spec import open_sink, parse_sink; open_sink(parse_sink('otlp:http://c:4318'))"
+    done = subprocess.run(
+        [str(image.venv / "bin" / "python"), "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+
+
 def test_venv_is_byte_compiled_ahead_of_time(image: Image) -> None:
     (package,) = image.venv.glob("lib/python3.*/site-packages/webhook")
     modules = {p.stem for p in package.glob("*.py")}

@@ -125,7 +125,7 @@ def test_flag_errors(pki: PKI) -> None:
     assert done.returncode == 2 and "not allowed with argument" in done.stderr
     done = _serve_exits(pki, "--allowlist-configmap", "just-a-name")
     assert done.returncode == 1 and "NAMESPACE/NAME" in done.stderr
-    done = _serve_exits(pki, "--join-wait", "-1")
-    assert done.returncode == 1 and "--join-wait" in done.stderr
+    done = _serve_exits(pki, "--join-wait", "-1")  # out of range: a usage error, found when parsed
+    assert done.returncode == 2 and "--join-wait" in done.stderr
     done = _serve_exits(pki, "--join-wait", "2", "--join-ttl", "1")
     assert done.returncode == 1 and "--join-ttl must be longer than --join-wait" in done.stderr

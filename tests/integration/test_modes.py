@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import DATA
 from tests.integration.conftest import Launch
 from tests.integration.server import ServeProcess
@@ -87,6 +89,23 @@ def test_enforce_denies_an_unlisted_agent(launch: Launch, tmp_path: Path) -> Non
         == 1
     )
     assert server.metric("ua_sentinel_admission_reviews_total", verdict="denied", allowed="false") == 1
+
+
+@pytest.mark.parametrize(
+    "agent",
+    [
+        "\u212aubectl/v1.30.2 (linux/amd64) kubernetes/3968350",  # KELVIN SIGN, which RE2 folds to k
+        "kubectl/v1.30.2\ufe0f (linux/amd64) kubernetes/3968350",  # VARIATION SELECTOR-16
+        "kubectl/v1.30.2 (linux/amd64) kubernetes/3968350\u3164",  # HANGUL FILLER
+    ],
+    ids=["kelvin-sign", "variation-selector", "hangul-filler"],
+)
+def test_enforce_denies_a_look_alike_of_a_listed_agent(launch: Launch, tmp_path: Path, agent: str) -> None:
+    server = launch("--allowlist", _allowlist(tmp_path), "--mode", "enforce")
+    response = _ask(server, 1404, 1405, userAgent=agent)
+    assert response["allowed"] is False
+    assert response["auditAnnotations"]["user-agent-verdict"] == "unlisted"
+    assert agent not in response["status"]["message"]  # shown escaped, never as the look-alike
 
 
 def test_enforce_allows_exempt_users_and_groups(launch: Launch, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.integration.conftest import Launch
 from tests.integration.server import PKI, wait_for
 from tests.integration.traffic import admission, audit_batch, recorded, with_audit_id
+from tests.tailer.endpoints import endpoint, falcosidekick
 
 
 def test_health_ready_and_metrics_after_a_replay(launch: Launch) -> None:
@@ -59,6 +60,30 @@ def test_health_ready_and_metrics_after_a_replay(launch: Launch) -> None:
     assert server.metric("ua_sentinel_findings_total") == len(server.findings()) > 0
 
 
+def test_an_event_the_detector_cannot_take_is_counted_and_costs_no_other_finding(launch: Launch) -> None:
+    """A refusal dated 9999-12-31 (no date can hold it with a window added) is skipped and counted;
+    the refusals before and after it are still findings."""
+    server = launch("--mode", "warn")
+    with server.client() as client:
+        client.post("/audit", json=with_audit_id(audit_batch(1398), "before"))
+        client.post(
+            "/audit",
+            json=with_audit_id(
+                audit_batch(1398),
+                "far-future",
+                userAgent="future/1.0",
+                stageTimestamp="9999-12-31T23:59:59.999999Z",
+                requestReceivedTimestamp="9999-12-31T23:59:59.999999Z",
+            ),
+        )
+        client.post("/audit", json=with_audit_id(audit_batch(1398), "after", userAgent="after/1.0"))
+    wait_for(lambda: server.metric("ua_sentinel_detector_skipped_total") == 1, timeout=10, what="the skip")
+    wait_for(lambda: server.metric("ua_sentinel_detector_events_total") == 3, timeout=10, what="detector")
+    server.stop()
+    agents = {f["user_agent"]["original"] for f in server.findings()}
+    assert {"python-requests/2.34.2", "after/1.0"} <= agents and "future/1.0" not in agents
+
+
 def test_shutdown_finishes_in_flight_requests_and_flushes_findings(launch: Launch, tmp_path: Path) -> None:
     server = launch("--join-wait", "2")
     refusal = audit_batch(1398)  # mallory, python-requests/2.34.2, list secrets: 403 forbid
@@ -98,6 +123,18 @@ def test_findings_go_to_every_configured_sink(launch: Launch, tmp_path: Path) ->
     assert json.loads(line)["user"]["name"] == "mallory"
     assert server.metric("ua_sentinel_sink_delivered_total", sink=f"file:{out}") == 1
     assert server.metric("ua_sentinel_sink_delivered_total", sink="stdout") == 1
+
+
+def test_serve_names_its_cluster_in_every_sink(launch: Launch) -> None:
+    with endpoint(falcosidekick, fail_first=1) as sidekick:
+        server = launch("--cluster-name", "prod-eu-1", "--sink", f"falcosidekick:{sidekick.url}/")
+        with server.client() as client:
+            client.post("/audit", json=audit_batch(1398))
+        wait_for(lambda: [r for r in sidekick.received if r.status == 200], timeout=30, what="falcosidekick")
+    (accepted,) = [json.loads(r.body) for r in sidekick.received if r.status == 200]
+    assert accepted["output_fields"]["orchestrator.cluster.name"] == "prod-eu-1"
+    assert accepted["output_fields"]["ka.user.name"] == "mallory"
+    assert accepted["output"].startswith("ua-sentinel cluster prod-eu-1: ")
 
 
 def test_a_bad_sink_is_a_start_up_error(tmp_path: Path, pki: PKI) -> None:

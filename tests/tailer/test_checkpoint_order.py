@@ -179,3 +179,36 @@ def test_a_finding_acknowledged_while_the_checkpoint_is_written_leaves_the_next_
     again = store.load()
     assert again is not None and again.backlog[spec.key] == []
     tailer.shutdown()
+
+
+def test_a_batch_that_fails_is_never_passed_by_the_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever stops a batch half-way (here the Detector failing on its second event), the
+    checkpoint written at shutdown is not past it: the restart delivers the batch's findings."""
+    second = _refusal(2, T0 + dt.timedelta(seconds=1)).replace(b"curl/7.88.1", b"wget/1.21")
+    (tmp_path / "audit.log").write_bytes(_refusal(1, T0) + second)
+    first, _ = _tailer(tmp_path)
+    process = first.detector.process
+
+    def failing(event: Any) -> list[Finding]:
+        if event.audit_id == "ev-00002":
+            raise RuntimeError("a bug on the second event")
+        return process(event)
+
+    monkeypatch.setattr(first.detector, "process", failing)
+    with pytest.raises(RuntimeError):
+        first.run(threading.Event())
+    monkeypatch.undo()
+
+    again, _ = _tailer(tmp_path)
+    while (batch := again.follower.read()).lines or batch.consumed:
+        again._deliver(again._detect(batch))
+    again.shutdown()  # drains the sink
+    findings = [json.loads(line) for line in (tmp_path / "findings.jsonl").read_bytes().splitlines()]
+    assert sorted((f["kubernetes"]["audit"]["auditID"], f["rule"]["name"]) for f in findings) == [
+        ("ev-00001", RULE),
+        ("ev-00001", "unusual-agent-forbidden"),
+        ("ev-00002", RULE),
+        ("ev-00002", "unusual-agent-forbidden"),
+    ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+import json
 import os
 import shutil
 from pathlib import Path
@@ -202,19 +203,35 @@ def test_truncation_without_a_copy_is_counted_as_loss(tmp_path: Path) -> None:
     assert follower.stats.lost == 1
 
 
-def test_a_line_over_4_mib_is_skipped_and_counted_memory_bounded(tmp_path: Path) -> None:
+def _padded_refusal() -> bytes:
+    """``GET .../secrets?`` + 1,000,000 ``&`` (written ``\\u0026``), refused: a 6 MB line."""
+    event = json.loads(next(line for line in LINES if b'"forbid"' in line))
+    event["requestURI"] = "/api/v1/namespaces/default/secrets?PAD"
+    return json.dumps(event, separators=(",", ":")).replace("PAD", "\\u0026" * 1_000_000).encode() + b"\n"
+
+
+def test_a_line_over_4_mib_is_read_down_to_its_audit_fields_as_it_streams_in(tmp_path: Path) -> None:
     log = tmp_path / "audit.log"
     log.write_bytes(b"")
     follower = Follower(str(log))
-    huge = b'{"padding":"' + b"x" * (5 * 1024 * 1024) + b'"}\n'
+    huge = _padded_refusal()
     with open(log, "ab") as handle:
-        handle.write(LINES[0] + huge[: 3 * 1024 * 1024])
+        handle.write(LINES[0] + huge[: 5 * 1024 * 1024])
         handle.flush()
         lines = drain(follower)
-        handle.write(huge[3 * 1024 * 1024 :] + LINES[1])
+        mid_line = follower.position()
+        assert mid_line.skipping and mid_line.offset > 4 * 1024 * 1024  # read on, not held whole
+        handle.write(huge[5 * 1024 * 1024 :] + LINES[1])
     lines += drain(follower)
-    assert lines == strip(LINES[:2])
+    assert len(lines) == 3 and lines[0] == LINES[0].rstrip(b"\n") and lines[2] == LINES[1].rstrip(b"\n")
+    kept = json.loads(lines[1])
+    assert kept["auditID"] == json.loads(huge)["auditID"] and kept["responseStatus"]["code"] == 403
+    assert kept["requestURI"].startswith("/api/v1/namespaces/default/secrets?&&&")
+    assert len(lines[1]) < 16 * 1024
     assert follower.position().offset == log.stat().st_size
+    resumed = Follower(str(log), mid_line)  # a restart in the middle of the line: the rest is skipped
+    batch = resumed.read()
+    assert batch.overlong == 1 and batch.lines == [LINES[1].rstrip(b"\n")]
 
 
 def test_unreadable_and_corrupt_backups_are_counted_and_skipped(tmp_path: Path) -> None:

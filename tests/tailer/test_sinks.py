@@ -1,5 +1,6 @@
 """Sinks on real files and real HTTP servers: dedup, rotation, retries, Slack text, a dead sink,
-the backlog bound, and Kubernetes Events through the official client against a fake API server."""
+the backlog bound, Kubernetes Events through the official client against a fake API server, and
+a real ``tail`` feeding falcosidekick and OTLP endpoints with its cluster's name."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from webhook.sinks.metrics import sink_metrics
 from webhook.sinks.outbox import Outbox
 from webhook.sinks.spec import parse_sink
 
-from .conftest import ACCEPTANCE_ALLOWLIST, findings_in, fixture_lines, wait_for
+from .conftest import ACCEPTANCE_ALLOWLIST, findings_in, fixture_lines, keys, wait_for
+from .endpoints import endpoint, falcosidekick, otlp_collector, otlp_records
 
 LINES = fixture_lines()
 
@@ -187,7 +189,9 @@ def test_slack_text_shows_only_the_escaped_agent(server: Any, findings: list[Fin
     ((path, body, _),) = server.requests
     assert path == "/slack" and set(body) == {"text"}
     assert "\u202e" not in body["text"] and "\\u202e" in body["text"]
-    assert slack_text(spoof).startswith("ua-sentinel unusual-agent-forbidden (medium): user mallory")
+    assert slack_text(spoof).startswith(
+        f"ua-sentinel finding {spoof.id} unusual-agent-forbidden (medium): user mallory"
+    )
     assert "<" not in slack_text(spoof).replace("&lt;", "")
 
 
@@ -290,3 +294,31 @@ def test_findings_survive_the_checkpoint_backlog_round_trip(findings: list[Findi
 
     saved = json.loads(json.dumps([f.model_dump(by_alias=True, mode="json") for f in findings]))
     assert restore_findings(saved) == findings
+
+
+def test_tail_delivers_every_finding_to_each_sink_with_its_cluster(
+    tmp_path: Path, tail_factory: Any, allowlist_file: Path
+) -> None:
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"".join(LINES))
+    with (
+        endpoint(falcosidekick, fail_first=2) as sidekick,
+        endpoint(otlp_collector(), fail_first=2) as collector,
+    ):
+        tail = tail_factory(
+            log,
+            *("--allowlist", str(allowlist_file), "--from-start", "--cluster-name", "prod-eu-1"),
+            *("--sink", "stdout", "--sink", f"falcosidekick:{sidekick.url}/"),
+            *("--sink", f"otlp:{collector.url}"),
+        ).start()
+        wait_for(tail.caught_up, what="every sink to catch up")
+        assert tail.stop() == 0
+    printed = findings_in(*tail.stdout_files)
+    assert printed and {f["orchestrator"]["cluster"]["name"] for f in printed} == {"prod-eu-1"}
+    assert [r.errors for r in sidekick.received if r.status == 400] == []
+    falco = [json.loads(r.body)["output_fields"] for r in sidekick.received if r.status == 200]
+    otlp = [attributes for _, _, attributes in otlp_records(collector.received)]
+    assert [(f["event.id"], f["event.sequence"]) for f in falco] == keys(printed)
+    assert [(a["event.id"], a["event.sequence"]) for a in otlp] == keys(printed)
+    assert {f["orchestrator.cluster.name"] for f in falco} == {a["orchestrator.cluster.name"] for a in otlp}
+    assert {f["orchestrator.cluster.name"] for f in falco} == {"prod-eu-1"}

@@ -43,7 +43,7 @@ def test_partial_huge_binary_and_unreadable_input_is_survived_and_counted(
     tail = tail_factory(log, "--allowlist", str(allowlist_file), "--from-start").start()
     with open(log, "ab") as handle:
         handle.write(b"\x00\x01\xfe\xff binary garbage 403 \xc3\x28\n")
-        handle.write(b'{"padding":"' + b"x" * (5 * 1024 * 1024) + b'"}\n')
+        handle.write(b'{"padding":"' + b"x" * (5 * 1024 * 1024) + b'"\n')  # not one JSON object
         handle.write(LINES[800][:-1][:300])  # a partial line ...
         handle.flush()
         wait_for(lambda: tail.stats().get("malformed", 0) >= 2, what="the garbage to be read")
@@ -312,3 +312,57 @@ def test_the_allowlist_configmap_is_watched(tmp_path: Path, tail_factory) -> Non
     assert {"python-requests/2.34.2", "curl/7.88.1"} <= first
     assert not {"python-requests/2.34.2", "curl/7.88.1"} & later_agents
     assert "peirates/v0.0.0 (linux/amd64) kubernetes/$Format" in later_agents
+
+
+def _refusal_at(agent: str, when: str, audit_id: str) -> bytes:
+    template = json.loads(next(line for line in LINES if b'"forbid"' in line))
+    template.update(auditID=audit_id, userAgent=agent, stageTimestamp=when, requestReceivedTimestamp=when)
+    return orjson.dumps(template) + b"\n"
+
+
+def test_an_event_with_an_out_of_range_time_is_counted_and_no_finding_is_lost_across_a_restart(
+    tmp_path: Path, tail_factory, allowlist_file: Path
+) -> None:
+    log = tmp_path / "audit.log"
+    log.write_bytes(
+        _refusal_at("curl/1", "2026-11-27T18:00:00.000000Z", "a1")
+        + _refusal_at("curl/2", "9999-12-31T23:59:59.999999Z", "a2")
+        + _refusal_at("curl/3", "0001-01-01T00:00:00+01:00", "a3")
+        + _refusal_at("curl/4", "2026-11-27T18:00:01.000000Z", "a4")
+    )
+    tail = tail_factory(log, "--allowlist", str(allowlist_file), "--from-start").start()
+    wait_for(tail.caught_up, what="catch up")
+    assert tail.stop() == 0
+    assert tail.stats()["malformed"] == 2
+    restarted = tail.start()
+    with open(log, "ab") as handle:
+        handle.write(_refusal_at("curl/5", "2026-11-27T18:00:02.000000Z", "a5"))
+    wait_for(restarted.caught_up, what="the restarted tailer")
+    assert restarted.stop() == 0
+    found = findings_in(*tail.stdout_files)
+    assert [f["user_agent"]["original"] for f in found if f["rule"]["name"] == "unusual-agent-forbidden"] == [
+        "curl/1",
+        "curl/4",
+        "curl/5",
+    ]
+    assert "Traceback" not in tail.stderr()
+
+
+def test_a_refusal_padded_past_the_line_limit_is_still_a_finding(
+    tmp_path: Path, tail_factory, allowlist_file: Path
+) -> None:
+    """``GET .../secrets?`` + 700,000 ``&`` (written ``\\u0026``): a 4.2 MB line, refused."""
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"")
+    tail = tail_factory(log, "--allowlist", str(allowlist_file), "--from-start").start()
+    padded = orjson.loads(_refusal_at("curl/padded", "2026-11-27T18:00:00.000000Z", "p1"))
+    padded["requestURI"] = "/api/v1/namespaces/default/secrets?" + "&" * 700_000
+    with open(log, "ab") as handle:
+        handle.write(orjson.dumps(padded).replace(b"&", b"\\u0026") + b"\n")
+        handle.write(_refusal_at("curl/after", "2026-11-27T18:00:01.000000Z", "p2"))
+    wait_for(tail.caught_up, what="catch up")
+    assert tail.stop() == 0
+    found = [f for f in findings_in(*tail.stdout_files) if f["rule"]["name"] == "unusual-agent-forbidden"]
+    assert [f["user_agent"]["original"] for f in found] == ["curl/padded", "curl/after"]
+    assert found[0]["kubernetes"]["audit"]["requestURI"].startswith("/api/v1/namespaces/default/secrets?&&")
+    assert tail.stats().get("malformed", 0) == 0

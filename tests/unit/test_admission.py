@@ -126,6 +126,54 @@ def test_bodies_the_skim_cannot_take_still_get_a_review_error(body: bytes) -> No
         adm.parse_review(body)
 
 
+def nested(depth: int, shape: str) -> Any:
+    """A JSON value ``depth`` levels deep, built without recursion (json.dumps would recurse)."""
+    opening, closing = ("[", "]") if shape == "list" else ('{"a":', "}")
+    return orjson.Fragment((opening * depth + "0" + closing * depth).encode())
+
+
+@pytest.mark.parametrize("depth", [200, 1000, 100_000])
+@pytest.mark.parametrize("shape", ["list", "map"])
+@pytest.mark.parametrize("where", ["object", "oldObject"])
+@pytest.mark.parametrize("pad", [0, adm.SKIM_FROM], ids=["small", "large"])
+def test_an_object_nested_at_any_depth_still_gives_the_header(
+    depth: int, shape: str, where: str, pad: int
+) -> None:
+    """The verdict needs only the header: nesting inside the objects never costs it (issue 12, 4)."""
+    body = admission(1405)
+    body["request"][where] = {"data": nested(depth, shape), "pad": "x" * pad, "s": '\\"}]{['}
+    review = adm.parse_review(orjson.dumps(body))
+    reference = adm.parse_review(json.dumps(admission(1405)).encode())
+    # dryRun, written after the objects, may go unread: it is only logged.
+    assert review.request.model_dump(exclude={"dry_run"}) == reference.request.model_dump(exclude={"dry_run"})
+
+
+def test_a_deep_object_written_before_the_header_is_skipped_too() -> None:
+    """Not the apiserver's order: every value is skipped in one pass, the header still read."""
+    body = admission(1405)
+    request = body.pop("request")
+    request.pop("object")
+    body = {"request": {"object": nested(10_000, "map"), **request}, **body}  # the apiserver's limit
+    assert adm.parse_review(orjson.dumps(body)).request.name == request.get("name", "")
+
+
+def test_skipping_a_crafted_body_is_bounded() -> None:
+    """Past the budget a body not in the apiserver's order is refused (400), not read for seconds."""
+    body = admission(1405)
+    request = body.pop("request")
+    request.pop("object")
+    body = {"request": {"object": nested(100_000, "map"), **request}, **body}
+    with pytest.raises(adm.ReviewError, match="body is not JSON"):
+        adm.parse_review(orjson.dumps(body))
+
+
+def test_nesting_outside_the_objects_is_still_refused() -> None:
+    body = admission(1405)
+    body["request"]["userInfo"] = nested(1000, "map")
+    with pytest.raises(adm.ReviewError, match="body is not JSON"):
+        adm.parse_review(orjson.dumps(body))
+
+
 @pytest.mark.parametrize("seq", RECORDED_SEQS)
 def test_skimmed_parse_equals_the_whole_parse_on_every_recorded_review(seq: int) -> None:
     body = json.dumps(admission(seq)).encode()
@@ -279,6 +327,36 @@ def test_ambiguous_join_answers_the_worst_verdict_and_says_so() -> None:
     assert outcome.annotations["user-agent-join"].startswith("ambiguous: 3 pending requests with 3 different")
     plain = adm.decide(request(), join(KUBECTL), ALLOWLIST, adm.Policy())
     assert "user-agent-join" not in plain.annotations
+
+
+SCOPED = Allowlist.from_yaml('agents: [{glob: "kc-scoped/*", users: ["dev-alice"]}]', source="test")
+
+
+def _joined_as(authenticated: str, groups: tuple[str, ...] = ()) -> JoinResult:
+    """One pending request whose RequestReceived names ``authenticated`` (for an impersonated
+    write: the impersonator; the review names the impersonated user)."""
+    key = ("dev-alice", "", "", "configmaps", "", "team", "", "create")
+    return JoinResult(
+        (Pending("id", "kc-scoped/v1.20.2", key, 0.0, False, user=authenticated, groups=groups),)
+    )
+
+
+def test_scopes_match_the_authenticated_user_not_the_impersonated_one() -> None:
+    """README: scopes match the authenticated user. mallory writing as dev-alice is not dev-alice."""
+    enforce = adm.Policy(mode="enforce")
+    as_alice = request(userInfo={"username": "dev-alice", "groups": ["system:authenticated"]})
+    borrowed = adm.decide(as_alice, _joined_as("mallory", ("devs",)), SCOPED, enforce)
+    assert borrowed.verdict == "unlisted" and not borrowed.allowed
+    own = adm.decide(as_alice, _joined_as("dev-alice", ("devs",)), SCOPED, enforce)
+    assert own.verdict == "listed" and own.allowed
+
+
+def test_enforce_settles_only_where_a_verdict_can_deny() -> None:
+    alice = adm.UserInfo(username="dev-alice", groups=["devs"])
+    masters = adm.UserInfo(username="admin", groups=["system:masters"])
+    assert adm.Policy(mode="enforce").can_deny(alice)
+    assert not adm.Policy(mode="enforce").can_deny(masters)
+    assert not adm.Policy(mode="warn").can_deny(alice)
 
 
 def test_missing_agent_is_unlisted_with_a_plain_warning() -> None:

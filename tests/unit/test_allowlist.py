@@ -1,9 +1,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import sys
+import unicodedata
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from webhook.core.allowlist import Allowlist, AllowlistError, default_allowlist
 
@@ -184,3 +188,128 @@ def test_package_never_uses_python_re_on_untrusted_input() -> None:
         if line.strip() in ("import re", "from re import *") or line.strip().startswith("from re import")
     ]
     assert offenders == []
+
+
+# --- Only characters that look like themselves can list an agent (issue 12, item 10) ---
+
+LISTED = (
+    KUBECTL,
+    "kube-scheduler/v1.30.2 (linux/amd64) kubernetes/3968350",
+    "kube-controller-manager/v1.30.2 (linux/amd64) kubernetes/3968350/leader-election",
+    "helm/v3.14.0",
+)
+LOOK_ALIKE_ALLOWLIST = 'agents: ["kubectl/*", "kube-*", {regex: "^helm/v3\\\\."}, {product: kubectl}]'
+
+
+def _ascii_look_alikes() -> dict[str, list[str]]:
+    """Every non-ASCII character whose NFKC form, case-folded, is one ASCII character, by that
+    character: computed from the Unicode database, independently of the code under test."""
+    table: dict[str, list[str]] = {}
+    for code in range(0x80, sys.maxunicode + 1):
+        ch = chr(code)
+        folded = unicodedata.normalize("NFKC", ch).casefold()
+        if len(folded) == 1 and folded.isascii() and folded.isprintable():
+            table.setdefault(folded, []).append(ch)
+    return table
+
+
+LOOK_ALIKES = _ascii_look_alikes()
+# Invisible characters named in the issue and SECURITY.md, plus every Default_Ignorable_Code_Point
+# range of DerivedCoreProperties.txt written out here (not imported from the code under test).
+INVISIBLE = [
+    "\u00ad", "\u034f", "\u061c", "\u115f", "\u1160", "\u17b4", "\u17b5", "\u180b", "\u180e",
+    "\u180f", "\u200b", "\u200c", "\u200d", "\u200e", "\u200f", "\u202a", "\u202e", "\u2060",
+    "\u2064", "\u2066", "\u2069", "\u206f", "\u3164", "\ufe00", "\ufe0f", "\ufeff", "\uffa0",
+    "\U0001bca0", "\U0001d173", "\U000e0001", "\U000e0020", "\U000e007f", "\U000e0100",
+    "\U000e01ef", "\u2800",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "agent",
+    [
+        "\u212aubectl/v1.30.2 (linux/amd64) kubernetes/3968350",  # KELVIN SIGN folds to k in RE2
+        "kube-\u017fcheduler/v1.30.2 (linux/amd64) kubernetes/3968350",  # LONG S folds to s
+        "kubectl/v1.30.2\u034f (linux/amd64) kubernetes/3968350",
+        "kubectl/v1.30.2 (linux/amd64) kubernetes/3968350\u3164",
+        "kubectl/v1.30.2\ufe0f (linux/amd64) kubernetes/3968350",
+        "kubectl/v1.30.2 (linux/amd64) kubernetes/\uff13968350",  # fullwidth 3, inside the glob's *
+        "kubectl/v1.30.2 (linux/amd64) kubernetes/3968350\u0301",  # a combining mark
+        "\u212aubectl/v1.30.2",  # product entry: parse() keeps the Kelvin sign, lower() would not
+    ],
+)
+def test_look_alike_and_invisible_characters_never_list(agent: str) -> None:
+    decision = load(LOOK_ALIKE_ALLOWLIST).decide(agent)
+    assert decision.verdict == "unlisted"
+    assert "look-alike" in decision.reason
+
+
+def test_non_ascii_text_that_looks_like_itself_is_still_listed() -> None:
+    allow = load(LOOK_ALIKE_ALLOWLIST)
+    agent = "kubectl/v1.30.2 (linux/amd64; Ünïcode 日本語) kubernetes/3968350"
+    assert allow.decide(agent).verdict == "listed"
+
+
+@pytest.mark.parametrize("agent", ["\uff50eirates/1.0", "pei\u200brates/1.0", "PEI\u212a\u017f/1"])
+def test_look_alikes_of_a_denied_agent_are_denied(agent: str) -> None:
+    allow = load('denied: [{product: peirates}, "peiks/*"]')
+    assert allow.decide(agent).verdict == "denied"
+
+
+def test_every_character_re2_folds_onto_ascii_never_lists() -> None:
+    import re2
+
+    options = re2.Options()
+    options.case_sensitive = False
+    letter = re2.compile("[a-z]", options)
+    folded = [chr(c) for c in range(0x80, sys.maxunicode + 1) if not 0xD800 <= c <= 0xDFFF]
+    folded = [ch for ch in folded if letter.fullmatch(ch)]
+    assert folded  # U+017F and U+212A at least
+    allow = load('agents: ["*"]')
+    assert [ch for ch in folded if allow.decide(f"a{ch}/1").verdict == "listed"] == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(max_size=40),
+    st.sampled_from(INVISIBLE)
+    | st.characters(categories=["Cf", "Cc", "Zl", "Zp", "Zs"], exclude_characters=" "),
+    st.text(max_size=40),
+    st.sampled_from(LISTED),
+)
+def test_an_agent_holding_an_invisible_character_is_never_listed(
+    head: str, invisible: str, tail: str, listed: str
+) -> None:
+    allow = load('agents: ["*", "kubectl/*", "kube-*"]')
+    assert allow.decide(head + invisible + tail).verdict != "listed"
+    cut = len(head) % (len(listed) + 1)
+    assert allow.decide(listed[:cut] + invisible + listed[cut:]).verdict != "listed"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(LISTED), st.data())
+def test_a_non_ascii_look_alike_of_a_listed_agent_is_never_listed(listed: str, data: st.DataObject) -> None:
+    allow = load(LOOK_ALIKE_ALLOWLIST)
+    assert allow.decide(listed).verdict == "listed"
+    positions = [i for i, ch in enumerate(listed) if ch.casefold() in LOOK_ALIKES]
+    chosen = data.draw(st.sets(st.sampled_from(positions), min_size=1, max_size=4))
+    chars = list(listed)
+    for i in chosen:
+        chars[i] = data.draw(st.sampled_from(LOOK_ALIKES[listed[i].casefold()]))
+    agent = "".join(chars)
+    assert not agent.isascii()
+    assert unicodedata.normalize("NFKC", agent).casefold() == listed.casefold()
+    assert allow.decide(agent).verdict != "listed"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['"\\e]0;x\\a": []', 'agents: [{glob: "a/*", "\\e[2J\\u202e": 1}]'],
+    ids=["top-level key", "entry key"],
+)
+def test_an_error_message_escapes_the_keys_the_file_chose(text: str) -> None:
+    with pytest.raises(AllowlistError) as caught:
+        load(text)
+    message = str(caught.value)
+    assert "\x1b" not in message and "\x07" not in message and "\u202e" not in message
+    assert "\\x1b" in message

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 
 from tests.conftest import AUDIT_LOGS
@@ -60,7 +63,7 @@ def test_malformed_lines_are_counted_with_line_numbers_and_skipped(tmp_path: Pat
                 good[0],
                 good[1][: len(good[1]) // 2],  # truncated JSON
                 b"\x00\x01\xfe\xffbinary junk 403",
-                b'{"padding":"' + b"x" * (5 * 1024 * 1024) + b'"}',  # a 5 MB line
+                b'{"padding":"' + b"x" * (5 * 1024 * 1024) + b'"',  # a 5 MB line, not one JSON object
                 forbid,
                 b"",
             ]
@@ -87,6 +90,71 @@ def test_malformed_line_numbers_count_from_one_in_each_file(tmp_path: Path) -> N
     err = result.stderr.decode()
     assert f"{first}:{lines + 1}: not a JSON object line" in err
     assert f"{second}:1: not a JSON object line" in err
+
+
+def _refusal(agent: str, timestamp: str) -> bytes:
+    good = [line for path in AUDIT_LOGS for line in path.read_bytes().splitlines()]
+    forbid = next(line for line in good if b'"forbid"' in line and b"python-requests/2.25.1" in line)
+    event = json.loads(forbid)
+    event.update(userAgent=agent, stageTimestamp=timestamp, requestReceivedTimestamp=timestamp)
+    return json.dumps(event, separators=(",", ":")).encode()
+
+
+def test_an_event_with_an_out_of_range_time_is_counted_and_the_others_still_found(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    log.write_bytes(
+        b"\n".join(
+            [
+                _refusal("curl/1", "2026-11-27T18:00:00.000000Z"),
+                _refusal("curl/2", "9999-12-31T23:59:59.999999Z"),
+                _refusal("curl/3", "0001-01-01T00:00:00+01:00"),
+                _refusal("curl/4", "2026-11-27T18:00:01.000000Z"),
+                b"",
+            ]
+        )
+    )
+    result = cli("replay", "--allowlist", allowlist(tmp_path), str(log))
+    assert result.returncode == 0, result.stderr
+    assert [f["user_agent"]["original"] for f in findings(result.stdout)] == ["curl/1", "curl/4"]  # type: ignore[index]
+    err = result.stderr.decode()
+    assert "2 malformed skipped" in err and "Traceback" not in err
+    assert f"{log}:2: event skipped: timestamp out of range" in err
+    assert f"{log}:3: event skipped: timestamp out of range" in err
+
+
+def test_a_truncated_gzip_is_reported_and_the_next_files_still_read(tmp_path: Path) -> None:
+    first = tmp_path / "audit-1.log.gz"
+    refusal = _refusal("curl/1", "2026-11-27T18:00:00.000000Z")
+    packed = gzip.compress(refusal + b"\n" + b"x" * 100_000 + b"\n", compresslevel=0)  # stored: cut anywhere
+    first.write_bytes(packed[: len(packed) // 2])
+    second = tmp_path / "audit.log"
+    second.write_bytes(_refusal("curl/2", "2026-11-27T18:00:01.000000Z") + b"\n")
+    result = cli("replay", "--allowlist", allowlist(tmp_path), str(first), str(second))
+    assert result.returncode == 0, result.stderr
+    assert [f["user_agent"]["original"] for f in findings(result.stdout)] == ["curl/1", "curl/2"]  # type: ignore[index]
+    err = result.stderr.decode()
+    assert "1 files cut short" in err and "Traceback" not in err
+    assert [line for line in err.splitlines() if str(first) in line] == [
+        f"  {first}:2: data breaks off, rest of the file skipped: "
+        "Compressed file ended before the end-of-stream marker was reached"
+    ]
+
+
+def test_a_refusal_padded_past_the_line_limit_is_still_a_finding(tmp_path: Path) -> None:
+    """``GET .../secrets?`` + 700,000 ``&`` (written ``\\u0026``): a 4.2 MB line, refused."""
+    event = json.loads(_refusal("curl/padded", "2026-11-27T18:00:00.000000Z"))
+    event["requestURI"] = "/api/v1/namespaces/default/secrets?" + "&" * 700_000
+    padded = json.dumps(event, separators=(",", ":")).replace("&", "\\u0026").encode()
+    assert len(padded) > 4 * 1024 * 1024
+    log = tmp_path / "audit.log"
+    log.write_bytes(_refusal("curl/1", "2026-11-27T17:59:59.000000Z") + b"\n" + padded + b"\n")
+    result = cli("replay", "--allowlist", allowlist(tmp_path), str(log))
+    assert result.returncode == 0, result.stderr
+    found = findings(result.stdout)
+    assert [f["user_agent"]["original"] for f in found] == ["curl/1", "curl/padded"]  # type: ignore[index]
+    uri = found[1]["kubernetes"]["audit"]["requestURI"]  # type: ignore[index]
+    assert uri.startswith("/api/v1/namespaces/default/secrets?&&&") and len(uri) <= 4096
+    assert f"2 lines ({log.stat().st_size} bytes) read, 0 malformed" in result.stderr.decode()
 
 
 def test_replay_of_a_missing_file_is_a_one_line_error(tmp_path: Path) -> None:
@@ -144,3 +212,176 @@ def test_certs_writes_a_ca_and_serving_pair_with_private_keys(tmp_path: Path) ->
 def test_usage_errors_exit_2() -> None:
     assert cli("replay").returncode == 2
     assert cli("no-such-command").returncode == 2
+
+
+# --- Ordinary mistakes end in one line on stderr, never a traceback (issue 12, items 14 and 15) ---
+
+
+def one_line_error(result: subprocess.CompletedProcess[bytes], code: int) -> str:
+    """The error as one line; serve and tail may log JSON records (one per line) before it."""
+    err = result.stderr.decode()
+    assert result.returncode == code, err
+    assert "Traceback" not in err and "Exception ignored" not in err
+    assert err.endswith("\n"), err
+    said = [line for line in err.splitlines() if not line.startswith('{"ts":')]
+    assert len(said) == 1, err
+    return said[0]
+
+
+def closed_pipe() -> int:
+    """The write end of a pipe whose read end is already closed: every write fails with EPIPE."""
+    read, write = os.pipe()
+    os.close(read)
+    return write
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["check", "kubectl/v1.30.2"],
+        ["replay", *map(str, AUDIT_LOGS)],
+        ["suggest", "--audit-log", str(AUDIT_LOGS[1]), "--min-requests", "1"],
+        ["apiserver-config", "--service-ip", "10.0.0.1", "--certs-dir", "{certs}"],
+        ["--help"],
+    ],
+    ids=["check", "replay", "suggest", "apiserver-config", "help"],
+)
+def test_a_closed_stdout_ends_quietly_with_status_141(tmp_path: Path, args: list[str]) -> None:
+    if "{certs}" in args:
+        assert cli("certs", "--out", str(tmp_path)).returncode == 0
+        args = [str(tmp_path) if a == "{certs}" else a for a in args]
+    stdout = closed_pipe()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "webhook", *args], stdout=stdout, stderr=subprocess.PIPE, timeout=120
+        )
+    finally:
+        os.close(stdout)
+    err = result.stderr.decode()
+    assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err
+    assert result.returncode in (141, 0 if args == ["--help"] else 141)
+
+
+def test_a_full_disk_on_stdout_is_one_line() -> None:
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "webhook", "check", "kubectl/v1"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            timeout=120,
+        )
+    assert "No space left on device" in one_line_error(result, 1)
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["certs", "--out", "{tmp}", "--days", "999999999"], "--days"),
+        (["certs", "--out", "{tmp}", "--days", "0"], "--days"),
+        (["replay", "--window", "nan", "x.log"], "--window"),
+        (["replay", "--window", "1e308", "x.log"], "--window"),
+        (["replay", "--burst-window", "inf", "x.log"], "--burst-window"),
+        (["replay", "--workers", "many", "x.log"], "--workers"),
+        (["replay", "--baseline-days", "-1", "x.log"], "--baseline-days"),
+        (["suggest", "--audit-log", "x.log", "--max-forbidden-share", "nan"], "--max-forbidden-share"),
+        (["suggest", "--audit-log", "x.log", "--days", "99999999999"], "--days"),
+        (["apiserver-config", "--service-ip", "10.0.0.1", "--port", "70000"], "--port"),
+        (["serve", "--tls-cert", "c", "--tls-key", "k", "--port", "99999"], "--port"),
+        (["serve", "--tls-cert", "c", "--tls-key", "k", "--join-wait", "inf"], "--join-wait"),
+        (
+            ["serve", "--tls-cert", "c", "--tls-key", "k", "--cert-reload-interval", "nan"],
+            "--cert-reload-interval",
+        ),
+        (["tail", "--state", "{tmp}", "--metrics-port", "99999", "x.log"], "--metrics-port"),
+        (["tail", "--state", "{tmp}", "--poll-interval", "0", "x.log"], "--poll-interval"),
+        (["tail", "--state", "{tmp}", "--grace", "-inf", "x.log"], "--grace"),
+        (["check", "--bogus", "x"], "--bogus"),
+        (["replay"], "AUDIT_LOG"),
+    ],
+)
+def test_a_bad_flag_value_is_a_one_line_usage_error(tmp_path: Path, args: list[str], flag: str) -> None:
+    result = cli(*(str(tmp_path) if a == "{tmp}" else a for a in args))
+    assert flag in one_line_error(result, 2)
+
+
+def _bad_file(tmp_path: Path, kind: str) -> str:
+    """A path that cannot be read as a file: missing, a directory, or a socket (ENXIO even for root)."""
+    path = tmp_path / kind
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "socket":
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(path))
+        server.close()
+    return str(path)
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "socket"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["check", "--allowlist", "{bad}", "x"],
+        ["replay", "{bad}"],
+        ["replay", "--allowlist", "{bad}", "{log}"],
+        ["replay", "--baseline", "{bad}/new/baseline.db", "{log}"],
+        ["suggest", "--audit-log", "{bad}"],
+        ["suggest", "--audit-log", "{log}", "--allowlist", "{bad}"],
+        ["apiserver-config", "--service-ip", "10.0.0.1", "--certs-dir", "{bad}"],
+        ["serve", "--tls-cert", "{bad}", "--tls-key", "{bad}"],
+        ["tail", "--state", "{bad}/state", "--allowlist", "{bad}", "{log}"],
+    ],
+    ids=lambda a: " ".join(a[:2]) if isinstance(a, list) else a,
+)
+def test_a_bad_file_is_a_one_line_error(tmp_path: Path, args: list[str], kind: str) -> None:
+    bad = _bad_file(tmp_path, kind)
+    given = [a.replace("{bad}", bad).replace("{log}", str(AUDIT_LOGS[1])) for a in args]
+    one_line_error(cli(*given), 1)
+
+
+def test_certs_never_write_through_a_planted_symlink(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    out = tmp_path / "certs"
+    out.mkdir()
+    for name in ("ca.key.tmp", "tls.key.tmp", "ca.crt.tmp", "tls.key"):
+        (out / name).symlink_to(victim)
+    result = cli("certs", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert victim.read_text() == "untouched\n"
+    for key in ("ca.key", "tls.key"):
+        assert not (out / key).is_symlink()
+        assert (out / key).stat().st_mode & 0o777 == 0o600
+        assert b"PRIVATE KEY" in (out / key).read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["ca.crt", "ca.key", "tls.crt", "tls.key", "ca.key.tmp", "tls.key.tmp", "ca.crt.tmp"]
+    )
+
+
+@pytest.mark.parametrize("kind", ["directory", "socket"])
+def test_a_baseline_that_is_not_a_database_file_is_a_one_line_error(tmp_path: Path, kind: str) -> None:
+    result = cli("replay", "--baseline", _bad_file(tmp_path, kind), str(AUDIT_LOGS[1]))
+    assert "baseline database" in one_line_error(result, 1)
+
+
+def test_the_replay_summary_escapes_what_a_malformed_line_chose(tmp_path: Path) -> None:
+    """pydantic's error location is an annotation key the line chose: ESC]0;...BEL retitles a terminal."""
+    event = json.loads(AUDIT_LOGS[1].read_bytes().splitlines()[0])
+    event["annotations"] = {"\x1b]0;pwned\x07\u202e": 1}
+    log = tmp_path / "audit\x1b[2J.log"
+    log.write_text(json.dumps(event) + "\n" + "403 \x1b[41m junk\n")
+    result = cli("replay", str(log))
+    assert result.returncode == 0, result.stderr
+    err = result.stderr.decode()
+    assert "2 malformed skipped" in err
+    assert "\x1b" not in err and "\x07" not in err and "\u202e" not in err
+    assert "annotations.\\x1b]0;pwned\\x07\\u202e" in err and "audit\\x1b[2J.log:1: " in err
+
+
+@pytest.mark.parametrize("kind", ["file", "socket"])
+def test_certs_into_something_that_is_not_a_directory_is_a_one_line_error(tmp_path: Path, kind: str) -> None:
+    out = tmp_path / kind
+    if kind == "file":
+        out.write_text("x")
+    else:
+        _bad_file(tmp_path, kind)
+    assert str(out) in one_line_error(cli("certs", "--out", str(out)), 1)

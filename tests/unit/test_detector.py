@@ -67,7 +67,8 @@ def test_finding_carries_ecs_fields_and_threat(audit_lines: list[bytes]) -> None
 def test_display_form_of_a_bidi_agent_is_escaped(audit_lines: list[bytes]) -> None:
     (finding,) = [f for f in run(audit_lines) if f.user_agent.original and "\u202e" in f.user_agent.original]
     assert finding.user_agent.display == "kubectl/v1.30.0 \\u202e(evil) \\u200b"
-    assert finding.ua_sentinel["verdict"]["reason"] == "agent holds control, bidi or zero-width characters"
+    reason = finding.ua_sentinel["verdict"]["reason"]
+    assert reason == "agent holds control, bidi, invisible or look-alike characters"
 
 
 def test_denied_agent_is_high_severity(audit_lines: list[bytes]) -> None:
@@ -158,3 +159,77 @@ def test_prefilter_keeps_every_line_that_gives_a_finding(audit_lines: list[bytes
     kept = [line for line in audit_lines if static.matches(line)]
     assert len(kept) < len(audit_lines) / 5
     assert run(kept) == run(audit_lines)
+
+
+T0 = dt.datetime(2026, 11, 27, 12, tzinfo=dt.UTC)
+
+
+def _at(template: dict[str, Any], agent: str, when: dt.datetime, audit_id: str) -> bytes:
+    stamp = when.isoformat().replace("+00:00", "Z")
+    raw = dict(
+        template, auditID=audit_id, userAgent=agent, stageTimestamp=stamp, requestReceivedTimestamp=stamp
+    )
+    return orjson.dumps(raw)
+
+
+def _unusual(findings: list[Finding]) -> list[tuple[str | None, int, int]]:
+    return [
+        (f.user_agent.original, f.event.sequence, f.event.count)
+        for f in findings
+        if f.rule.name == "unusual-agent-forbidden"
+    ]
+
+
+def test_windows_close_in_time_order_not_in_the_order_they_opened(audit_lines: list[bytes]) -> None:
+    """Events of several apiservers arrive out of order: a window opened later may start earlier."""
+    template = _forbidden_template(audit_lines, "curl/7.88.1")
+    detector = Detector(ACCEPTANCE_ALLOWLIST)
+    seen: list[Finding] = []
+    for line in (
+        _at(template, "late/1", T0 + dt.timedelta(minutes=5), "a1"),  # opens first, ends at 12:15
+        _at(template, "early/1", T0, "b1"),  # opens second, ends at 12:10
+        _at(template, "early/1", T0 + dt.timedelta(minutes=1), "b2"),
+        _at(template, "other/1", T0 + dt.timedelta(minutes=12), "c1"),  # 12:12: early's window is over
+    ):
+        seen.extend(detector.process(parse_event(line)))
+    assert ("early/1", 2, 2) in _unusual(seen), "early's total comes out at 12:12, before the flush"
+    assert ("late/1", 2, 1) not in _unusual(seen)
+
+
+def test_one_event_dated_far_ahead_holds_back_no_window(audit_lines: list[bytes]) -> None:
+    """A refusal stamped in the year 2999 (forged, or a broken clock) neither moves the clock
+    there nor opens a window that never closes: the same principal's later refusals still come
+    out as totals and new findings while the log is read, not only at the end."""
+    template = _forbidden_template(audit_lines, "curl/7.88.1")
+    detector = Detector(ACCEPTANCE_ALLOWLIST)
+    seen: list[Finding] = []
+    lines = [
+        _at(template, "other/1", T0, "o1"),
+        _at(template, "curl/7", dt.datetime(2999, 1, 1, tzinfo=dt.UTC), "f1"),
+        *(_at(template, "curl/7", T0 + dt.timedelta(minutes=m), f"r{m}") for m in range(1, 31)),
+    ]
+    for line in lines:
+        seen.extend(detector.process(parse_event(line)))
+    watermark = detector.watermark
+    assert watermark is not None and watermark <= (T0 + dt.timedelta(minutes=40)).timestamp()
+    curl = [(sequence, count) for agent, sequence, count in _unusual(seen) if agent == "curl/7"]
+    # the forged refusal and the next 19 close at 12:20 (the clock held 10 minutes past 12:00),
+    # then the windows of 12:20 and 12:30
+    assert curl == [(1, 1), (2, 20), (1, 1), (2, 10), (1, 1)]
+
+
+def test_an_event_the_detector_cannot_take_is_counted_and_skipped(audit_lines: list[bytes]) -> None:
+    template = _forbidden_template(audit_lines, "curl/7.88.1")
+    detector = Detector(ACCEPTANCE_ALLOWLIST)
+    seen: list[Finding] = []
+    for stamp, agent in (
+        ("2026-11-27T12:00:00Z", "curl/1"),
+        ("9999-12-31T23:59:59.999999Z", "curl/2"),
+        ("0001-01-01T00:00:00+01:00", "curl/3"),
+        ("2026-11-27T12:00:01Z", "curl/4"),
+    ):
+        raw = dict(template, userAgent=agent, stageTimestamp=stamp, requestReceivedTimestamp=stamp)
+        seen.extend(detector.process(parse_event(raw)))
+        assert (detector.last_rejection is None) == (agent in {"curl/1", "curl/4"})
+    assert [agent for agent, _, _ in _unusual(seen)] == ["curl/1", "curl/4"]
+    assert detector.stats.rejected == 2

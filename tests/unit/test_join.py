@@ -11,7 +11,15 @@ import pytest
 from tests.integration.traffic import admission, audit_batch, recorded
 from webhook.core.audit import Event, EventList, parse_event
 from webhook.serve.admission import AdmissionReview, lookup_of
-from webhook.serve.join import JoinResult, Lookup, RequestIndex, candidate_keys, event_key
+from webhook.serve.join import (
+    AGENT_CUT,
+    JoinResult,
+    Lookup,
+    RequestIndex,
+    candidate_keys,
+    event_key,
+    stored_agent,
+)
 
 
 class FakeClock:
@@ -215,13 +223,18 @@ def test_patch_joins_update_and_namespaces_join_without_namespace() -> None:
     assert event_key(ns_event) in candidate_keys(ns_lookup)
 
 
-def test_impersonated_requests_join_on_the_effective_user() -> None:
+def test_hand_made_impersonated_event_joins_on_the_effective_user_but_keeps_the_authenticated_one() -> None:
     (rr,) = events(1404)
     data = rr.model_dump(by_alias=True)
     data["user"] = {"username": "admin", "uid": "1001", "groups": ["system:masters"]}
     data["impersonatedUser"] = {"username": "dev-alice", "uid": "1003", "groups": ["devs"]}
     key = event_key(parse_event(data))
     assert key is not None and key[:2] == ("dev-alice", "1003")
+    index = RequestIndex()
+    index.observe(parse_event(data))
+    result = index.lookup(lookup(1405))
+    assert result is not None
+    assert result.judged == (("python-requests/2.34.2", "admin", ("system:masters",)),)
 
 
 def test_join_awaits_a_late_request_received() -> None:
@@ -250,24 +263,212 @@ def test_join_gives_up_after_the_wait_and_counts_a_miss() -> None:
     assert (index.stats.misses, index.stats.waited, index._waiters) == (1, 1, {})
 
 
-def test_two_waiters_on_one_key_each_get_their_own_request() -> None:
-    (rr,) = events(1404)
-
-    async def scenario() -> list[JoinResult | None]:
-        index = RequestIndex()
-        loop = asyncio.get_running_loop()
-        loop.call_later(0.01, index.observe, rr)
-        loop.call_later(0.03, index.observe, _as_new_request(rr, "second", "curl/8"))
-        return list(await asyncio.gather(index.join(lookup(1405), 5.0), index.join(lookup(1405), 5.0)))
-
-    first, second = asyncio.run(scenario())
-    assert first is not None and second is not None
-    assert {first.agents, second.agents} == {("python-requests/2.34.2",), ("curl/8",)}
-
-
 def test_panic_removes_the_request() -> None:
     (rr,) = events(1404)
     index = RequestIndex()
     index.observe(rr)
     index.observe(parse_event({**rr.model_dump(by_alias=True), "stage": "Panic"}))
     assert len(index) == 0 and index.lookup(lookup(1405)) is None
+
+
+# --- creates that arrive as another verb (issue 12, item 1) ----------------------------------
+
+
+def _rr(verb: str, name: str, **changes: Any) -> Event:
+    """A RequestReceived of dev-alice on configmap team/NAME, as recorded (01404) but for ``verb``."""
+    (rr,) = events(1404)
+    data: dict[str, Any] = rr.model_dump(by_alias=True)
+    data["verb"] = verb
+    data["objectRef"] = {**data["objectRef"], "name": name}
+    data.update(changes)
+    return parse_event(data)
+
+
+def _create(name: str, *, user: str = "dev-alice", uid: str = "1003") -> Lookup:
+    return Lookup("CREATE", user, uid, "", "configmaps", "", "team", name)
+
+
+@pytest.mark.parametrize("verb", ["patch", "update"])
+def test_a_create_that_arrives_as_patch_or_update_is_joined(verb: str) -> None:
+    """Server-side apply (PATCH, application/apply-patch+yaml) and a PUT that creates: admission
+    says CREATE, the audit verb is patch or update, with the name (recorded on 1.20)."""
+    index = RequestIndex()
+    index.observe(_rr(verb, "ssa-new", auditID=f"{verb}-1"))
+    result = index.lookup(_create("ssa-new"))
+    assert result is not None and result.agents == ("python-requests/2.34.2",)
+
+
+def test_a_create_without_a_name_never_joins_a_patch() -> None:
+    """generateName: no name to join a patch or update on, so none is looked for."""
+    keys = candidate_keys(_create(""))
+    assert {k[7] for k in keys} == {"create"}
+
+
+# --- impersonation (issue 12, item 2) ----------------------------------------------------------
+
+
+def _impersonated_by(user: str, agent: str, audit_id: str = "imp-1") -> Event:
+    """What 1.20 writes for ``kubectl --as dev-alice``: RequestReceived names only the
+    authenticated user, no impersonatedUser (tests/data audit log, s10)."""
+    return _rr("create", "", auditID=audit_id, userAgent=agent, user={"username": user, "groups": ["devs"]})
+
+
+def test_an_impersonated_write_joins_the_impersonators_request() -> None:
+    """The review names dev-alice without a uid (impersonated users have none on 1.20)."""
+    index = RequestIndex()
+    index.observe(_impersonated_by("mallory", "peirates/1.0"))
+    result = index.lookup(_create("cm", uid=""))
+    assert result is not None
+    assert result.judged == (("peirates/1.0", "mallory", ("devs",)),)
+
+
+def _own_without_uid() -> Event:
+    """dev-alice's own kubectl create, authenticated without a uid (a client certificate, OIDC)."""
+    return _rr("create", "", auditID="own", user={"username": "dev-alice"}, userAgent="kubectl/v1.30.0")
+
+
+def test_a_users_own_request_answers_alone_even_without_a_uid() -> None:
+    """Another user's concurrent request (here refused: no rights needed to send one) cannot
+    change the verdict of a user whose own request came: no one denies others' writes."""
+    index = RequestIndex()
+    index.observe(
+        _rr("create", "", auditID="own", user={"username": "dev-alice"}, userAgent="kubectl/v1.30.0")
+    )
+    index.observe(_impersonated_by("mallory", "peirates/1.0"))
+    result = index.lookup(Lookup("CREATE", "dev-alice", "", "", "configmaps", "", "team", "cm"))
+    assert result is not None and result.agents == ("kubectl/v1.30.0",)
+
+
+def test_an_impersonated_call_waits_for_a_request_of_its_own_before_taking_another_users() -> None:
+    """The impersonator's event is there first; the call still waits out its wait (in warn mode
+    too) in case the review user's own request is only late."""
+    own = _own_without_uid()
+
+    async def scenario() -> JoinResult | None:
+        index = RequestIndex()
+        index.observe(_impersonated_by("mallory", "peirates/1.0"))
+        call = asyncio.create_task(index.join(_create("cm", uid=""), wait=1.0))
+        await asyncio.sleep(0)
+        index.observe(own)  # late, but within the wait
+        return await call
+
+    result = asyncio.run(scenario())
+    assert result is not None and result.agents == ("kubectl/v1.30.0",)
+
+
+def test_a_user_with_a_uid_and_its_own_request_is_not_joined_to_other_users() -> None:
+    """No impersonation before 1.22 gives a uid: another user's concurrent create stays out."""
+    index = RequestIndex()
+    index.observe(_rr("create", "", auditID="alice"))  # dev-alice, uid 1003
+    index.observe(_impersonated_by("mallory", "curl/8.0"))
+    result = index.lookup(_create("cm"))
+    assert result is not None and result.agents == ("python-requests/2.34.2",)
+
+
+def test_a_user_with_a_uid_is_never_joined_to_another_users_request() -> None:
+    """Not even without a request of its own: a lost event must not borrow another's agent."""
+    index = RequestIndex()
+    index.observe(_impersonated_by("mallory", "kubectl/v1.30.0"))
+    assert index.lookup(_create("cm")) is None
+
+
+# --- concurrent requests of one user (issue 12, item 3) -----------------------------------------
+
+KUBECTL = "kubectl/v1.32.4 (linux/amd64) kubernetes/4cb5f07"
+
+
+def test_concurrent_requests_of_one_user_never_lend_each_other_their_agent() -> None:
+    """A (kubectl) is pending; B's admission call (python-requests) comes before B's own
+    RequestReceived, which arrives while the call settles; then A's call comes. Neither call
+    may be answered with the other's agent alone: both see both agents (the worst verdict)."""
+    (b_rr,) = events(1404)  # python-requests
+    a_rr = _as_new_request(b_rr, "request-a", KUBECTL)
+
+    async def scenario() -> tuple[JoinResult | None, JoinResult | None]:
+        index = RequestIndex()
+        index.observe(a_rr)
+        b_call = asyncio.create_task(index.join(lookup(1405), wait=1.0, settle=True))
+        await asyncio.sleep(0)  # B's call is in, settling
+        index.observe(b_rr)  # B's RequestReceived, late
+        a_call = asyncio.create_task(index.join(lookup(1405), wait=1.0, settle=True))
+        return await b_call, await a_call
+
+    b_result, a_result = asyncio.run(scenario())
+    for result in (b_result, a_result):
+        assert result is not None and result.ambiguous
+        assert set(result.agents) == {KUBECTL, "python-requests/2.34.2"}
+
+
+def test_a_settling_call_alone_gets_its_request_and_consumes_it() -> None:
+    (rr,) = events(1404)
+
+    async def scenario() -> tuple[JoinResult | None, RequestIndex]:
+        index = RequestIndex()
+        call = asyncio.create_task(index.join(lookup(1405), wait=1.0, settle=True))
+        await asyncio.sleep(0)
+        index.observe(rr)
+        return await call, index
+
+    result, index = asyncio.run(scenario())
+    assert result is not None and result.agents == ("python-requests/2.34.2",)
+    assert len(index) == 0 and index.stats.consumed == 1
+
+
+def test_a_call_that_cannot_deny_answers_on_the_first_match() -> None:
+    (rr,) = events(1404)
+
+    async def scenario() -> JoinResult | None:
+        index = RequestIndex()
+        index.observe(rr)
+        return await asyncio.wait_for(index.join(lookup(1405), wait=3600.0), timeout=60.0)
+
+    result = asyncio.run(scenario())
+    assert result is not None and result.agents == ("python-requests/2.34.2",)
+
+
+# --- bounded by bytes (issue 12, item 12) -------------------------------------------------------
+
+
+def test_agents_are_cut_as_the_apiserver_cuts_them() -> None:
+    index = RequestIndex()
+    index.observe(_rr("create", "", userAgent="x" * (2 * 1024 * 1024)))
+    result = index.lookup(_create("cm"))
+    assert result is not None
+    assert result.agents == ("x" * AGENT_CUT + "...TRUNCATED",)
+    assert stored_agent("x" * AGENT_CUT) == "x" * AGENT_CUT  # what the apiserver keeps whole
+    assert stored_agent("é" * AGENT_CUT) == "é" * (AGENT_CUT // 2) + "...TRUNCATED"  # 1,024 bytes
+
+
+def test_the_index_is_bounded_by_bytes_as_well_as_entries() -> None:
+    """Forged events with long names: the oldest go, the bytes held stay under the bound."""
+    index = RequestIndex(max_bytes=64 * 1024)
+    for number in range(200):
+        index.observe(_rr("patch", f"{number:04d}" + "n" * 4000, auditID=f"id-{number}" + "i" * 4000))
+        assert index.bytes <= index.max_bytes
+    assert 0 < len(index) < 20
+    assert index.stats.evicted_cap == 200 - len(index)
+    newest = index.lookup(
+        Lookup("UPDATE", "dev-alice", "1003", "", "configmaps", "", "team", "0199" + "n" * 4000)
+    )
+    assert newest is not None
+    for number in range(200):  # completions of forged long IDs: remembered digests, still bounded
+        index.observe(_rr("patch", "x", auditID=f"id-{number}" + "i" * 4000, stage="ResponseComplete"))
+        assert index.bytes <= index.max_bytes
+    assert len(index) == 0
+
+
+def test_pending_entries_and_finished_ids_do_not_crowd_each_other_out() -> None:
+    index = RequestIndex(max_bytes=64 * 1024)
+    index.observe(_rr("create", "", auditID="done"))
+    index.observe(_rr("create", "", auditID="done", stage="ResponseComplete"))
+    for number in range(50):  # forged pending entries with long names evict only their own kind
+        index.observe(_rr("patch", f"{number}" + "n" * 4000, auditID=f"flood-{number}"))
+    index.observe(_rr("create", "", auditID="done"))  # a retried batch: still known as finished
+    assert index.stats.ignored_finished == 1
+
+    index.observe(_rr("create", "", auditID="real", userAgent="kubectl/v1.30.0"))
+    for number in range(500):  # forged completions with long IDs evict only remembered IDs
+        index.observe(_rr("create", "", auditID=f"forged-{number}" + "i" * 4000, stage="ResponseComplete"))
+    assert index.bytes <= index.max_bytes
+    result = index.lookup(_create("cm"))
+    assert result is not None and "kubectl/v1.30.0" in result.agents

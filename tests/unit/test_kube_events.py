@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from kubernetes import client
 
+from tests.unit.test_findings import finding_for
 from webhook.core.allowlist import Allowlist
 from webhook.core.audit import parse_event
 from webhook.core.findings import Finding
 from webhook.detect.detector import Detector
 from webhook.kube.events import MAX_MESSAGE, EventWriter, reporting_instance
-from webhook.sinks.kube_events import finding_event
+from webhook.sinks.kube_events import KubernetesEventsSink, finding_event
 
 
 class FakeApi:
@@ -102,3 +104,56 @@ def test_a_finding_event_is_about_the_refused_object_or_our_pod(audit_lines: lis
         assert body["metadata"]["annotations"] == {"ua-sentinel.io/finding-id": finding.id}
         assert (body["type"], body["reason"]) == ("Warning", "UnusualAgentForbidden")
         assert body["reportingInstance"] == "tailer-x" and finding.id in body["message"]
+
+
+def test_a_control_character_in_the_refused_name_is_escaped_in_the_event() -> None:
+    """``GET .../secrets/%1B%5B41mEVIL`` audits a name holding a raw ESC."""
+    finding = finding_for(
+        requestURI="/api/v1/namespaces/team/secrets/%1B%5B41mEVIL",
+        verb="get",
+        objectRef={
+            "resource": "secrets\u202e",
+            "namespace": "team",
+            "name": "\x1b[41mEVIL",
+            "apiVersion": "v1",
+        },
+    )
+    body = finding_event(EventWriter(FakeApi(), instance="tailer-x"), finding, "team", own=False)
+    assert body["involvedObject"] == {
+        "apiVersion": "v1",
+        "kind": "secrets\\u202e",
+        "namespace": "team",
+        "name": "\\x1b[41mEVIL",
+    }
+    assert "\x1b" not in json.dumps(body, ensure_ascii=False) and "\u202e" not in json.dumps(
+        body, ensure_ascii=False
+    )
+    assert body["message"].startswith(f"finding {finding.id} ")
+
+
+def test_a_real_object_name_is_kept_as_it_is() -> None:
+    name = "a" * 200 + ".b-c.d"  # a DNS subdomain, as long as they come
+    finding = finding_for(
+        verb="get", objectRef={"resource": "secrets", "namespace": "team", "name": name, "apiVersion": "v1"}
+    )
+    body = finding_event(EventWriter(FakeApi(), instance="tailer-x"), finding, "team", own=False)
+    assert body["involvedObject"]["name"] == name and body["involvedObject"]["kind"] == "Secret"
+
+
+def test_a_namespace_no_object_can_have_sends_the_event_to_our_own() -> None:
+    finding = finding_for(
+        verb="get",
+        objectRef={"resource": "secrets", "namespace": "te\x1bam", "name": "x", "apiVersion": "v1"},
+    )
+    api = FakeApi()
+    sink = KubernetesEventsSink.__new__(KubernetesEventsSink)
+    sink._events, sink.namespace = EventWriter(api, instance="tailer-x"), "ua-sentinel"
+    sink.deliver(finding)
+    ((namespace, body),) = api.created
+    assert namespace == "ua-sentinel" and body["involvedObject"]["kind"] == "Pod"
+
+
+def test_the_event_message_keeps_the_finding_id_and_source_ip_under_a_huge_uri() -> None:
+    finding = finding_for(requestURI="/api/v1/namespaces/team/secrets?" + "&" * 700_000)
+    body = finding_event(EventWriter(FakeApi(), instance="tailer-x"), finding, "team", own=False)
+    assert finding.id in body["message"] and "203.0.113.7" in body["message"]

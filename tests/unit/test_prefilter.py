@@ -132,3 +132,18 @@ def test_verdict_lines_are_selected_with_and_without_denied_entries(allowlist: A
     lines = [line(b"kubelet/1"), verdict, line(b"curl/8"), line(b"kubelet/2", code=403)]
     denied = [2] if allowlist is DEFAULT else []
     assert selected(Prefilter(allowlist), lines) == sorted([1, 3, *denied])
+
+
+@pytest.mark.parametrize("agent", [b"(x) peirates/1.0", b"@peirates/1.0", b"[kdigger/2", b"(linux) PEIRATES"])
+def test_a_denied_product_after_junk_the_parser_skips_is_selected(agent: bytes) -> None:
+    assert DEFAULT.decide(parse_event(line(agent)).user_agent, user="mallory").verdict == "denied"
+    assert selected(Prefilter(DEFAULT), [line(b"kubelet/1"), line(agent)]) == [1]
+    assert Prefilter(DEFAULT).matches(line(agent))
+
+
+@pytest.mark.parametrize("end", [b"", b"\r"])
+def test_a_refusal_spelled_with_space_before_the_colon_is_selected_whatever_the_line_end(end: bytes) -> None:
+    refusal = line(b"kubelet/1", code=403).replace(b'"code":403', b'"code" : 403') + end
+    assert Prefilter().matches(refusal)
+    assert Prefilter(DEFAULT).matches(line(b"x").replace(b'"userAgent":', b'"userAgent" : ') + end) is False
+    assert Prefilter(DEFAULT).matches(line(b"curl/8").replace(b'"userAgent":', b'"userAgent" : ') + end)

@@ -171,3 +171,36 @@ def test_gzip_and_plain_agree(generated: Path, tmp_path: Path) -> None:
     packed = tmp_path / "audit-2026-11-27T00-00-00.000.log.gz"
     packed.write_bytes(gzip.compress(generated.read_bytes()))
     assert fast_path([packed]) == fast_path([generated])
+
+
+def test_a_cluster_name_is_on_every_finding_and_in_the_summary(generated: Path) -> None:
+    sink = Collect()
+    report = replay([str(generated)], Detector(default_allowlist()), sink, cluster_name="prod-eu-1")
+    assert sink.findings and {f.cluster_name for f in sink.findings} == {"prod-eu-1"}
+    assert report.summary().startswith("ua-sentinel replay in cluster prod-eu-1: 30000 lines")
+    without = fast_path([generated])[0]
+    assert [f.id for f in sink.findings] == [cast(dict[str, str], f["event"])["id"] for f in without]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_refusal_padded_past_the_line_limit_is_found_by_every_scan(
+    generated: Path, tmp_path: Path, workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``GET .../secrets?`` + 700,000 ``&`` (written ``\\u0026``) between ordinary lines, whether
+    one process reads the file or several split it: the padded refusal is a finding."""
+    lines = generated.read_bytes().splitlines()[:3000]
+    refusal = orjson.loads(next(raw for raw in lines if b'"forbid"' in raw))
+    refusal.update(auditID="padded", userAgent="padder/1.0")
+    refusal["requestURI"] = "/api/v1/namespaces/default/secrets?PAD"
+    padded = orjson.dumps(refusal).replace(b"PAD", b"\\u0026" * 700_000)
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"\n".join([*lines[:1500], padded, *lines[1500:]]) + b"\n")
+    monkeypatch.setattr(scan, "PIECE_BYTES", 1024 * 1024)
+    monkeypatch.setattr(scan, "PARALLEL_MIN_BYTES", 0)
+    found, count = fast_path([log], workers=workers)
+    assert count == 3001
+    padder = [f for f in found if f["user_agent"].get("original") == "padder/1.0"]  # type: ignore[attr-defined]
+    assert [f["kubernetes"]["audit"]["auditID"] for f in padder] == ["padded"]  # type: ignore[index]
+    without = tmp_path / "without.log"
+    without.write_bytes(b"\n".join(lines) + b"\n")
+    assert [f for f in found if f not in padder] == fast_path([without], workers=workers)[0]

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import AUDIT_LOGS
 from webhook.core.allowlist import default_allowlist
+from webhook.core.audit import MalformedEvent, parse_event
+from webhook.detect.detector import Detector
 from webhook.detect.prefilter import Prefilter
 from webhook.inputs import scan
 from webhook.inputs.lines import EVERY_LINE
@@ -124,3 +129,54 @@ def test_pieces_cover_the_file_at_line_starts_and_give_every_worker_a_share(
     assert all(data[start - 1 : start] == b"\n" for start in starts[1:])
     monkeypatch.setattr(scan, "PIECE_BYTES", len(data) // 10)
     assert len(scan._pieces(str(log), len(data), workers=3)) >= 10
+
+
+RECORDED = [line for path in AUDIT_LOGS for line in path.read_bytes().splitlines()]
+REFUSED = orjson.loads(next(line for line in RECORDED if b'"forbid"' in line))
+SUCCEEDED = orjson.loads(next(line for line in RECORDED if b'"code":200' in line and b"verdict" not in line))
+DEFAULT = default_allowlist()
+
+JUNK = st.sampled_from(["", "(x) ", "@", " ", "\t", "junk ", "(linux; amd64) ", "[", "/", "x(y) "])
+NAMES = st.sampled_from(
+    ["peirates", "kdigger", "kube-hunter", "curl", "Python-urllib", "kubectl", "zgrab", "cdk"]
+)
+VERSIONS = st.sampled_from(["", "/1.0", "/v0.0.0 (linux/amd64)", " x", "\u00e9"])
+AGENTS = st.one_of(
+    st.none(),
+    st.builds(lambda j, n, v, up: j + (n.upper() if up else n) + v, JUNK, NAMES, VERSIONS, st.booleans()),
+    st.text(max_size=24),
+)
+SEPARATORS = st.sampled_from([(",", ":"), (", ", ": "), (",", " : "), (" , ", " : "), ("\t,", ":\t")])
+
+
+@st.composite
+def event_lines(draw: st.DrawFn) -> bytes:
+    """One audit line as some writer may have spelled it: spacing, escapes, white space, CRLF."""
+    doc = dict(draw(st.sampled_from([REFUSED, SUCCEEDED])))
+    agent = draw(AGENTS)
+    doc.pop("userAgent", None)
+    if agent is not None:
+        doc["userAgent"] = agent
+    separators = draw(SEPARATORS)
+    text = json.dumps(doc, separators=separators, ensure_ascii=draw(st.booleans()))
+    around = st.sampled_from(["", " ", "\t", "  "])
+    return (draw(around) + text + draw(around)).encode() + draw(st.sampled_from([b"", b"\r"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(line=event_lines(), before=st.integers(0, 4), after=st.integers(0, 4))
+def test_whatever_the_detector_flags_on_a_line_the_block_scanner_hands_over(
+    line: bytes, before: int, after: int
+) -> None:
+    try:
+        event = parse_event(line.strip())
+    except MalformedEvent:
+        return
+    if not Detector(DEFAULT).process(event):
+        return
+    filler = orjson.dumps(SUCCEEDED)
+    block = b"".join(raw + b"\n" for raw in [*[filler] * before, line, *[filler] * after])
+    result = scan.ScanResult()
+    scan.scan_block((block, 0, len(block)), result, Detector(DEFAULT).prefilter)
+    assert before + 1 in [number for number, _ in result.hits]
+    assert result.malformed == []

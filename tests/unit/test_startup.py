@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
 from webhook.core.allowlist import default_allowlist
-from webhook.sinks.base import JsonLinesSink
+from webhook.sinks.base import ClusterSink, JsonLinesSink
 from webhook.startup import SettingsError, allowlist_flags, open_allowlist, open_sinks
 
 
@@ -46,3 +47,26 @@ def test_sinks_are_opened_with_one_wording() -> None:
         open_sinks(["carrier-pigeon:coo"])
     with pytest.raises(SettingsError, match=r"^--sink http sink needs an http\(s\) URL"):
         open_sinks(["http:ftp://x"])
+    with pytest.raises(SettingsError, match=r"^--sink falcosidekick sink needs an http\(s\) URL"):
+        open_sinks(["falcosidekick:sidekick:2801"])
+
+
+def test_url_sinks_hide_their_url_and_a_cluster_name_wraps_every_sink() -> None:
+    opened = open_sinks(
+        ["falcosidekick:http://sidekick:2801/?token=s3cret", "otlp:https://otel:4318", "stdout"],
+        cluster_name="prod-eu-1",
+    )
+    assert [spec.label for spec, _ in opened] == [
+        "falcosidekick:http://sidekick/...",
+        "otlp:https://otel/...",
+        "stdout",
+    ]
+    assert all(isinstance(sink, ClusterSink) and sink.cluster_name == "prod-eu-1" for _, sink in opened)
+    assert not any(isinstance(sink, ClusterSink) for _, sink in open_sinks(["stdout"]))
+
+
+def test_an_otlp_sink_without_its_extra_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "opentelemetry.proto.collector.logs.v1", None)  # not installed
+    needs = r"^--sink otlp:http://c/\.\.\.: .*pip install 'ua-sentinel\[otlp\]'"
+    with pytest.raises(SettingsError, match=needs):
+        open_sinks(["otlp:http://c:4318"])

@@ -123,3 +123,14 @@ def test_cli_prints_escaped_agents_and_writes_the_proposal(tmp_path: Path) -> No
         check=False,
     )
     assert missing.returncode == 1 and "nope.log" in missing.stderr.decode()
+
+
+def test_a_request_padded_past_the_line_limit_is_counted_with_its_agent() -> None:
+    forbid = json.loads(
+        next(line for path in AUDIT_LOGS for line in path.read_bytes().splitlines() if b'"forbid"' in line)
+    )
+    forbid.update(userAgent="padder/1.0", requestURI="/api/v1/secrets?PAD")
+    padded = json.dumps(forbid).replace("PAD", "\\u0026" * 700_000).encode()
+    result = survey([io.BytesIO(padded + b"\n")])
+    assert result.lines == 1 and result.malformed == 0
+    assert result.agents()["padder/1.0"].forbidden == 1

@@ -96,6 +96,12 @@ def test_parse_never_raises(agent: str) -> None:
     assert ua.raw == agent
 
 
+def test_display_escapes_invisible_and_look_alike_characters() -> None:
+    shown = useragent.display("\u212aubectl/v1\u034f\u3164\ufe0f \uff4b \u2800")
+    assert shown == "\\u212aubectl/v1\\u034f\\u3164\\ufe0f \\uff4b \\u2800"
+    assert useragent.display("client/1.0 (日本語; Ünïcode)") == "client/1.0 (日本語; Ünïcode)"
+
+
 # --- cut: the apiserver's 1,024-byte limit ------------------------------------------------------
 
 

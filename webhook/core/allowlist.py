@@ -13,9 +13,13 @@ File format (YAML; also the ConfigMap key ``allowlist.yaml``)::
     denied:                      # known-bad agents: same item forms, never "listed"
       - product: peirates
 
-Every pattern is compiled with google-re2, so no allowlist entry can make matching
-super-linear on an attacker's agent. A broken file raises :class:`AllowlistError` naming the
-entry, and a caller keeps its last good :class:`Allowlist`.
+Only characters that look like themselves can list an agent: one holding a control, format,
+invisible (default-ignorable), combining or look-alike character (``\\u212a`` KELVIN SIGN,
+``\\u017f`` LONG S, fullwidth forms: :func:`webhook.core.useragent.has_unsafe_chars`) is never
+``listed``, so RE2's Unicode case folding never lends an ASCII entry to a look-alike; ``denied:``
+entries are also tried on its ASCII skeleton. Every pattern is compiled with google-re2, so no
+allowlist entry can make matching super-linear on an attacker's agent. A broken file raises
+:class:`AllowlistError` naming the entry, and a caller keeps its last good :class:`Allowlist`.
 """
 
 from __future__ import annotations
@@ -282,7 +286,9 @@ def _parse_items(section: Section, items: Any) -> list[Entry]:
             entries.append(Entry.model_validate(item))
         except ValidationError as exc:
             problems = "; ".join(
-                (".".join(str(p) for p in err["loc"]) + ": " if err["loc"] else "")
+                # A key the file chose (extra="forbid" names it): escaped, as the message reaches
+                # Events, /readyz and terminals.
+                (".".join(useragent.display(str(p), 120) for p in err["loc"]) + ": " if err["loc"] else "")
                 + err["msg"].removeprefix("Value error, ")
                 for err in exc.errors()
             )
@@ -321,7 +327,7 @@ class Allowlist:
             doc = {}
         if not isinstance(doc, dict):
             raise AllowlistError(f"{source}: top level must be a mapping with agents: and denied:")
-        unknown = sorted(str(k) for k in doc if k not in ("agents", "denied"))
+        unknown = sorted(useragent.display(str(k), 120) for k in doc if k not in ("agents", "denied"))
         if unknown:
             raise AllowlistError(f"{source}: unknown key(s) {', '.join(unknown)}; expected agents, denied")
         try:
@@ -351,8 +357,14 @@ class Allowlist:
         if spoofed and not agent.isascii():
             # RE2 needs valid UTF-8: lone surrogates (undecodable bytes) are matched as U+FFFD.
             agent = agent.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-        denied, agents = (section.matching(agent) for section in self._sections)
-        return denied, agents, spoofed
+        denied_section, agents_section = self._sections
+        denied = denied_section.matching(agent)
+        if spoofed:
+            # Look-alike and invisible characters never list an agent (decide() answers unlisted
+            # before agents: is consulted, so RE2's Unicode case folding of \u212a onto k cannot
+            # list it), but they do not hide a denied one: \uff50eirates is still peirates.
+            denied = tuple(sorted({*denied, *denied_section.matching(useragent.skeleton(agent))}))
+        return denied, agents_section.matching(agent), spoofed
 
     def decide(
         self,
@@ -384,7 +396,10 @@ class Allowlist:
             return Decision("denied", hit.label, "known-bad agent", tuple(expired))
         if spoofed:
             return Decision(
-                "unlisted", None, "agent holds control, bidi or zero-width characters", tuple(expired)
+                "unlisted",
+                None,
+                "agent holds control, bidi, invisible or look-alike characters",
+                tuple(expired),
             )
         if (hit := first(self.agents, agent_idx)) is not None:
             return Decision("listed", hit.label, "matched", tuple(expired))

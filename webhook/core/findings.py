@@ -13,15 +13,20 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from webhook.core.allowlist import Verdict
-from webhook.core.useragent import display
+from webhook.core.useragent import display, has_unsafe_chars
 
 __all__ = [
+    "DATASET",
+    "ONE_LINE_MAX",
     "RULES",
     "THREAT",
     "Aggregate",
+    "DataStream",
     "EffectiveUser",
     "Finding",
     "FindingEvent",
+    "Orchestrator",
+    "OrchestratorCluster",
     "Rule",
     "Severity",
     "Source",
@@ -31,6 +36,15 @@ __all__ = [
     "VerdictDetail",
     "dumps",
 ]
+
+DATASET = "ua_sentinel.finding"
+"""``event.dataset`` and ``data_stream.dataset`` alike, as ECS asks (lowercase, no ``-``)."""
+
+ONE_LINE_MAX = 1024
+""":meth:`Finding.one_line` never exceeds this (a Kubernetes Event message's cap)."""
+_USER_MAX = 96
+_URI_MAX = 220
+_AGENT_MAX = 150
 
 Severity = Literal["low", "medium", "high", "critical"]
 RISK_SCORE: dict[Severity, int] = {"low": 21, "medium": 47, "high": 73, "critical": 99}
@@ -98,7 +112,7 @@ class FindingEvent(_Out):
     type: list[str] = Field(default_factory=lambda: ["denied"])
     outcome: Literal["failure", "success", "unknown"] = "failure"
     module: str = "ua-sentinel"
-    dataset: str = "kubernetes.audit_logs"
+    dataset: str = DATASET
     id: str
     severity: int
     risk_score: int
@@ -106,6 +120,27 @@ class FindingEvent(_Out):
     start: str
     end: str
     sequence: int = Field(description="1 for the first emission of this id, 2 for the window total")
+
+
+class DataStream(_Out):
+    """ECS ``data_stream``: where an Elastic ingest pipeline files the finding
+    (``logs-ua_sentinel.finding-default``). The namespace stays ``default``: cluster names may hold
+    ``-``, which ECS forbids there; the cluster is in ``orchestrator.cluster.name``."""
+
+    type: Literal["logs"] = "logs"
+    dataset: str = DATASET
+    namespace: str = "default"
+
+
+class OrchestratorCluster(_Out):
+    name: str
+
+
+class Orchestrator(_Out):
+    """ECS ``orchestrator``: which cluster the finding comes from (``--cluster-name``)."""
+
+    type: Literal["kubernetes"] = "kubernetes"
+    cluster: OrchestratorCluster
 
 
 class Rule(_Out):
@@ -170,27 +205,57 @@ class Finding(_Out):
     source: Source
     kubernetes: dict[str, Any]
     threat: list[dict[str, Any]] = Field(default_factory=lambda: THREAT)
+    data_stream: DataStream = Field(default_factory=DataStream)
+    orchestrator: Orchestrator | None = None
     ua_sentinel: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def id(self) -> str:
         return self.event.id
 
+    @property
+    def cluster_name(self) -> str | None:
+        return self.orchestrator.cluster.name if self.orchestrator else None
+
+    def in_cluster(self, name: str | None) -> Finding:
+        """This finding stamped with its cluster; the id stays (the same finding from any source
+        has one id, and a renamed cluster must not turn old findings into new ones)."""
+        if not name:
+            return self
+        return self.model_copy(update={"orchestrator": Orchestrator(cluster=OrchestratorCluster(name=name))})
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True)
 
     def one_line(self) -> str:
-        """The finding as one sentence for people (Event messages, chat). Only the escaped agent
-        (``user_agent.display``) appears, never the raw one; user, URI and verb are escaped too,
-        since they come from the same audit event an attacker shaped."""
+        """The finding as one sentence for people (Event messages, chat), at most
+        :data:`ONE_LINE_MAX` characters whatever the audit event held.
+
+        Identifiers come first (cluster, finding id, rule, user, source IP, time), so a cut made by
+        whoever shows the line never loses them; the long attacker-shaped fields (verb, URI, agent) come
+        last, each escaped (:func:`~webhook.core.useragent.display`) and capped on its own. Only the
+        escaped agent (``user_agent.display``) appears, never the raw one.
+        """
         audit = self.kubernetes.get("audit", {})
-        severity = self.ua_sentinel.get("severity", "?")
+        severity = display(str(self.ua_sentinel.get("severity", "?")), 16)
+        user = display(self.user.name, _USER_MAX)
+        if self.user.effective is not None:
+            user += f" (as {display(self.user.effective.name, _USER_MAX)})"
+        cluster = f"cluster {display(self.cluster_name, 64)}: " if self.cluster_name else ""
         return (
-            f"{self.rule.name} ({severity}): user {display(self.user.name)} with agent "
-            f'"{self.user_agent.display}": {self.event.count} request(s), first '
-            f"{display(str(audit.get('verb', '?')))} {display(str(audit.get('requestURI', '?')))} "
-            f"from {self.source.ip or '?'} at {self.timestamp}; finding {self.id}"
-        )
+            f"{cluster}finding {display(self.id, 64)} {display(self.rule.name, 48)} ({severity}): "
+            f"user {user} from {display(self.source.ip or '?', 64)} at {display(self.timestamp, 40)}: "
+            f"{self.event.count} request(s), first {display(str(audit.get('verb', '?')), 32)} "
+            f"{display(str(audit.get('requestURI', '?')), _URI_MAX)} "
+            f'with agent "{_capped(self.user_agent.display, _AGENT_MAX)}"'
+        )[:ONE_LINE_MAX]
+
+
+def _capped(shown: str, limit: int) -> str:
+    """An already escaped text (``user_agent.display``) cut to ``limit``, never escaped twice."""
+    if has_unsafe_chars(shown):  # not what display() makes: a finding read back from elsewhere
+        shown = display(shown, limit)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
 
 
 def dumps(finding: Finding) -> bytes:

@@ -22,7 +22,10 @@ __all__ = [
     "cut",
     "display",
     "has_unsafe_chars",
+    "is_invisible",
+    "is_look_alike",
     "parse",
+    "skeleton",
     "version_tuple",
 ]
 
@@ -35,29 +38,100 @@ MAX_AGENT_BYTES: Final = 1024
 """kube-apiserver writes at most this many bytes of an agent into an audit event, then
 :data:`TRUNCATION_MARK` (``maxUserAgentLength`` in k8s.io/apiserver/pkg/audit/request.go)."""
 
-_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs", "Mn", "Me"})
+"""Controls, formats (bidi, zero-width), surrogates, private use, unassigned, separators, spaces
+(U+0020 aside), and nonspacing/enclosing marks: a mark draws on the character before it (an
+ASCII letter plus a mark is a look-alike) and many draw nothing at all (U+034F, U+FE0F)."""
+
+# Default_Ignorable_Code_Point, DerivedCoreProperties.txt of Unicode 16.0.0 (the ranges have not
+# changed since 14.0 added U+180F): what renderers draw as nothing. Python's unicodedata has no
+# such property, and some of these are letters (Lo: the Hangul fillers U+115F, U+1160, U+3164,
+# U+FFA0), so the category test alone does not catch them.
+_DEFAULT_IGNORABLE: tuple[tuple[int, int], ...] = (
+    (0x00AD, 0x00AD),  # SOFT HYPHEN
+    (0x034F, 0x034F),  # COMBINING GRAPHEME JOINER
+    (0x061C, 0x061C),  # ARABIC LETTER MARK
+    (0x115F, 0x1160),  # HANGUL CHOSEONG FILLER..HANGUL JUNGSEONG FILLER
+    (0x17B4, 0x17B5),  # KHMER VOWEL INHERENT AQ..AA
+    (0x180B, 0x180F),  # MONGOLIAN FREE VARIATION SELECTORS, VOWEL SEPARATOR
+    (0x200B, 0x200F),  # ZERO WIDTH SPACE..RIGHT-TO-LEFT MARK
+    (0x202A, 0x202E),  # LEFT-TO-RIGHT EMBEDDING..RIGHT-TO-LEFT OVERRIDE
+    (0x2060, 0x206F),  # WORD JOINER..NOMINAL DIGIT SHAPES (U+2065 reserved)
+    (0x3164, 0x3164),  # HANGUL FILLER
+    (0xFE00, 0xFE0F),  # VARIATION SELECTOR-1..16
+    (0xFEFF, 0xFEFF),  # ZERO WIDTH NO-BREAK SPACE
+    (0xFFA0, 0xFFA0),  # HALFWIDTH HANGUL FILLER
+    (0xFFF0, 0xFFF8),  # reserved
+    (0x1BCA0, 0x1BCA3),  # SHORTHAND FORMAT LETTER OVERLAP..UP STEP
+    (0x1D173, 0x1D17A),  # MUSICAL SYMBOL BEGIN BEAM..END PHRASE
+    (0xE0000, 0xE0FFF),  # tags, VARIATION SELECTOR-17..256, reserved
+)
+_INVISIBLE = frozenset(code for low, high in _DEFAULT_IGNORABLE for code in range(low, high + 1)) | {
+    0x2800  # BRAILLE PATTERN BLANK: drawn as nothing, though neither format nor default-ignorable
+}
 # RFC 9110 tchar: the characters a token (product name or version) may hold.
 _TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _MAX_PARSE = 4096
 
 
-def _is_unsafe(ch: str) -> bool:
-    """Characters that change how text looks or behaves on screen (controls, bidi, zero-width)
-    or stand for bytes that were not text (lone surrogates, U+FFFD)."""
-    if ch == " ":
+def is_invisible(ch: str) -> bool:
+    """Unicode's Default_Ignorable_Code_Point property (``_DEFAULT_IGNORABLE``), or a blank."""
+    return ord(ch) in _INVISIBLE
+
+
+def is_look_alike(ch: str) -> bool:
+    """A non-ASCII character that stands for ASCII text once normalised (NFKC) or case-folded.
+
+    ``\\u212a`` (KELVIN SIGN) folds to ``k``, ``\\u017f`` (LONG S) to ``s``, fullwidth ``\\uff4b``
+    to ``k``, ``\\u00df`` to ``ss``: each passes for ASCII on screen, and RE2's case-insensitive
+    matching folds the first two onto ASCII entries.
+    """
+    if ch.isascii():
         return False
+    folded = ch.casefold()
+    return any(
+        form.isascii()
+        for form in (
+            folded,
+            unicodedata.normalize("NFKC", ch).casefold(),
+            unicodedata.normalize("NFKC", folded),
+        )
+    )
+
+
+def _unsafe_non_ascii(ch: str) -> bool:
     if ch == "\ufffd":
         return True  # what encoders put in place of invalid bytes: the agent was not text
-    category = unicodedata.category(ch)
-    return category in _UNSAFE_CATEGORIES or category == "Zs"
+    return unicodedata.category(ch) in _UNSAFE_CATEGORIES or is_invisible(ch) or is_look_alike(ch)
+
+
+def _is_unsafe(ch: str) -> bool:
+    """Characters that do not look like themselves: controls, format characters (bidi,
+    zero-width), every default-ignorable or blank character, combining marks, look-alikes of
+    ASCII, and stand-ins for bytes that were not text (lone surrogates, U+FFFD)."""
+    if ch.isascii():
+        return ch < " " or ch == "\x7f"
+    return _unsafe_non_ascii(ch)
 
 
 def has_unsafe_chars(agent: str) -> bool:
-    """True when the agent holds control, format (bidi, zero-width) or odd space characters.
+    """True when the agent holds a character that does not look like itself (``_is_unsafe``).
 
-    Such an agent is display spoofing (``kubectl/v1.30.0 \\u202e(evil)``) and is never listed.
+    Such an agent is display spoofing (``kubectl/v1.30.0 \\u202e(evil)``, ``\\u212aubectl/v1.30.2``)
+    and is never listed.
     """
+    if agent.isascii():
+        return not agent.isprintable()
     return any(_is_unsafe(ch) for ch in agent)
+
+
+def skeleton(agent: str) -> str:
+    """What ``agent`` looks like as ASCII: NFKC, case-folded, invisible characters dropped.
+
+    For ``denied:`` entries only (``\\uff50eirates`` is still peirates); never a reason to list.
+    """
+    visible = "".join(ch for ch in agent if not is_invisible(ch))
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", visible).casefold())
 
 
 def _escape_char(ch: str) -> str:

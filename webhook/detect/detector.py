@@ -18,13 +18,23 @@ log and tailing it give the same finding ids:
 Findings about a (user, agent) the admission webhook flagged carry ``ua_sentinel.related``
 (:mod:`webhook.detect.flagged`); an unlisted agent that both changed objects and was refused is
 escalated one severity level. Open windows are bounded; the oldest is closed early (counted).
+
+Event time is kept by the Detector's clock (:attr:`Detector.watermark`): the newest event time,
+but never more than ``clock_lead`` ahead of the median of the last few event times, so one event
+dated far ahead (forged, or from a broken clock) cannot close everyone's windows at once; a
+window opens at its event's time or the clock, whichever is earlier, so such an event's own
+window closes like the others. Windows close in order of their start (a heap), not of their
+opening. An event the Detector cannot take (a time no datetime holds, or any other failure) is
+counted in :attr:`DetectorStats.rejected` and skipped; the others go on.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections import OrderedDict
-from collections.abc import Callable
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -44,6 +54,7 @@ from webhook.detect.rules import (
     build_finding,
     finding_id,
 )
+from webhook.errors import InputError
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -53,6 +64,8 @@ __all__ = [
 ]
 
 SNAPSHOT_VERSION = 2
+CLOCK_SAMPLES = 5
+"""Event times the clock's median is taken over: two outliers in any five are outvoted."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -71,6 +84,9 @@ class DetectorConfig:
     related_ttl: dt.timedelta = dt.timedelta(hours=1)
     max_related: int = 4096
     """Principals whose webhook-flagged requests are remembered (correlation)."""
+    clock_lead: dt.timedelta = dt.timedelta(minutes=10)
+    """How far one event may move the clock ahead of the median of the last
+    :data:`CLOCK_SAMPLES` event times (an outlier cannot close every window at once)."""
     known_bad: bool = True
     """known-bad-agent on. It needs every line whose agent may be denied, which costs the
     replay fast path one RE2 pass over each block (about 1.3 GB/s per core)."""
@@ -89,6 +105,8 @@ class DetectorStats:
     known_bad: int = 0
     flagged: int = 0
     new_agents: int = 0
+    rejected: int = 0
+    """Events the Detector could not take (skipped; the others went on)."""
 
 
 def _principal(event: Event) -> tuple[str, str | None, str | None]:
@@ -97,17 +115,67 @@ def _principal(event: Event) -> tuple[str, str | None, str | None]:
     return event.user.username, effective.username if effective else None, event.user_agent
 
 
+class _Rejected(InputError):
+    """An event the Detector cannot take; its message says why."""
+
+
 def _timestamp(event: Event) -> tuple[str, float | None]:
+    """The event's time as text and epoch seconds (None: no parseable time, judged all the same).
+
+    A time that parses but that no datetime can hold in UTC (year 0 or 10000 after the offset)
+    rejects the event: its day and its finding's ``@timestamp`` cannot be computed.
+    """
     text = event.stage_timestamp or event.request_received_timestamp
     try:
-        return text, dt.datetime.fromisoformat(text).timestamp()
+        parsed = dt.datetime.fromisoformat(text)
     except ValueError:
         return text, None
+    try:
+        epoch = parsed.timestamp()
+        dt.datetime.fromtimestamp(epoch, dt.UTC)
+    except (ValueError, OverflowError, OSError):
+        raise _Rejected(f"timestamp out of range: {text[:64]!r}") from None
+    return text, epoch
 
 
 def _target(event: Event) -> str:
     path = event.request_uri.split("?", 1)[0]
     return path or event.resource_label
+
+
+class _Windows:
+    """Open windows by key, closed in order of their start: a heap beside the dict (every window
+    leaves through :meth:`pop`, so the heap holds exactly the open ones)."""
+
+    def __init__(self) -> None:
+        self.by_key: dict[tuple[Any, ...], Window] = {}
+        self._heap: list[tuple[float, int, tuple[Any, ...]]] = []
+        self._order = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self.by_key)
+
+    def get(self, key: tuple[Any, ...]) -> Window | None:
+        return self.by_key.get(key)
+
+    def add(self, key: tuple[Any, ...], window: Window) -> None:
+        self.by_key[key] = window
+        heapq.heappush(self._heap, (window.start_epoch, next(self._order), key))
+
+    def oldest_start(self) -> float | None:
+        return self._heap[0][0] if self._heap else None
+
+    def pop(self) -> Window:
+        """Remove and return the window that started first."""
+        _, _, key = heapq.heappop(self._heap)
+        return self.by_key.pop(key)
+
+    def clear(self) -> None:
+        self.by_key.clear()
+        self._heap.clear()
+
+    def values(self) -> Iterator[Window]:
+        return iter(self.by_key.values())
 
 
 class Detector:
@@ -127,9 +195,12 @@ class Detector:
         self.correlation = Correlation(
             max_principals=config.max_related, ttl=config.related_ttl.total_seconds()
         )
-        self._windows: OrderedDict[tuple[Any, ...], Window] = OrderedDict()
-        self._bursts: OrderedDict[tuple[Any, ...], Window] = OrderedDict()
+        self._windows = _Windows()
+        self._bursts = _Windows()
         self._watermark: float = float("-inf")
+        self._recent: deque[float] = deque(maxlen=CLOCK_SAMPLES)
+        self.last_rejection: str | None = None
+        """Why the last :meth:`process` call rejected its event (None: it did not)."""
         self._pruned: float = float("-inf")
         self._prefilter: tuple[str, Prefilter] | None = None
 
@@ -140,7 +211,8 @@ class Detector:
 
     @property
     def watermark(self) -> float | None:
-        """The newest event time seen (epoch seconds), None before the first event."""
+        """The clock (epoch seconds): the newest event time, at most ``clock_lead`` ahead of the
+        median of the last :data:`CLOCK_SAMPLES` event times; None before the first event."""
         return self._watermark if self._watermark != float("-inf") else None
 
     @property
@@ -151,21 +223,47 @@ class Detector:
             self._prefilter = (allowlist.hash, Prefilter(allowlist if self.config.known_bad else None))
         return self._prefilter[1]
 
+    def _advance(self, epoch: float) -> None:
+        """Move the clock to ``epoch``, but never past the recent median plus ``clock_lead``."""
+        recent = self._recent
+        recent.append(epoch)
+        ordered = sorted(recent)
+        bound = ordered[(len(ordered) - 1) // 2] + self.config.clock_lead.total_seconds()
+        step = min(epoch, bound)
+        if step > self._watermark:
+            self._watermark = step
+
     def process(self, event: Event) -> list[Finding]:
-        """Findings caused by ``event``: new ones, and totals of windows it closed."""
+        """Findings caused by ``event``: new ones, and totals of windows it closed.
+
+        Never raises for an event: one it cannot take is counted in ``stats.rejected``, its
+        reason kept in :attr:`last_rejection`, and the findings of windows it closed still
+        returned.
+        """
         self.stats.events += 1
+        self.last_rejection = None
+        out: list[Finding] = []
+        try:
+            self._process(event, out)
+        except Exception as exc:  # one event must never stop the others
+            self.stats.rejected += 1
+            reason = str(exc) if isinstance(exc, _Rejected) else f"{type(exc).__name__}: {exc}"
+            self.last_rejection = reason[:200]
+        return out
+
+    def _process(self, event: Event, out: list[Finding]) -> None:
         text, epoch = _timestamp(event)
-        if epoch is not None and epoch > self._watermark:
-            self._watermark = epoch
-        out = self.close_expired(self._watermark)
+        if epoch is not None:
+            self._advance(epoch)
+        out.extend(self.close_expired(self._watermark))
         if event.stage != "ResponseComplete":
-            return out
+            return
         if self.correlation.observe(event, text, epoch):
             self.stats.flagged += 1
         forbidden = event.forbidden_by_authorization
         code = event.code or 0
         if not forbidden and not 100 <= code < 400:
-            return out
+            return
         allowlist = self._allowlist()
         day = dt.datetime.fromtimestamp(epoch, dt.UTC).date() if epoch is not None else None
         decision = allowlist.decide(
@@ -179,14 +277,13 @@ class Detector:
             if decision.verdict == "denied" and self.config.known_bad:
                 self.stats.known_bad += 1
                 out.extend(self._fold(KNOWN_BAD_AGENT, event, decision, allowlist.hash, text, epoch))
-            return out
+            return
         self.stats.forbidden += 1
         if decision.verdict != "listed":
             out.extend(self._fold(UNUSUAL_AGENT_FORBIDDEN, event, decision, allowlist.hash, text, epoch))
         out.extend(self._burst(event, decision, allowlist.hash, text, epoch))
         if self.baseline is not None and epoch is not None:
             out.extend(self._new_agent(event, decision, allowlist.hash, text, epoch))
-        return out
 
     def _open(
         self,
@@ -217,15 +314,14 @@ class Detector:
             first_audit=audit_fields(event),
             start=text,
             end=text,
-            start_epoch=epoch if epoch is not None else self._watermark,
+            start_epoch=min(epoch, self._watermark) if epoch is not None else self._watermark,
         )
 
-    def _make_room(self, table: OrderedDict[tuple[Any, ...], Window], cap: int, out: list[Finding]) -> bool:
+    def _make_room(self, table: _Windows, cap: int, out: list[Finding]) -> bool:
         """Close the oldest window of a full ``table`` into ``out``; True when one was evicted."""
         if len(table) < cap:
             return False
-        _, oldest = table.popitem(last=False)
-        out.extend(self._close(oldest))
+        out.extend(self._close(table.pop()))
         return True
 
     def _fold(
@@ -244,7 +340,7 @@ class Detector:
             if self._make_room(self._windows, self.config.max_windows, out):
                 self.stats.windows_evicted += 1
             window = self._open(rule, key, event, decision, allowlist_hash, text, epoch)
-            self._windows[key] = window
+            self._windows.add(key, window)
         self._add(window, event, text)
         if window.emitted == 0:
             window.emitted = window.count
@@ -268,7 +364,7 @@ class Detector:
                     "window_seconds": self.config.burst_window.total_seconds(),
                 }
             }
-            self._bursts[key] = window
+            self._bursts.add(key, window)
         self._add(window, event, text)
         target = _target(event)
         if target not in window.targets:
@@ -320,12 +416,8 @@ class Detector:
             (self._windows, self.config.window.total_seconds()),
             (self._bursts, self.config.burst_window.total_seconds()),
         ):
-            while windows:
-                key, window = next(iter(windows.items()))
-                if window.start_epoch + span > now:
-                    break
-                del windows[key]
-                out.extend(self._close(window))
+            while (start := windows.oldest_start()) is not None and start + span <= now:
+                out.extend(self._close(windows.pop()))
         if now - self._pruned > 60:
             self.correlation.prune(now)
             self._pruned = now
@@ -336,8 +428,7 @@ class Detector:
         out: list[Finding] = []
         for windows in (self._windows, self._bursts):
             while windows:
-                _, window = windows.popitem(last=False)
-                out.extend(self._close(window))
+                out.extend(self._close(windows.pop()))
         return out
 
     def _close(self, window: Window) -> list[Finding]:
@@ -373,6 +464,9 @@ class Detector:
         self._bursts.clear()
         watermark = state.get("watermark")
         self._watermark = float(watermark) if watermark is not None else float("-inf")
+        self._recent.clear()
+        if watermark is not None:
+            self._recent.append(self._watermark)  # an outlier right after a restart is outvoted too
         for target, items in (
             (self._windows, state.get("windows", [])),
             (self._bursts, state.get("bursts", [])),
@@ -388,5 +482,5 @@ class Detector:
                         fields["source_ip"],
                     ]
                 window = Window(**fields)
-                target[tuple(window.key)] = window
+                target.add(tuple(window.key), window)
         self.correlation.restore(state.get("correlation", []))

@@ -14,6 +14,12 @@ is searched for by a pattern that starts elsewhere (:data:`BLOCK_FORMS`), and th
 ``gent": "``, which shares its start with the verdict needle's tail ``gent-verdict``: one pass
 finds both.
 
+A denied product is looked for anywhere in the agent (the parser takes the first product token
+after any comment or junk: ``(x) peirates/1.0``), the agent key however it is spaced, and a line
+on its own (:meth:`Prefilter.matches`) by the same patterns as a block, so the line-by-line path
+of odd blocks (CRLF, white space around lines) selects alike. Numbers are taken as the
+apiserver writes them (``403``, also ``403.0``, ``403e0``): ``4.03e2`` is not looked for.
+
 It is a superset, never an exact test: case is ignored; an agent holding a JSON escape or a
 non-ASCII byte always counts (so ``\\u212a`` spellings and Unicode case folding cannot hide a
 denied agent); a ``regex:`` denied entry, whose literal cannot be derived, makes every line
@@ -29,7 +35,7 @@ import re2
 
 from webhook.core.allowlist import Allowlist
 
-__all__ = ["BLOCK_FORMS", "REFUSAL_FORM", "STATIC_NEEDLES", "VERDICT_NEEDLE", "Prefilter"]
+__all__ = ["AGENT_KEY", "BLOCK_FORMS", "REFUSAL_FORM", "STATIC_NEEDLES", "VERDICT_NEEDLE", "Prefilter"]
 
 VERDICT_NEEDLE = b"user-agent-verdict"
 STATIC_NEEDLES: tuple[bytes, ...] = (b'"code":403', b'"code": 403', VERDICT_NEEDLE)
@@ -46,6 +52,9 @@ matter through it. A refusal by its status number: 403 followed by what can foll
 or by a fraction or a whole exponent (compact and spaced JSON alike; ``4`` is about six bytes in
 a line, ``c`` of ``code`` fifteen; hex IDs holding ``403e`` do not match); the verdict by a tail
 of its needle."""
+
+AGENT_KEY = r"gent\"[\t ]*:[\t ]*\""
+"""The agent key's tail and its colon, however spaced (``"userAgent":"``, ``"userAgent" : "``)."""
 
 _SAFE = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 !#$%'()*+,-./:;=?@[]^_`{|}~"
@@ -80,7 +89,8 @@ def _branches(denied: Iterable[Any]) -> tuple[list[str], list[str]] | None:
     for compiled in denied:
         entry = compiled.entry
         if entry.product is not None:
-            literal, at_start = entry.product, True
+            # the first product token, after any comment or junk the parser skips: anywhere
+            literal, at_start = entry.product, False
         elif entry.glob is not None:
             pieces = [p for p in entry.glob.replace("?", "*").split("*") if p]
             if not pieces:
@@ -120,7 +130,6 @@ class Prefilter:
             if anywhere:
                 alternatives.append(r"(?i:[^\"\n]*(?:" + "|".join(re2.escape(a) for a in anywhere) + "))")
             self.agent_values = "(?:" + "|".join(alternatives) + ")"
-        self._pattern: Any = None
         self._block: list[Any] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -130,19 +139,12 @@ class Prefilter:
         self.needles = state["needles"]
         self.all_lines = state["all_lines"]
         self.agent_values = state["agent_values"]
-        self._pattern = None
         self._block = None
 
     @property
     def source(self) -> str | None:
         """RE2 source of the agent pattern: the key, then a value that may be denied."""
-        return None if self.agent_values is None else r"Agent\": ?\"" + self.agent_values
-
-    @property
-    def pattern(self) -> Any:
-        if self._pattern is None and self.source is not None:
-            self._pattern = re2.compile(self.source.encode("latin-1"), _options())
-        return self._pattern
+        return None if self.agent_values is None else AGENT_KEY + self.agent_values
 
     def _block_patterns(self) -> list[Any]:
         """RE2 patterns whose matches mark the lines that can matter (compiled once per process).
@@ -154,16 +156,15 @@ class Prefilter:
             forms = list(dict.fromkeys(BLOCK_FORMS[n] for n in self.needles))
             if self.agent_values is not None:
                 verdict = BLOCK_FORMS[VERDICT_NEEDLE]
-                agent = r"gent\": ?\"" + self.agent_values
+                agent = AGENT_KEY + self.agent_values
                 forms = [f for f in forms if f != verdict] + [f"(?:{verdict}|{agent})"]
             self._block = [re2.compile(f.encode("latin-1"), _options()) for f in forms]
         return self._block
 
     def matches(self, line: bytes) -> bool:
-        """Can this one line give a finding?"""
-        if self.all_lines or any(needle in line for needle in self.needles):
-            return True
-        return self.pattern is not None and self.pattern.search(line) is not None
+        """Can this one line give a finding? The block patterns' answer for the line alone, so a
+        line is selected alike in a well-shaped block and on the line-by-line path."""
+        return self.all_lines or any(p.search(line) is not None for p in self._block_patterns())
 
     def hit_spans(self, buf: bytes, start: int, end: int) -> list[tuple[int, int]]:
         """``(start, end)`` of each line in ``buf[start:end]`` that can matter, in order, once.

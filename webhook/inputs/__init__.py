@@ -3,8 +3,9 @@
 - ``files``: the one opener (plain, gzip by its magic bytes, ``-`` for stdin).
 - ``lines``: the one line decoder (input format → audit events, malformed lines counted).
 - ``scan``: the block scanner that finds the few lines that can matter, at C speed.
+- ``longline``: a line over the length limit read down to its audit fields, in bounded memory.
 - ``formats``: the EKS, GKE and AKS shapes around an audit event.
 - ``eventlist``: the ``/audit`` webhook body (an EventList), bad items skipped.
 """
 
-__all__ = ["eventlist", "files", "formats", "lines", "scan"]
+__all__ = ["eventlist", "files", "formats", "lines", "longline", "scan"]

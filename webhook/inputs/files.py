@@ -26,11 +26,38 @@ def is_gzip(head: bytes) -> bool:
 
 
 class _GzipReader(gzip.GzipFile):
-    """Decompresses ``raw`` and, unlike ``GzipFile(fileobj=...)``, closes it when closed."""
+    """Decompresses ``raw`` and, unlike ``GzipFile(fileobj=...)``, closes it when closed.
+
+    Data that breaks off (a truncated or corrupt .gz) first gives everything decompressed
+    before the break, then raises on the next read: ``GzipFile.read`` would drop up to a whole
+    read's worth of good lines with the error.
+    """
 
     def __init__(self, raw: io.BufferedReader) -> None:
         super().__init__(fileobj=raw, mode="rb")
         self._raw = raw
+        self._broken: Exception | None = None
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self._broken is not None:
+            raise self._broken
+        if size is None or size < 0:
+            return super().read()
+        parts: list[bytes] = []
+        wanted = size
+        while wanted > 0:
+            try:
+                chunk = self.read1(wanted)
+            except READ_ERRORS as exc:
+                if not parts:
+                    raise
+                self._broken = exc
+                break
+            if not chunk:
+                break
+            parts.append(chunk)
+            wanted -= len(chunk)
+        return b"".join(parts)
 
     def close(self) -> None:
         try:

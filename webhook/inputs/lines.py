@@ -15,9 +15,10 @@ import itertools
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Final, Generic, TypeVar
 
-from webhook.core.audit import MalformedEvent
+from webhook.core.audit import MAX_LINE_BYTES, MalformedEvent
 from webhook.detect.prefilter import Prefilter
 from webhook.inputs.formats import AuditInput, Format, decode
+from webhook.inputs.longline import LongLine
 from webhook.inputs.scan import Block, ScanResult, read_blocks, scan_block, scan_file
 
 __all__ = ["EVERY_LINE", "LineDecoder"]
@@ -35,11 +36,22 @@ EVERY_LINE: Final = _every_line()
 """A prefilter that lets every well-formed line through (for readers that count every request)."""
 
 
-def _decode_block(block: Block, fmt: Format, result: ScanResult, prefilter: Prefilter) -> None:
+def _decode_block(
+    block: Block, fmt: Format, result: ScanResult, prefilter: Prefilter, long: LongLine | None = None
+) -> None:
     """Add one block's lines to ``result``: its hits (``k8s``, the lines ``prefilter`` passes) or
-    its decoded events (other shapes), its malformed lines and skipped records."""
+    its decoded events (other shapes), its malformed lines and skipped records.
+
+    ``long``: the block is one over-long line read down to its top-level audit fields; only the
+    apiserver's own shape is read that way (a cloud record wraps the event: it stays malformed).
+    """
     if fmt == "k8s":
-        scan_block(block, result, prefilter)
+        scan_block(block, result, prefilter, long)
+        return
+    if long is not None:
+        result.lines += 1
+        result.size += long.size + 1
+        result.malformed.append((result.lines, f"line longer than {MAX_LINE_BYTES} bytes"))
         return
     buf, start, end = block
     lines = buf[start:end].split(b"\n")
@@ -65,9 +77,9 @@ def _decode_stream(
     if fmt == "k8s":
         yield from scan_file(path, stream, workers=workers, prefilter=prefilter)
         return
-    for block in read_blocks(stream):
+    for block, long in read_blocks(stream):
         result = ScanResult()
-        _decode_block(block, fmt, result, prefilter)
+        _decode_block(block, fmt, result, prefilter, long)
         yield result
 
 
@@ -76,7 +88,8 @@ class LineDecoder(Generic[T]):
     raising :class:`MalformedEvent`) go to ``malformed(line number, reason)`` instead.
 
     Line numbers count from 1 across everything this decoder reads; :attr:`lines`, :attr:`size`
-    and :attr:`skipped` count it too.
+    and :attr:`skipped` count it too, and :attr:`line` is the number of the last event yielded
+    (for a caller that skips it later, such as an event the Detector rejects).
     """
 
     def __init__(
@@ -85,7 +98,7 @@ class LineDecoder(Generic[T]):
         self.fmt = fmt
         self.parse = parse
         self.malformed = malformed
-        self.lines = self.size = self.skipped = 0
+        self.lines = self.size = self.skipped = self.line = 0
 
     def _events(self, results: Iterable[ScanResult]) -> Iterator[T]:
         """The events of ``results`` (as :func:`_decode_stream` yields them), in line order."""
@@ -103,6 +116,7 @@ class LineDecoder(Generic[T]):
                 except MalformedEvent as exc:
                     malformed(base + number, str(exc))
                     continue
+                self.line = base + number
                 yield event
 
     def read(

@@ -20,8 +20,18 @@ from typing import IO, Any
 
 from webhook.core.audit import MAX_LINE_BYTES
 from webhook.detect.prefilter import Prefilter
+from webhook.inputs.longline import LongLine
 
-__all__ = ["BLOCK_BYTES", "Block", "ScanResult", "read_blocks", "scan_block", "scan_file", "scan_stream"]
+__all__ = [
+    "BLOCK_BYTES",
+    "Block",
+    "Read",
+    "ScanResult",
+    "read_blocks",
+    "scan_block",
+    "scan_file",
+    "scan_stream",
+]
 
 BLOCK_BYTES = 1024 * 1024
 PIECE_BYTES = 64 * 1024 * 1024
@@ -47,20 +57,26 @@ class ScanResult:
     """Well-formed records that are not Kubernetes audit events (see webhook.inputs.formats)."""
 
 
-def _overlong(carry: bytes) -> Block:
-    cut = carry[: MAX_LINE_BYTES + 1] + b"\n"
-    return cut, 0, len(cut)
+Read = tuple[Block, LongLine | None]
+"""A block and, when it stands for one over-long line, that line's :class:`LongLine` (the block
+then holds the line read down to its fields, or is empty when it is unreadable)."""
 
 
-def read_blocks(stream: IO[bytes], limit: int | None = None) -> Iterator[Block]:
+def _long_block(long: LongLine) -> Read:
+    line = long.line()
+    block = (line or b"") + b"\n"
+    return (block, 0, len(block)), long
+
+
+def read_blocks(stream: IO[bytes], limit: int | None = None) -> Iterator[Read]:
     """Runs of complete lines, about 1 MiB each, every one ending in a newline.
 
-    Reads at most ``limit`` bytes when given. A line longer than ``MAX_LINE_BYTES`` comes as
-    its own block, cut to ``MAX_LINE_BYTES + 1`` bytes plus a newline (so it is rejected), and
-    the rest of it is skipped: memory stays bounded. A last line without a newline gets one.
+    Reads at most ``limit`` bytes when given. A line longer than ``MAX_LINE_BYTES`` is read on
+    through a :class:`LongLine` (memory stays bounded) and comes as its own block, read down to
+    the fields that judge it. A last line without a newline gets one.
     """
     carry = b""
-    skipping = False
+    long: LongLine | None = None
     remaining = limit
     while True:
         size = BLOCK_BYTES if remaining is None else min(BLOCK_BYTES, remaining)
@@ -68,37 +84,50 @@ def read_blocks(stream: IO[bytes], limit: int | None = None) -> Iterator[Block]:
         if remaining is not None:
             remaining -= len(chunk)
         if not chunk:
-            if carry and not skipping:
+            if long is not None:
+                yield _long_block(long)
+            elif carry:
                 last = carry + b"\n"
-                yield last, 0, len(last)
+                yield (last, 0, len(last)), None
             return
         start = 0
-        if skipping:
-            start = chunk.find(b"\n") + 1
-            if not start:
+        if long is not None:
+            newline = chunk.find(b"\n")
+            long.feed(chunk if newline < 0 else chunk[:newline])
+            if newline < 0:
                 continue
-            skipping = False
+            yield _long_block(long)
+            long = None
+            start = newline + 1
         if carry:
             newline = chunk.find(b"\n", start)
             if newline < 0:
                 carry += chunk[start:]
                 if len(carry) > MAX_LINE_BYTES:
-                    yield _overlong(carry)
-                    carry, skipping = b"", True
+                    long = LongLine()
+                    long.feed(carry)
+                    carry = b""
                 continue
             head = carry + chunk[start : newline + 1]
             carry = b""
-            yield _overlong(head) if len(head) > MAX_LINE_BYTES + 1 else (head, 0, len(head))
+            if len(head) > MAX_LINE_BYTES + 1:
+                long = LongLine()
+                long.feed(head[:-1])
+                yield _long_block(long)
+                long = None
+            else:
+                yield (head, 0, len(head)), None
             start = newline + 1
         cut = chunk.rfind(b"\n", start) + 1
         if cut > start:
-            yield chunk, start, cut
+            yield (chunk, start, cut), None
         else:
             cut = start
         carry = chunk[cut:]
         if len(carry) > MAX_LINE_BYTES:
-            yield _overlong(carry)
-            carry, skipping = b"", True
+            long = LongLine()
+            long.feed(carry)
+            carry = b""
 
 
 _STATIC = Prefilter()
@@ -108,11 +137,17 @@ def _careful(block: bytes, result: ScanResult, base: int, prefilter: Prefilter) 
     lines = block.split(b"\n")
     lines.pop()
     for i, raw in enumerate(lines, start=base + 1):
-        line = raw.rstrip(b"\r")
-        if not line.strip():
+        line = raw.strip(b" \t\r")  # JSON allows white space around the object, CRLF included
+        if not line:
             continue
-        if len(line) > MAX_LINE_BYTES:
-            result.malformed.append((i, f"line longer than {MAX_LINE_BYTES} bytes"))
+        if len(line) > MAX_LINE_BYTES:  # whole already (the tailer's lines): read down all the same
+            long = LongLine()
+            long.feed(line)
+            kept = long.line()
+            if kept is None:
+                result.malformed.append((i, f"line longer than {MAX_LINE_BYTES} bytes: {long.error}"))
+            elif prefilter.matches(kept):
+                result.hits.append((i, kept))
         elif line[:1] != b"{" or line[-1:] != b"}":
             result.malformed.append((i, "not a JSON object line"))
         elif prefilter.matches(line):
@@ -167,8 +202,13 @@ def _fast_hits(
     return [(base + number, line) for number, line in hits]
 
 
-def scan_block(block: Block, result: ScanResult, prefilter: Prefilter = _STATIC) -> None:
+def scan_block(
+    block: Block, result: ScanResult, prefilter: Prefilter = _STATIC, long: LongLine | None = None
+) -> None:
     """Add one block's lines, hits and malformed lines to ``result``.
+
+    ``long``: the block is one over-long line read down to its fields (see :func:`read_blocks`);
+    its bytes are counted as read, and an unreadable one is malformed.
 
     Fast path: every line starts like the block's first line (32 bytes, ``{"kind":"Event",...``
     for kube-apiserver) and every line before it ends in ``}``: the block holds one fewer
@@ -176,6 +216,13 @@ def scan_block(block: Block, result: ScanResult, prefilter: Prefilter = _STATIC)
     """
     buf, start, end = block
     base = result.lines
+    if long is not None:
+        result.size += long.size + 1 - (end - start)
+        if long.error is not None:
+            result.lines += 1
+            result.size += end - start
+            result.malformed.append((result.lines, f"line longer than {MAX_LINE_BYTES} bytes: {long.error}"))
+            return
     result.size += end - start
     newlines = _newlines(buf, start, end)
     prefix = buf[start : min(start + PREFIX_BYTES, buf.find(b"\n", start, end))]
@@ -197,9 +244,9 @@ def scan_stream(
     stream: IO[bytes], limit: int | None = None, prefilter: Prefilter = _STATIC
 ) -> Iterator[ScanResult]:
     """Scan a stream block by block (one result per block, memory bounded by the block)."""
-    for block in read_blocks(stream, limit):
+    for block, long in read_blocks(stream, limit):
         result = ScanResult()
-        scan_block(block, result, prefilter)
+        scan_block(block, result, prefilter, long)
         yield result
 
 
@@ -208,9 +255,21 @@ def _scan_piece(piece: tuple[str, int, int, Prefilter]) -> ScanResult:
     result = ScanResult()
     with open(path, "rb") as handle:
         handle.seek(start)
-        for block in read_blocks(handle, end - start):
-            scan_block(block, result, prefilter)
+        for block, long in read_blocks(handle, end - start):
+            scan_block(block, result, prefilter, long)
     return result
+
+
+def _next_line_start(handle: IO[bytes], offset: int) -> int:
+    """Where the line after the one holding ``offset`` starts (read in blocks: a line may be
+    longer than memory should hold); the file's end when there is none."""
+    handle.seek(offset)
+    while chunk := handle.read(BLOCK_BYTES):
+        newline = chunk.find(b"\n")
+        if newline >= 0:
+            return offset + newline + 1
+        offset += len(chunk)
+    return offset
 
 
 def _pieces(path: str, size: int, workers: int = 1) -> list[tuple[str, int, int]]:
@@ -224,9 +283,7 @@ def _pieces(path: str, size: int, workers: int = 1) -> list[tuple[str, int, int]
     with open(path, "rb") as handle:
         offset = piece
         while offset < size:
-            handle.seek(offset)
-            handle.readline()
-            position = handle.tell()
+            position = _next_line_start(handle, offset)
             if position >= size:
                 break
             if position > bounds[-1]:

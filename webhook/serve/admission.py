@@ -11,7 +11,9 @@ Errors, two kinds (kopf's split)::
 Only the ``request`` fields the verdict needs are modelled; the embedded ``object`` and
 ``oldObject`` (up to megabytes) are never validated or turned into Python objects: msgspec
 scans the body once, leaving each ``request`` value as raw JSON text, the two objects are dropped
-and pydantic validates what is left (:func:`parse_review`).
+and pydantic validates what is left (:func:`parse_review`). An object nested deeper than those
+parsers recurse (~200 levels for pydantic, ~1000 for msgspec) is cut out by a loop that counts
+brackets, so its review still gets a verdict: the verdict never depends on what the object holds.
 
 The verdict never fails a request on its own: ``unknown`` (no audit event joined, allowlist not
 loaded yet, any internal error) is always allowed and carries no warning.
@@ -26,6 +28,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 import orjson
+import re2
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from webhook.core import useragent
@@ -125,18 +128,30 @@ def parse_review(body: bytes) -> AdmissionReview:
     A 20 KB Pod costs pydantic ~150 us to build and throw away, the rest of the review ~5 us.
     So the body is first skimmed (one msgspec pass, nothing built for the objects) and pydantic
     validates the review without them. Anything the skim does not accept as an ordinary review
-    takes the plain pydantic path, so the result and every error message are pydantic's.
+    takes the plain pydantic path, so the result and every error message are pydantic's; a body
+    that path cannot read as JSON gets one more try with its objects cut out
+    (:func:`_without_objects`), so nesting inside an object never costs the verdict.
     """
-    if len(body) < SKIM_FROM:
-        return _parse_whole(body)
+    if len(body) >= SKIM_FROM:
+        try:
+            skim = _SKIM_DECODER.decode(body)
+            if isinstance(skim.request, dict):
+                for key in _SKIPPED:
+                    skim.request.pop(key, None)
+            return AdmissionReview.model_validate_json(_SKIM_ENCODER.encode(skim))
+        except Exception:  # only a shortcut: what it cannot take (deep nesting, say), pydantic decides
+            pass
     try:
-        skim = _SKIM_DECODER.decode(body)
-        if isinstance(skim.request, dict):
-            for key in _SKIPPED:
-                skim.request.pop(key, None)
-        return AdmissionReview.model_validate_json(_SKIM_ENCODER.encode(skim))
-    except Exception:  # only a shortcut: what it cannot take (deep nesting, say), pydantic decides
         return _parse_whole(body)
+    except _NotJSON:
+        flat = _without_objects(body)
+        if flat is None:
+            raise
+    return _parse_whole(flat)
+
+
+class _NotJSON(ReviewError):
+    """pydantic could not read the body as JSON (it may only be nested too deep)."""
 
 
 def _parse_whole(body: bytes) -> AdmissionReview:
@@ -145,7 +160,7 @@ def _parse_whole(body: bytes) -> AdmissionReview:
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         if err["type"] == "json_invalid":
-            raise ReviewError(f"body is not JSON: {err['msg']}") from None
+            raise _NotJSON(f"body is not JSON: {err['msg']}") from None
         if err["type"] == "model_type" and not err["loc"]:
             raise ReviewError("body is not a JSON object") from None
         where = ".".join(str(p) for p in err["loc"]) or "review"
@@ -155,6 +170,165 @@ def _parse_whole(body: bytes) -> AdmissionReview:
         elif where == "apiVersion":
             hint = f" (expected one of {', '.join(API_VERSIONS)})"
         raise ReviewError(f"invalid AdmissionReview: {where}: {err['msg']}{hint}") from None
+
+
+_STRUCTURE: Final = re2.compile(rb'["\[\]{}]')
+_BLANK: Final = b" \t\r\n"
+_CUT: Final = frozenset((*_SKIPPED, "options"))
+"""``request`` members that come from the client (``options`` too: an embedded object)."""
+
+
+class _Unreadable(InputError):
+    """Not the shape :func:`_without_objects` reads (the caller reports pydantic's error)."""
+
+
+def _string_end(body: bytes, at: int) -> int:
+    """Index after the JSON string starting at ``body[at] == '"'``: O(length), no recursion."""
+    start = at + 1
+    while True:
+        quote = body.find(b'"', start)
+        if quote < 0:
+            raise _Unreadable
+        back = quote - 1
+        while back >= at and body[back] == 0x5C:  # backslash
+            back -= 1
+        if (quote - 1 - back) % 2 == 0:
+            return quote + 1
+        start = quote + 1
+
+
+_SKIP_BUDGET: Final = 50_000
+"""Brackets and strings one review may make :func:`_without_objects` step over (~0.1 s): the
+apiserver's order needs none inside the objects; a body in another order gets this far."""
+
+
+def _value_end(body: bytes, at: int, budget: list[int]) -> int:
+    """Index after the JSON value starting at ``at``; nesting is counted in a loop, never recursed.
+    Each bracket or string stepped over costs one of ``budget[0]``; none left: unreadable."""
+    first = body[at : at + 1]
+    if first == b'"':
+        return _string_end(body, at)
+    if first not in (b"{", b"["):
+        end = at
+        while end < len(body) and body[end : end + 1] not in (b",", b"}", b"]") and body[end] not in _BLANK:
+            end += 1
+        if end == at:
+            raise _Unreadable
+        return end
+    depth = 0
+    skip_to = at
+    for match in _STRUCTURE.finditer(body, at):
+        where: int = match.start()
+        if where < skip_to:
+            continue  # a bracket inside a string
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise _Unreadable
+        char = body[where]
+        if char == 0x22:  # '"'
+            skip_to = _string_end(body, where)
+        elif char in (0x7B, 0x5B):  # '{' '['
+            depth += 1
+        else:
+            depth -= 1
+            if depth == 0:
+                return where + 1
+    raise _Unreadable
+
+
+def _blank(body: bytes, at: int) -> int:
+    while at < len(body) and body[at] in _BLANK:
+        at += 1
+    return at
+
+
+class _Members:
+    """Walks the members of the JSON object at ``body[at] == '{'``: :meth:`key` reads the next
+    key, the caller decides whether to :meth:`skip` its value (one pass, no recursion) or stop."""
+
+    def __init__(self, body: bytes, at: int, budget: list[int]) -> None:
+        if body[at : at + 1] != b"{":
+            raise _Unreadable
+        self.body = body
+        self.budget = budget
+        self.at = _blank(body, at + 1)
+        self.first = True
+
+    def key(self) -> tuple[str, int, int] | None:
+        """(key, where the member starts, where its value starts), or None after the last."""
+        body = self.body
+        if body[self.at : self.at + 1] == b"}":
+            return None
+        if not self.first:
+            if body[self.at : self.at + 1] != b",":
+                raise _Unreadable
+            self.at = _blank(body, self.at + 1)
+        self.first = False
+        start = self.at
+        if body[start : start + 1] != b'"':
+            raise _Unreadable
+        key_end = _string_end(body, start)
+        key = orjson.loads(body[start:key_end])
+        colon = _blank(body, key_end)
+        if body[colon : colon + 1] != b":" or not isinstance(key, str):
+            raise _Unreadable
+        return key, start, _blank(body, colon + 1)
+
+    def skip(self, value_at: int) -> int:
+        """Skip the value at ``value_at``; where it ends."""
+        end = _value_end(self.body, value_at, self.budget)
+        self.at = _blank(self.body, end)
+        return end
+
+
+_ENVELOPE: Final = frozenset(("apiVersion", "kind"))
+_HEADER: Final = frozenset(("uid", "operation", "userInfo"))
+
+
+def _without_objects(body: bytes) -> bytes | None:
+    """The review in ``body`` without ``request.object``, ``oldObject`` and ``options``, found
+    without parsing them (any depth); None if the envelope is not a JSON object with a
+    ``request`` object.
+
+    The apiserver writes the envelope's ``apiVersion`` and ``kind`` before ``request``, and the
+    request's header (uid, resource, name, namespace, operation, userInfo) before ``object``:
+    then reading stops at ``object``, whatever its size (``dryRun``, written after the objects,
+    is then not read: it is only logged). In any other order every value is skipped, each in
+    one pass that counts brackets, within :data:`_SKIP_BUDGET` (the apiserver's own limit of
+    10,000 levels fits): a crafted body cannot hold the event loop.
+    """
+    top: list[bytes] = []
+    seen_top: set[str] = set()
+    found = False
+    try:
+        budget = [_SKIP_BUDGET]
+        members = _Members(body, _blank(body, 0), budget)
+        while (member := members.key()) is not None:
+            key, key_at, value_at = member
+            if key != "request" or body[value_at : value_at + 1] != b"{" or found:
+                top.append(body[key_at : members.skip(value_at)])
+                seen_top.add(key)
+                continue
+            found = True
+            early = seen_top >= _ENVELOPE
+            kept: list[bytes] = []
+            seen: set[str] = set()
+            fields = _Members(body, value_at, budget)
+            while (field := fields.key()) is not None:
+                name, field_at, field_value_at = field
+                if name in _CUT and early and seen >= _HEADER:
+                    break
+                end = fields.skip(field_value_at)
+                if name not in _CUT:
+                    kept.append(body[field_at:end])
+                    seen.add(name)
+            top.append(b'"request":{' + b",".join(kept) + b"}")
+            if early:
+                break
+            members.at = _blank(body, fields.at + 1)  # after the request's closing brace
+    except (_Unreadable, orjson.JSONDecodeError):
+        return None
+    return b"{" + b",".join(top) + b"}" if found else None
 
 
 def lookup_of(request: AdmissionRequest) -> Lookup:
@@ -183,6 +357,11 @@ class Policy:
 
     def exempt(self, user: UserInfo) -> bool:
         return user.username in self.exempt_users or any(g in self.exempt_groups for g in user.groups)
+
+    def can_deny(self, user: UserInfo) -> bool:
+        """Whether a verdict on ``user``'s request can refuse it: then the join settles first
+        (:meth:`webhook.serve.join.RequestIndex.join`), so no concurrent request lends its agent."""
+        return self.mode == "enforce" and not self.exempt(user)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -246,7 +425,9 @@ def decide(
     """The verdict for ``request`` given the pending audit requests it joined.
 
     Several pending requests with different agents: every agent is judged and the worst
-    verdict answers (denied > unlisted > listed); ``user-agent-join`` says so.
+    verdict answers (denied > unlisted > listed); ``user-agent-join`` says so. Scopes are
+    matched against each request's authenticated user: for an impersonated write, the
+    impersonator, not the user the review names.
     """
     if allowlist is None:
         return unknown(None, reason="no allowlist loaded yet")
@@ -254,9 +435,15 @@ def decide(
         return unknown(allowlist.hash)
     user = request.user_info
     worst: tuple[str | None, Decision] | None = None
-    for agent in join.agents:
+    for agent, authenticated, groups in join.judged:
+        # Scopes match the authenticated user of each joined request (README), never the
+        # impersonated one the review names.
         decision = allowlist.decide(
-            agent, user=user.username, groups=user.groups, namespace=request.namespace or None, today=today
+            agent,
+            user=authenticated or user.username,
+            groups=list(groups) if authenticated else user.groups,
+            namespace=request.namespace or None,
+            today=today,
         )
         if worst is None or VERDICT_RANK[decision.verdict] > VERDICT_RANK[worst[1].verdict]:
             worst = (agent, decision)

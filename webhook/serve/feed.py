@@ -50,6 +50,7 @@ class FeedStats:
     dropped: int = 0
     sink_errors: int = 0
     detector_errors: int = 0
+    """Events the Detector could not take (a time no date can hold, or a fault): skipped."""
     by_rule: dict[str, int] = field(default_factory=dict)
     """Findings handed to the sink, by rule name."""
 
@@ -126,6 +127,12 @@ class DetectorFeed:
                     self.stats.detector_errors += 1
                     logger.exception("detector failed on an event", **fields(auditID=event.audit_id))
                     continue
+                if self.detector.last_rejection is not None:
+                    self.stats.detector_errors += 1
+                    logger.warning(
+                        "audit event skipped by the detector",
+                        **fields(auditID=event.audit_id, reason=self.detector.last_rejection),
+                    )
                 self._deliver(found)
             with self._lock:
                 self._pending -= len(batch)

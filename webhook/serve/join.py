@@ -8,12 +8,32 @@ mapping, as recorded on a real kube-apiserver 1.20:
 ==========  ==================================  ====================================
 operation   audit verbs                         name on the RequestReceived
 ==========  ==================================  ====================================
-CREATE      create                              absent for a plain create
+CREATE      create; patch (server-side apply    absent for a plain create; present
+            creates), update (a PUT that        for patch and update
+            creates, e.g. Endpoints, Leases)
 UPDATE      update, patch                       present
 DELETE      delete; deletecollection            present; absent (one call per item)
 CONNECT     get or create (pods/exec, attach,   present
             portforward, proxy: HTTP method)
 ==========  ==================================  ====================================
+
+Impersonation: the apiserver writes ``RequestReceived`` before it applies ``Impersonate-User``,
+so that event names only the authenticated user (no ``impersonatedUser``, recorded on a real
+kube-apiserver 1.20), while the admission call names the impersonated one. Every entry is
+therefore also indexed without its user. When the review's user has no uid (an impersonated user
+has none, unless the impersonator also sends ``Impersonate-Uid``, Kubernetes 1.22+, which stays
+unjoined: ``unknown``) and no request of its own came by the end of the wait, another user's
+pending request with the same attributes answers (its impersonator). A user's own request always
+answers alone, so another user's concurrent (even refused) requests cannot change its verdict;
+a user with a uid is never joined to other users' requests.
+Scopes are always matched against the authenticated user of each entry (``Pending.user``).
+
+Concurrent requests of one key: an admission call cannot tell its own RequestReceived from a
+concurrent request's whose own event is still on its way (in batch mode up to ~20 ms after
+its admission call). A call that can deny (``settle``) therefore answers only when its wait
+is over, on every entry that matched by then: a second candidate with another agent makes the
+answer ambiguous (the worst verdict) instead of lending it an agent. Bound: the call's
+``wait`` (``--join-wait``, 50 ms by default), always far inside the webhook timeout.
 
 Lifetime of an entry: it leaves when its request's ``ResponseComplete`` or ``Panic`` arrives,
 when an admission call consumes it, after ``ttl`` seconds of *arrival* time (the monotonic
@@ -28,6 +48,9 @@ Forged events (an ``/audit`` left open) must not make an unlisted write look lis
 - a RequestReceived that repeats a pending audit ID with another agent or request (the client
   chooses its own ``Audit-ID`` header, so a forger can know the ID of its real request) is kept
   *beside* the first, not dropped: the join sees both and the worst verdict wins;
+- an agent longer than the apiserver's own cut (1,024 bytes, then ``...TRUNCATED``) is cut the
+  same way, a long audit ID is kept as its digest, and entries are bounded by bytes as well as
+  by count (``max_bytes``; the oldest go first);
 - a RequestReceived whose request already finished (a forged ResponseComplete sent ahead of it,
   or a batch retried or reordered) is kept as *stale* until the TTL: it never answers a join on
   its own, but it joins in when another pending request matches, so a disagreement still shows.
@@ -39,16 +62,19 @@ handlers share it); waiting is an ``asyncio`` future, never a lock.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from sys import intern
+from typing import TypeVar
 
 from webhook.core.audit import MUTATING_VERBS, Event
 
 __all__ = [
     "CONNECT_SUBRESOURCES",
+    "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_ENTRIES",
     "DEFAULT_TTL",
     "IndexStats",
@@ -59,16 +85,31 @@ __all__ = [
     "RequestIndex",
     "candidate_keys",
     "event_key",
+    "stored_agent",
 ]
 
 DEFAULT_TTL = 10.0
 """Seconds an unanswered RequestReceived stays joinable: Kubernetes' default webhook timeout."""
 DEFAULT_MAX_ENTRIES = 100_000
-"""Pending requests kept; ~0.9 KB each (measured: bench/RESULTS.md, item 5), ~90 MB at the cap."""
+"""Pending requests kept; ~1.1 KB each with the by-attributes index (tracemalloc, 50,000
+ordinary creates; bench/RESULTS.md item 5 measured ~0.9 KB before it), ~110 MB at the cap."""
+DEFAULT_MAX_BYTES = 160 * 1024 * 1024
+"""Estimated bytes of pending entries and remembered audit IDs: forged long strings cannot grow
+the index past it (the oldest entries go first)."""
+AGENT_CUT = 1024
+AGENT_CUT_SUFFIX = "...TRUNCATED"
+"""kube-apiserver cuts ``userAgent`` in audit events to 1,024 bytes plus this (seen on 1.20)."""
+_ID_MAX = 128
+"""Longer audit IDs (client-chosen) are kept as a digest."""
+_ENTRY_BYTES = 1000
+"""Fixed cost of one entry, its two index slots and key tuples: with its strings the estimate
+(~1,150 B for an ordinary create) is above the measured ~1,130 B."""
+_ID_BYTES = 100
+"""Fixed cost of one remembered audit ID in ``_finished``."""
 
 CONNECT_SUBRESOURCES = frozenset(("exec", "attach", "portforward", "proxy"))
 OPERATION_VERBS: dict[str, tuple[str, ...]] = {
-    "CREATE": ("create",),
+    "CREATE": ("create", "patch", "update"),
     "UPDATE": ("update", "patch"),
     "DELETE": ("delete", "deletecollection"),
     "CONNECT": ("get", "create", "update", "patch", "delete"),
@@ -106,6 +147,11 @@ class Pending:
     """Arrived after its request had finished: never matched alone, never consumed."""
     slot: tuple[str, int] = ("", 0)
     """Where it is stored: (audit ID, n); n > 0 for a repeat of a pending audit ID that disagrees."""
+    user: str = ""
+    """The authenticated user (never the impersonated one): what allowlist scopes match."""
+    groups: tuple[str, ...] = ()
+    size: int = 0
+    """Estimated bytes, counted against ``RequestIndex.max_bytes``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +164,11 @@ class JoinResult:
     def agents(self) -> tuple[str | None, ...]:
         """Distinct agents, in order of arrival."""
         return tuple(dict.fromkeys(p.agent for p in self.entries))
+
+    @property
+    def judged(self) -> tuple[tuple[str | None, str, tuple[str, ...]], ...]:
+        """Distinct (agent, authenticated user, its groups): what each verdict is taken on."""
+        return tuple(dict.fromkeys((p.agent, p.user, p.groups) for p in self.entries))
 
     @property
     def ambiguous(self) -> bool:
@@ -135,6 +186,7 @@ class IndexStats:
     waited: int = 0
     evicted_ttl: int = 0
     evicted_cap: int = 0
+    """Evicted by the entry cap or the byte cap."""
     ignored_finished: int = 0
     """RequestReceived events for requests already finished (kept stale, never matched alone)."""
     conflicting: int = 0
@@ -145,6 +197,23 @@ def _namespace(group: str, resource: str, namespace: str) -> str:
     # The apiserver reports a Namespace object's own name as its namespace in audit events;
     # admission may not. Namespaces are cluster-scoped: join them without it.
     return "" if group == "" and resource == "namespaces" else namespace
+
+
+def stored_agent(agent: str | None) -> str | None:
+    """``agent`` as the apiserver writes it into audit events: cut at 1,024 bytes."""
+    if agent is None or len(agent) <= AGENT_CUT // 4:  # at most 4 bytes a character
+        return agent
+    data = agent.encode("utf-8", "surrogatepass")
+    if len(data) <= AGENT_CUT:
+        return agent
+    return data[:AGENT_CUT].decode("utf-8", "replace") + AGENT_CUT_SUFFIX
+
+
+def _stored_id(audit_id: str) -> str:
+    """A long (client-chosen) audit ID kept as its digest: same identity, bounded size."""
+    if len(audit_id) <= _ID_MAX:
+        return audit_id
+    return "sha256:" + hashlib.sha256(audit_id.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def event_key(event: Event) -> JoinKey | None:
@@ -183,10 +252,23 @@ def candidate_keys(lookup: Lookup) -> list[JoinKey]:
             names: tuple[str, ...] = ("",)
         elif verb == "create":
             names = (lookup.name, "") if lookup.name else ("",)
+        elif not lookup.name:
+            continue  # a patch or update always names its object
         else:
             names = (lookup.name,)
         keys.extend((*base, namespace, name, verb) for name in names)
     return keys
+
+
+_K = TypeVar("_K")
+
+
+def _unlink(index: dict[_K, dict[tuple[str, int], Pending]], key: _K, slot: tuple[str, int]) -> None:
+    bucket = index.get(key)
+    if bucket is not None:
+        bucket.pop(slot, None)
+        if not bucket:
+            del index[key]
 
 
 class RequestIndex:
@@ -197,23 +279,40 @@ class RequestIndex:
         *,
         ttl: float = DEFAULT_TTL,
         max_entries: int = DEFAULT_MAX_ENTRIES,
+        max_bytes: int = DEFAULT_MAX_BYTES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if ttl <= 0 or max_entries < 1:
-            raise ValueError("ttl must be positive and max_entries at least 1")
+        if ttl <= 0 or max_entries < 1 or max_bytes < 1:
+            raise ValueError("ttl must be positive, max_entries and max_bytes at least 1")
         self.ttl = ttl
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self.stats = IndexStats()
         self._clock = clock
+        self._bytes = 0
+        """Estimated bytes of pending entries, at most three quarters of ``max_bytes``."""
+        self._finished_bytes = 0
+        """... and of remembered audit IDs, at most a quarter: neither crowds out the other."""
         self._by_id: OrderedDict[tuple[str, int], Pending] = OrderedDict()
         self._by_key: dict[JoinKey, dict[tuple[str, int], Pending]] = {}
+        self._by_request: dict[tuple[str, ...], dict[tuple[str, int], Pending]] = {}
+        """The same entries by request attributes alone (no user): impersonated calls find them."""
         self._repeats: dict[str, set[tuple[str, int]]] = {}
         """Slots (n > 0) of disagreeing repeats, by audit ID."""
         self._finished: OrderedDict[str, float] = OrderedDict()
-        self._waiters: dict[JoinKey, set[asyncio.Future[None]]] = {}
+        self._waiters: dict[tuple[str, ...], set[asyncio.Future[None]]] = {}
 
     def __len__(self) -> int:
         return len(self._by_id)
+
+    @property
+    def bytes(self) -> int:
+        """Estimated bytes held (pending entries and remembered audit IDs)."""
+        return self._bytes + self._finished_bytes
+
+    @property
+    def _pending_cap(self) -> int:
+        return self.max_bytes - self.max_bytes // 4
 
     def observe_all(self, events: Iterable[Event]) -> None:
         for event in events:
@@ -225,7 +324,7 @@ class RequestIndex:
         if stage == "RequestReceived":
             self._insert(event)
         elif stage in ("ResponseComplete", "Panic"):
-            self._finish(event.audit_id)
+            self._finish(_stored_id(event.audit_id))
 
     def _insert(self, event: Event) -> None:
         key = event_key(event)
@@ -233,10 +332,12 @@ class RequestIndex:
             return
         now = self._clock()
         self._expire(now)
-        audit_id = event.audit_id
-        agent = event.user_agent
+        audit_id = _stored_id(event.audit_id)
+        agent = stored_agent(event.user_agent)
+        user = event.user
+        groups = tuple(user.groups)
         same_id = self._same_id(audit_id)
-        if any(p.agent == agent and p.key == key for p in same_id):
+        if any(p.agent == agent and p.key == key and p.user == user.username for p in same_id):
             return  # the apiserver retried the batch
         stale = audit_id in self._finished
         if stale:
@@ -244,19 +345,42 @@ class RequestIndex:
         if same_id:
             self.stats.conflicting += 1
         slot = (audit_id, max((p.slot[1] for p in same_id), default=-1) + 1)
-        while len(self._by_id) >= self.max_entries:
+        size = (
+            _ENTRY_BYTES
+            + len(audit_id)
+            + len(agent or "")
+            + sum(map(len, key))
+            + len(user.username)
+            + sum(map(len, groups))
+        )
+        cap = self._pending_cap
+        while self._by_id and (len(self._by_id) >= self.max_entries or self._bytes + size > cap):
             _, oldest = self._by_id.popitem(last=False)
             self._forget(oldest)
             self.stats.evicted_cap += 1
+        if size > cap:
+            self.stats.evicted_cap += 1
+            return
         entry = Pending(
-            audit_id, agent, key, now, shared=key[7] == "deletecollection", stale=stale, slot=slot
+            audit_id,
+            agent,
+            key,
+            now,
+            shared=key[7] == "deletecollection",
+            stale=stale,
+            slot=slot,
+            user=user.username,
+            groups=groups,
+            size=size,
         )
         self._by_id[slot] = entry
+        self._bytes += size
         self._by_key.setdefault(key, {})[slot] = entry
+        self._by_request.setdefault(key[2:], {})[slot] = entry
         if slot[1]:
             self._repeats.setdefault(audit_id, set()).add(slot)
         self.stats.inserted += 1
-        waiters = self._waiters.get(key)
+        waiters = self._waiters.get(key[2:])
         if waiters and not stale:
             for future in waiters:
                 if not future.done():
@@ -283,22 +407,24 @@ class RequestIndex:
         self._remember(audit_id, now)
 
     def _remember(self, audit_id: str, now: float) -> None:
+        if audit_id not in self._finished:
+            self._finished_bytes += _ID_BYTES + len(audit_id)
         self._finished[audit_id] = now
         self._finished.move_to_end(audit_id)
         horizon = now - 2 * self.ttl
+        cap = self.max_bytes // 4
         while self._finished:
             first_id, at = next(iter(self._finished.items()))
-            if at > horizon and len(self._finished) <= self.max_entries:
+            if at > horizon and len(self._finished) <= self.max_entries and self._finished_bytes <= cap:
                 break
             del self._finished[first_id]
+            self._finished_bytes -= _ID_BYTES + len(first_id)
 
     def _forget(self, entry: Pending) -> None:
         """Remove ``entry`` (already out of ``_by_id``) from the key buckets and the repeats."""
-        bucket = self._by_key.get(entry.key)
-        if bucket is not None:
-            bucket.pop(entry.slot, None)
-            if not bucket:
-                del self._by_key[entry.key]
+        self._bytes -= entry.size
+        _unlink(self._by_key, entry.key, entry.slot)
+        _unlink(self._by_request, entry.key[2:], entry.slot)
         if entry.slot[1]:
             repeats = self._repeats.get(entry.audit_id)
             if repeats is not None:
@@ -321,13 +447,33 @@ class RequestIndex:
         """Drop entries older than the TTL now (inserts and lookups also do this)."""
         self._expire(self._clock())
 
-    def _take(self, keys: list[JoinKey]) -> JoinResult | None:
-        self._expire(self._clock())
-        found: list[Pending] = []
+    def _matches(self, lookup: Lookup, keys: list[JoinKey]) -> tuple[list[Pending], list[Pending]]:
+        """(the review user's own entries, other users' entries that may be its impersonator)."""
+        own: list[Pending] = []
         for key in keys:
             bucket = self._by_key.get(key)
             if bucket:
-                found.extend(bucket.values())
+                own.extend(bucket.values())
+        others: list[Pending] = []
+        if not lookup.uid:  # an impersonated user has no uid (before 1.22's Impersonate-Uid)
+            who = (lookup.username, lookup.uid)
+            for request in dict.fromkeys(k[2:] for k in keys):
+                same = self._by_request.get(request)
+                if same:
+                    others.extend(p for p in same.values() if p.key[:2] != who)
+        return own, others
+
+    def _take(self, lookup: Lookup, keys: list[JoinKey], *, last: bool) -> JoinResult | None:
+        """The match, consumed when unambiguous. The review user's own requests answer alone;
+        other users' (a possible impersonator's) only ``last``, when none of its own came."""
+        self._expire(self._clock())
+        own, others = self._matches(lookup, keys)
+        if any(not p.stale for p in own):
+            found = own
+        elif last:
+            found = own + others
+        else:
+            return None
         if all(p.stale for p in found):
             return None  # a finished request never lends its agent
         found.sort(key=lambda p: p.arrived)
@@ -345,28 +491,35 @@ class RequestIndex:
 
     def lookup(self, lookup: Lookup) -> JoinResult | None:
         """Match now, without waiting; consumes the entry on an unambiguous match."""
-        result = self._take(candidate_keys(lookup))
+        result = self._take(lookup, candidate_keys(lookup), last=True)
         self._count(result)
         return result
 
-    async def join(self, lookup: Lookup, wait: float) -> JoinResult | None:
+    async def join(self, lookup: Lookup, wait: float, *, settle: bool = False) -> JoinResult | None:
         """Match, awaiting up to ``wait`` seconds for a RequestReceived that has not arrived yet.
 
         In the recommended batch audit mode the event reaches ``/audit`` up to ~20 ms after
-        the admission call of its request.
+        the admission call of its request. Without ``settle`` the first match answers; with it
+        (a verdict that can deny) the answer waits the whole ``wait``, so that the event of a
+        concurrent request with the same attributes, still on its way, is seen and makes the
+        answer ambiguous rather than lending this call its agent.
         """
         keys = candidate_keys(lookup)
-        result = self._take(keys)
+        result = None if settle else self._take(lookup, keys, last=False)
         if result is None and wait > 0 and keys:
-            self.stats.waited += 1
+            if not settle or all(p.stale for group in self._matches(lookup, keys) for p in group):
+                self.stats.waited += 1  # its own event had not arrived yet
             loop = asyncio.get_running_loop()
             deadline = loop.time() + wait
+            if settle:
+                await asyncio.sleep(wait)
             while result is None:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
                 future: asyncio.Future[None] = loop.create_future()
-                for key in keys:
+                requests = list(dict.fromkeys(k[2:] for k in keys))
+                for key in requests:
                     self._waiters.setdefault(key, set()).add(future)
                 try:
                     async with asyncio.timeout(remaining):
@@ -374,13 +527,15 @@ class RequestIndex:
                 except TimeoutError:
                     pass
                 finally:
-                    for key in keys:
+                    for key in requests:
                         waiters = self._waiters.get(key)
                         if waiters is not None:
                             waiters.discard(future)
                             if not waiters:
                                 del self._waiters[key]
-                result = self._take(keys)
+                result = self._take(lookup, keys, last=False)
+        if result is None:
+            result = self._take(lookup, keys, last=True)
         self._count(result)
         return result
 

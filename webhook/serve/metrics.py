@@ -38,7 +38,12 @@ from webhook.sinks.outbox import Outbox
 __all__ = ["CONTENT_TYPE", "Metrics", "StateCollector", "StateSources"]
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
-LATENCY_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
+LATENCY_BUCKETS: Final = (
+    *(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5),
+    *(5.0, 10.0, 20.0, 30.0),
+)
+"""Up to 30 s, the apiserver's longest webhook timeout, so a p99 near any timeoutSeconds can be
+seen (the chart's UASentinelWebhookLatencyNearTimeout alert)."""
 JOIN_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.1, 0.25)
 """Finer around the apiserver's 20 ms audit batch wait, which bounds most joins."""
 
@@ -100,6 +105,9 @@ class StateCollector(Collector):
         feed, queued = self.sources.feed()
         yield counter("detector_events", "Audit events processed by the detector.", feed.events)
         yield counter("audit_events_dropped", "Audit events dropped: detector queue full.", feed.dropped)
+        yield counter(
+            "detector_skipped", "Audit events the detector could not take (skipped).", feed.detector_errors
+        )
         yield from findings_metrics(feed.by_rule)
         yield counter("sink_errors", "Findings a sink failed to deliver.", feed.sink_errors)
         yield gauge("detector_queue", "Audit events waiting for the detector.", queued)

@@ -288,7 +288,8 @@ async def _outcome(state: AppState, req: admission.AdmissionRequest) -> admissio
         if allowlist is None:
             return admission.decide(req, None, None, state.policy)
         joined_at = time.perf_counter()
-        join = await state.index.join(admission.lookup_of(req), state.join_wait)
+        settle = state.policy.can_deny(req.user_info)
+        join = await state.index.join(admission.lookup_of(req), state.join_wait, settle=settle)
         metrics.join_wait.observe(time.perf_counter() - joined_at)
         return admission.decide(req, join, allowlist, state.policy)
     except Exception:

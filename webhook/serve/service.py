@@ -76,7 +76,10 @@ class ServeSettings:
     audit_insecure: bool = False
     """Accept ``/audit`` without a client certificate (only when no CA guards it)."""
     sinks: tuple[str, ...] = ("stdout",)
-    """Where findings go: ``stdout`` | ``file:PATH`` | ``k8s-events[:NS]`` | ``http:URL`` | ``slack:URL``."""
+    """Where findings go: ``stdout`` | ``file:PATH`` | ``k8s-events[:NS]`` | ``http:URL`` | ``slack:URL``
+    | ``falcosidekick:URL`` | ``otlp:URL``."""
+    cluster_name: str | None = None
+    """``orchestrator.cluster.name`` on every finding (``--cluster-name``)."""
 
 
 class Service:
@@ -97,7 +100,9 @@ class Service:
         detector = Detector(self.allowlist.current_or_fallback)
         self.sinks: FanOutSink | None = None
         if sink is None:
-            self.sinks = sink = FanOutSink(open_sinks(settings.sinks))
+            self.sinks = sink = FanOutSink(
+                open_sinks(settings.sinks, cluster_name=settings.cluster_name, output="json")
+            )
         self.feed = DetectorFeed(detector, sink, max_events=settings.detector_queue)
         self.metrics.watch(
             StateSources(
@@ -243,6 +248,7 @@ def build_settings(
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     allowlist_interval: float = DEFAULT_POLL_INTERVAL,
     sinks: list[str] | None = None,
+    cluster_name: str | None = None,
 ) -> ServeSettings:
     """Command-line values → :class:`ServeSettings`; :class:`SettingsError` names the bad flag.
 
@@ -293,4 +299,5 @@ def build_settings(
         allowlist_interval=allowlist_interval,
         audit_insecure=audit_insecure,
         sinks=tuple(sinks) if sinks else ("stdout",),
+        cluster_name=cluster_name or None,
     )

@@ -14,7 +14,7 @@ from typing import IO, Protocol
 from webhook.core.findings import Finding, dumps
 from webhook.errors import DeliveryError
 
-__all__ = ["JsonLinesSink", "Sink", "SinkError"]
+__all__ = ["ClusterSink", "JsonLinesSink", "Sink", "SinkError"]
 
 
 class SinkError(DeliveryError):
@@ -45,3 +45,21 @@ class JsonLinesSink:
     def close(self) -> None:
         with self._lock:
             self._stream.flush()
+
+
+class ClusterSink:
+    """Stamps each finding with its cluster (``orchestrator.cluster.name``) on its way to ``sink``.
+
+    The stamp is added at delivery, not by the Detector, so ids, windows and checkpoints do not
+    depend on the name; every sink (and so every output format) sees it the same way.
+    """
+
+    def __init__(self, sink: Sink, cluster_name: str) -> None:
+        self.sink = sink
+        self.cluster_name = cluster_name
+
+    def deliver(self, finding: Finding) -> None:
+        self.sink.deliver(finding.in_cluster(self.cluster_name))
+
+    def close(self) -> None:
+        self.sink.close()

@@ -1,4 +1,5 @@
-"""The ``http:URL`` and ``slack:URL`` sinks: POST each finding, as JSON or as Slack's ``{"text": ...}``.
+"""The ``http:URL`` and ``slack:URL`` sinks: POST each finding, as JSON or as Slack's ``{"text": ...}``;
+and :func:`post`, the one HTTP POST every HTTP sink (falcosidekick, OTLP too) delivers with.
 
 Webhook URLs are secrets: they never appear in logs or metrics (see
 :attr:`webhook.sinks.spec.SinkSpec.label`), and nothing here logs them.
@@ -15,7 +16,29 @@ from webhook import __version__
 from webhook.core.findings import Finding, dumps
 from webhook.sinks.base import SinkError
 
-__all__ = ["HttpSink", "slack_text"]
+__all__ = ["HttpSink", "post", "slack_text"]
+
+MAX_REPLY_BYTES = 64 * 1024
+"""Of a reply, only this much is read: enough for a status or an OTLP partial-success message."""
+
+
+def post(url: str, body: bytes, *, content_type: str, timeout: float) -> bytes:
+    """POST ``body``; the start of a 2xx reply, else :class:`SinkError` (the outbox retries)."""
+    request = urllib.request.Request(
+        url,
+        data=body,
+        method="POST",
+        headers={"Content-Type": content_type, "User-Agent": f"ua-sentinel/{__version__}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            reply: bytes = response.read(MAX_REPLY_BYTES)
+            return reply
+    except urllib.error.HTTPError as exc:
+        raise SinkError(f"HTTP {exc.code}") from None
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise SinkError(str(reason)) from None
 
 
 def slack_text(finding: Finding) -> str:
@@ -34,20 +57,7 @@ class HttpSink:
 
     def deliver(self, finding: Finding) -> None:
         body = orjson.dumps({"text": slack_text(finding)}) if self.slack else dumps(finding)
-        request = urllib.request.Request(
-            self.url,
-            data=body,
-            method="POST",
-            headers={"Content-Type": "application/json", "User-Agent": f"ua-sentinel/{__version__}"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                response.read(1024)
-        except urllib.error.HTTPError as exc:
-            raise SinkError(f"HTTP {exc.code}") from None
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise SinkError(str(reason)) from None
+        post(self.url, body, content_type="application/json", timeout=self.timeout)
 
     def close(self) -> None:
         return None

@@ -7,6 +7,14 @@ pod. Its name is derived from the finding id and sequence, so delivering a findi
 ``409 AlreadyExists``, which counts as delivered: Kubernetes itself drops the duplicate. The
 message carries the escaped agent (``user_agent.display``), never the raw one. The body is built
 and created by :class:`webhook.kube.events.EventWriter`, as every Event of ua-sentinel is.
+
+The refused object's reference comes from the request's URL, which the client chose: a request
+for ``.../secrets/%1B%5B41mEVIL`` audits a name holding a raw ESC. Every ``involvedObject`` field
+is therefore escaped (:func:`~webhook.core.useragent.display`, capped at 253 characters, the
+longest object name). A name any real object can have holds none of the escaped characters, so
+it is kept as it is and the Event still identifies the object; a name no object can have is
+shown escaped, which is what ``kubectl describe`` prints. A namespace that is not shown as it is
+(escaping changed it) cannot exist: such a finding's Event goes to our own namespace.
 """
 
 from __future__ import annotations
@@ -24,6 +32,9 @@ from webhook.sinks.base import SinkError
 __all__ = ["KubernetesEventsSink", "finding_event"]
 
 logger = logging.getLogger(__name__)
+
+_NAME_MAX = 253
+"""The longest object name (a DNS subdomain); an escaped reference field is cut there."""
 
 _KINDS = {
     "pods": "Pod",
@@ -48,6 +59,11 @@ def _reason(rule: str) -> str:
     return "".join(part.capitalize() for part in rule.split("-"))
 
 
+def _shown(text: str) -> str:
+    """A reference field from the audited URL, escaped: unchanged for any name an object can have."""
+    return display(text, _NAME_MAX)
+
+
 def finding_event(events: EventWriter, finding: Finding, namespace: str, *, own: bool) -> dict[str, Any]:
     """The Event for ``finding`` in ``namespace``: about the refused object, or (``own``) our pod."""
     audit = finding.kubernetes.get("audit", {})
@@ -56,11 +72,13 @@ def finding_event(events: EventWriter, finding: Finding, namespace: str, *, own:
         involved = {"apiVersion": "v1", "kind": "Pod", "namespace": namespace, "name": events.instance}
     else:
         group = ref.get("apiGroup")
+        version = str(ref.get("apiVersion", "v1"))
+        resource = str(ref.get("resource", ""))
         involved = {
-            "apiVersion": f"{group}/{ref.get('apiVersion', 'v1')}" if group else ref.get("apiVersion", "v1"),
-            "kind": _KINDS.get(ref.get("resource", ""), ref.get("resource", "")),
+            "apiVersion": _shown(f"{group}/{version}" if group else version),
+            "kind": _shown(_KINDS.get(resource, resource)),
             "namespace": namespace,
-            "name": ref.get("name", ""),
+            "name": _shown(str(ref.get("name", ""))),
         }
     message = finding.one_line()
     return events.body(
@@ -89,7 +107,7 @@ class KubernetesEventsSink:
     def deliver(self, finding: Finding) -> None:
         ref = finding.kubernetes.get("audit", {}).get("objectRef") or {}
         target = ref.get("namespace")
-        if target:
+        if target and _shown(str(target)) == target:
             status = self._events.create(target, finding_event(self._events, finding, target, own=False))
             if status in DELIVERED:
                 return

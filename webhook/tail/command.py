@@ -17,6 +17,7 @@ from webhook.detect.detector import DEFAULT_CONFIG, Detector, DetectorConfig
 from webhook.inputs.formats import Format
 from webhook.logs import fields
 from webhook.sinks.outbox import DEFAULT_MAX_BACKLOG
+from webhook.sinks.table import OutputFormat
 from webhook.startup import AllowlistSource, SettingsError, allowlist_flags, open_allowlist, open_sinks
 from webhook.tail.checkpoint import CheckpointStore, StateLocked
 from webhook.tail.metrics import TailMetrics
@@ -36,6 +37,8 @@ class TailOptions:
     allowlist: str | None = None
     allowlist_configmap: str | None = None
     sinks: list[str] = field(default_factory=lambda: ["stdout"])
+    cluster_name: str | None = None
+    """``orchestrator.cluster.name`` on every finding (``--cluster-name``)."""
     fmt: Format = "k8s"
     from_start: bool = False
     metrics_port: int | None = None
@@ -48,6 +51,8 @@ class TailOptions:
     max_backlog: int = DEFAULT_MAX_BACKLOG
     configmap_wait: float = 30.0
     """Seconds to wait at start for the allowlist ConfigMap's first outcome before reading."""
+    output: OutputFormat | None = None
+    """How the ``stdout`` sink writes: ``None`` = a table on a terminal, JSON lines otherwise."""
 
 
 def _allowlist_source(options: TailOptions) -> AllowlistSource:
@@ -72,7 +77,7 @@ def run_tail(options: TailOptions) -> int:
         raise SettingsError(f"--state {state}: {exc.strerror or exc}") from None
     try:
         allowlist = _allowlist_source(options)
-        sinks = open_sinks(options.sinks)
+        sinks = open_sinks(options.sinks, cluster_name=options.cluster_name, output=options.output)
     except BaseException:
         store.close()
         raise

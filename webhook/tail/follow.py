@@ -26,7 +26,8 @@ follows both:
   in milliseconds, or stamped, by the coarse file clock, just before our opening);
 - only complete lines are returned; a partial last line waits for its newline, except at the
   end of a file that was rotated away (no more writes will come), where it counts as a line;
-- a line longer than ``MAX_LINE_BYTES`` is skipped (memory stays bounded) and counted.
+- a line longer than ``MAX_LINE_BYTES`` is read on through :class:`~webhook.inputs.longline.LongLine`
+  down to its audit fields (memory stays bounded); one that cannot be is skipped and counted.
 
 :class:`Follower` never raises for a vanished or unreadable backup: it logs, counts and moves on.
 """

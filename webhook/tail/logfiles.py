@@ -9,6 +9,7 @@ reading, even after a rename or gzip. :mod:`webhook.tail.follow` strings these i
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as dt
 import hashlib
 import os
@@ -17,6 +18,7 @@ from typing import Any
 
 from webhook.core.audit import MAX_LINE_BYTES
 from webhook.inputs.files import READ_ERRORS, decompressing, open_file
+from webhook.inputs.longline import LongLine
 
 __all__ = [
     "FP_LEN",
@@ -74,6 +76,8 @@ class Batch:
     lines: list[bytes] = field(default_factory=list)
     consumed: int = 0
     overlong: int = 0
+    """Lines over ``MAX_LINE_BYTES`` that could not be read down to their audit fields (or whose
+    start was read before a restart): skipped."""
 
 
 def fingerprint(head: bytes) -> str:
@@ -155,6 +159,8 @@ class LogFile:
             raise
         self.offset = 0
         self.skipping = False
+        self._long: LongLine | None = None
+        """The over-long line being read, down to its audit fields."""
         self._buf = b""
         self._head = b""
         self._pos = 0
@@ -183,6 +189,7 @@ class LogFile:
             self._pos = offset
         self.offset = self._pos
         self.skipping = skipping
+        self._long = None
 
     def _note_head(self, chunk: bytes) -> None:
         if len(self._head) < FP_LEN:
@@ -204,11 +211,12 @@ class LogFile:
             return self._head
         return os.pread(self._raw.fileno(), FP_LEN, 0)
 
-    def save(self) -> tuple[int, bytes, int, bool, bytes]:
-        return self.offset, self._buf, self._pos, self.skipping, self._head
+    def save(self) -> tuple[int, bytes, int, bool, bytes, LongLine | None]:
+        long = copy.deepcopy(self._long) if self._long is not None else None  # bounded: its kept fields
+        return self.offset, self._buf, self._pos, self.skipping, self._head, long
 
-    def restore(self, state: tuple[int, bytes, int, bool, bytes]) -> None:
-        self.offset, self._buf, self._pos, self.skipping, self._head = state
+    def restore(self, state: tuple[int, bytes, int, bool, bytes, LongLine | None]) -> None:
+        self.offset, self._buf, self._pos, self.skipping, self._head, self._long = state
 
     def _read(self, size: int) -> bytes:
         chunk = self._stream.read(size) if self.compressed else os.pread(self._raw.fileno(), size, self._pos)
@@ -249,29 +257,48 @@ class LogFile:
             if batch.lines or batch.consumed or not chunk:
                 return batch
 
+    def _end_long(self, batch: Batch) -> None:
+        assert self._long is not None
+        line = self._long.line()
+        self._long = None
+        if line is None:
+            batch.overlong += 1
+        else:
+            batch.lines.append(line)
+
     def _cut(self, chunk: bytes) -> Batch:
         batch = Batch()
         data = self._buf + chunk if self._buf else chunk
-        if self.skipping:
+        if self.skipping or self._long is not None:
             newline = data.find(b"\n")
             if newline < 0:
                 batch.consumed = len(data)
                 self.offset += len(data)
                 self._buf = b""
+                if self._long is not None:
+                    self._long.feed(data)
+                    if not chunk and self.closed:
+                        self._end_long(batch)  # the last line of a rotated file
                 return batch
             batch.consumed = newline + 1
+            if self._long is not None:
+                self._long.feed(data[:newline])
+                self._end_long(batch)
+            else:
+                batch.overlong += 1  # the rest of a line whose start was read before a restart
             data = data[newline + 1 :]
             self.skipping = False
         cut = data.rfind(b"\n") + 1
         if cut:
-            batch.lines = data[:cut].split(b"\n")
-            batch.lines.pop()
+            lines = data[:cut].split(b"\n")
+            lines.pop()
+            batch.lines += lines  # after an over-long line read down just before them
         rest = data[cut:]
         batch.consumed += cut
         if len(rest) > MAX_LINE_BYTES:
-            batch.overlong += 1
+            self._long = LongLine()  # read on, down to its audit fields, in bounded memory
+            self._long.feed(rest)
             batch.consumed += len(rest)
-            self.skipping = True
             rest = b""
         elif rest and not chunk and self.closed:
             batch.lines.append(rest)  # the last line of a rotated file: no newline will come
@@ -290,7 +317,7 @@ class LogFile:
             fp=fingerprint(head),
             fp_len=len(head),
             offset=self.offset,
-            skipping=self.skipping,
+            skipping=self.skipping or self._long is not None,
             closed=self.closed,
             key=self.key,
             opened_at=self.opened_at,

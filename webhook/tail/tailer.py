@@ -176,7 +176,13 @@ class Tailer:
         )
 
     def run(self, stop: threading.Event) -> None:
-        """Read, detect and deliver until ``stop`` is set; then drain and write a last checkpoint."""
+        """Read, detect and deliver until ``stop`` is set; then drain and write a last checkpoint.
+
+        A checkpoint is written only between batches: if reading, detecting or delivering a batch
+        raises, the last one stays (it is before that batch), so a restart reads the batch again
+        and no finding of it is passed over undelivered.
+        """
+        between_batches = False
         try:
             while not stop.is_set():
                 batch = self.follower.read()
@@ -189,16 +195,26 @@ class Tailer:
                 self._measure_lag()
                 if not (batch.lines or batch.consumed):
                     stop.wait(self.config.poll_interval)
+            between_batches = True
         finally:
-            self.shutdown()
+            self.shutdown(checkpoint=between_batches)
 
-    def shutdown(self) -> None:
-        """Give sinks ``drain_timeout`` to empty their queues, checkpoint what is left, close."""
+    def shutdown(self, *, checkpoint: bool = True) -> None:
+        """Give sinks ``drain_timeout`` to empty their queues, checkpoint what is left, close.
+
+        ``checkpoint`` False (stopped by an error in a batch): the last checkpoint is kept.
+        """
         deadline = time.monotonic() + self.config.drain_timeout
         for outbox in self.outboxes:
             outbox.drain(max(0.0, deadline - time.monotonic()))
-        with contextlib.suppress(OSError):
-            self.checkpoint()
+        if checkpoint:
+            with contextlib.suppress(OSError):
+                self.checkpoint()
+        else:
+            logger.error(
+                "stopped by an error: the last checkpoint is kept, a restart reads on from it",
+                **fields(state=self.config.state_dir),
+            )
         for outbox in self.outboxes:
             outbox.close()
         self.follower.close()
@@ -220,11 +236,13 @@ class Tailer:
         self.totals.add("lines", len(batch.lines))
         self.totals.add("bytes", batch.consumed)
         for _ in range(batch.overlong):
-            self._malformed("line longer than the 4 MiB limit, skipped")
+            self._malformed("line longer than the 4 MiB limit and not readable as an audit event, skipped")
         findings: list[Finding] = []
         skipped = self._decoder.skipped
         for event in self._decoder.lines_of(batch.lines, self.detector.prefilter):
             findings.extend(self.detector.process(event))
+            if self.detector.last_rejection is not None:
+                self._malformed(f"event skipped: {self.detector.last_rejection}")
         self.totals.add("skipped_records", self._decoder.skipped - skipped)
         watermark = self.detector.watermark
         if batch.lines and watermark is not None:

@@ -2,6 +2,11 @@
 
 Production installs use the chart (Helm-generated, cert-manager or your own Secret); this is
 the same shape: ``ca.crt``, ``tls.crt``, ``tls.key`` (keys written 0600).
+
+Files are written to a fresh temporary name in the target directory, created with
+``O_CREAT|O_EXCL|O_NOFOLLOW`` and mode 0600 from the start, then renamed over the target: a
+symlink or file planted at any name we use (``ca.key.tmp``, say) is never followed or reused,
+and a key is never readable by others, not even for a moment.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +24,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["CertPair", "issue", "make_ca", "write_pair", "write_serving_set"]
+__all__ = ["MAX_DAYS", "CertPair", "issue", "make_ca", "write_file", "write_pair", "write_serving_set"]
 
 DEFAULT_DAYS = 365
+MAX_DAYS = 36500
+"""Longest validity accepted: 100 years (X.509 and ``datetime`` both end at year 9999)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +59,8 @@ def _name(common_name: str) -> x509.Name:
 
 
 def _validity(days: int) -> tuple[dt.datetime, dt.datetime]:
+    if not 1 <= days <= MAX_DAYS:
+        raise ValueError(f"days must be between 1 and {MAX_DAYS}, not {days}")
     now = dt.datetime.now(dt.UTC)
     return now - dt.timedelta(minutes=5), now + dt.timedelta(days=days)
 
@@ -121,19 +131,27 @@ def issue(
     return CertPair(builder.sign(ca.key, hashes.SHA256()), key)
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+_EXCLUSIVE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+def write_file(path: Path, data: bytes, mode: int) -> None:
+    """Replace ``path`` atomically with ``data``, never following a planted symlink (module docstring)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, _EXCLUSIVE, 0o600)  # fails on anything already there, symlink included
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            os.fchmod(handle.fileno(), mode)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_pair(pair: CertPair, cert_path: Path, key_path: Path) -> None:
     """Write certificate (0644) and key (0600); each file is replaced atomically."""
-    _write(key_path, pair.key_pem, 0o600)
-    _write(cert_path, pair.cert_pem, 0o644)
+    write_file(key_path, pair.key_pem, 0o600)
+    write_file(cert_path, pair.cert_pem, 0o644)
 
 
 def write_serving_set(
