@@ -229,9 +229,12 @@ def _add_apiserver_config(sub: argparse._SubParsersAction[argparse.ArgumentParse
         description="Print (or write with --out-dir) the audit policy and the audit webhook kubeconfig "
         "to put next to the kube-apiserver, then the flags that use them. Certificates: --certs-dir DIR "
         "reads DIR/ca.crt (serving CA) and DIR/audit-client.crt/.key, issuing the client pair from "
-        "DIR/ca.key when it is missing; --ca/--client-cert/--client-key override single files.",
+        "DIR/ca.key when it is missing; --ca/--client-cert/--client-key override single files. "
+        "Already have an audit policy? --policy FILE merges ua-sentinel's needs into it (alone: prints "
+        "only the merged policy); --check-policy FILE lists what it hides from ua-sentinel (exit 1 when "
+        "anything). --distro NAME prints the setup in that distribution's own format.",
     )
-    parser.add_argument("--service-ip", required=True, metavar="IP", help="the Service's ClusterIP")
+    parser.add_argument("--service-ip", metavar="IP", help="the Service's ClusterIP")
     parser.add_argument("--port", type=int, default=443, help="the Service's port (default: %(default)s)")
     parser.add_argument(
         "--tls-server-name",
@@ -250,7 +253,52 @@ def _add_apiserver_config(sub: argparse._SubParsersAction[argparse.ArgumentParse
     )
     parser.add_argument("--audit-log-path", metavar="PATH", help="also print the log backend flags (tailer)")
     parser.add_argument("--out-dir", metavar="DIR", help="write the two files here instead of printing them")
+    parser.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="the audit policy the apiserver has now: keep its rules, add only what ua-sentinel needs",
+    )
+    parser.add_argument(
+        "--check-policy",
+        metavar="FILE",
+        help="report, per rule, what this policy hides from ua-sentinel; exit 0 when nothing, 1 when blind",
+    )
     parser.set_defaults(run=_run_apiserver_config)
+
+
+def _read_policy(path: str) -> tuple[str, str]:
+    """(text, display name) of a policy file, `-` for stdin."""
+    try:
+        return (sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")), path
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"{path}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def _policy_command(args: argparse.Namespace) -> tuple[int, str] | None:
+    """--check-policy, and --policy without a webhook target: (exit status, stdout), else None."""
+    from webhook.tools import audit_policy, policy_check
+
+    if args.check_policy:
+        text, name = _read_policy(args.check_policy)
+        try:
+            policy = audit_policy.parse_policy(text)
+        except audit_policy.PolicyError as exc:
+            raise CliError(f"{name}: {exc}") from None
+        return (1 if policy_check.check(policy) else 0), policy_check.report(policy, name)
+    if args.policy and not args.service_ip and not args.out_dir:
+        return 0, _merged_policy(args.policy)
+    return None
+
+
+def _merged_policy(path: str) -> str:
+    from webhook.tools import audit_policy, policy_merge
+
+    text, name = _read_policy(path)
+    try:
+        policy = audit_policy.parse_policy(text)
+    except audit_policy.PolicyError as exc:
+        raise CliError(f"{name}: {exc}") from None
+    return policy_merge.render(policy, policy_merge.merge(policy), name)
 
 
 def _run_apiserver_config(args: argparse.Namespace) -> int:
@@ -259,6 +307,13 @@ def _run_apiserver_config(args: argparse.Namespace) -> int:
     from webhook.tools import apiserver_config as apiserverconfig
     from webhook.tools import certs
 
+    if (done := _policy_command(args)) is not None:
+        code, report = done
+        sys.stdout.write(report)
+        return code
+    if not args.service_ip:
+        raise CliError("give --service-ip (or --check-policy FILE, or --policy FILE alone)")
+    policy = _merged_policy(args.policy) if args.policy else apiserverconfig.AUDIT_POLICY
     base = Path(args.certs_dir) if args.certs_dir else None
     given = {"--ca": args.ca, "--client-cert": args.client_cert, "--client-key": args.client_key}
     paths = {flag: Path(path) for flag, path in given.items() if path}
@@ -287,6 +342,7 @@ def _run_apiserver_config(args: argparse.Namespace) -> int:
             client_key_pem=key_path.read_bytes(),
             config_dir=args.config_dir,
             audit_log_path=args.audit_log_path,
+            policy=policy,
         )
         if args.out_dir is None:
             sys.stdout.write(config.render())

@@ -215,12 +215,15 @@ def build(
     *,
     config_dir: str = DEFAULT_CONFIG_DIR,
     audit_log_path: str | None = None,
+    policy: str = AUDIT_POLICY,
     **target: Unpack[WebhookTarget],
 ) -> ApiserverConfig:
-    """Everything to drop next to the apiserver, checked (see ``audit_webhook_kubeconfig``)."""
+    """Everything to drop next to the apiserver, checked (see ``audit_webhook_kubeconfig``).
+
+    ``policy`` is ours by default, or an existing policy merged (``policy_merge``)."""
     kubeconfig = audit_webhook_kubeconfig(**target)
     flags = apiserver_flags(config_dir=config_dir, audit_log_path=audit_log_path)
-    return ApiserverConfig(config_dir, AUDIT_POLICY, kubeconfig, tuple(flags))
+    return ApiserverConfig(config_dir, policy, kubeconfig, tuple(flags))
 
 
 def issue_audit_client(
