@@ -162,3 +162,28 @@ def test_merged_policy_keeps_the_existing_log_and_ua_sentinel_works(
             ("ResponseComplete", "Metadata", "get", "/version"),
         ]
     )
+
+
+def test_lean_default_policy_keeps_the_join_and_detection(
+    control_plane_factory: ControlPlaneFactory,
+    sentinels: SentinelLauncher,
+    webhook_tls: WebhookTLS,
+    tmp_path: Path,
+) -> None:
+    """Our own policy omits RequestReceived for get/list/watch; writes still warn, refusals still find."""
+    from webhook.tools.apiserver_config import AUDIT_POLICY
+
+    server, cp = wire(control_plane_factory, sentinels, webhook_tls, tmp_path, AUDIT_POLICY)
+    name = f"lean-{uuid.uuid4().hex[:8]}"
+    loud = cp.kubectl("dev-alice", "create", "configmap", name, "-n", "team", user_agent="kc-renamed")
+    assert "Warning:" in loud.stderr and "kc-renamed/v1.20.2" in loud.stderr
+    agent = f"python-requests/2.34.2 {name}"
+    assert (
+        cp.request("mallory", "GET", "/api/v1/namespaces/kube-system/secrets", user_agent=agent).status_code
+        == 403
+    )
+    server.wait_for_finding(
+        lambda f: f["user_agent"]["original"] == agent, what="the finding for a refused read"
+    )
+    read = [e for e in cp.audit_events() if e["userAgent"] == agent]
+    assert {e["stage"] for e in read} == {"ResponseComplete"}  # the lean part: no RequestReceived
