@@ -263,6 +263,12 @@ def _add_apiserver_config(sub: argparse._SubParsersAction[argparse.ArgumentParse
         metavar="FILE",
         help="report, per rule, what this policy hides from ua-sentinel; exit 0 when nothing, 1 when blind",
     )
+    parser.add_argument(
+        "--distro",
+        choices=("kubeadm", "k3s", "rke2", "talos", "kind"),
+        help="print the flags and mounts in that distribution's own format (with --service-ip and the "
+        "certificates, Talos gets the kubeconfig inline)",
+    )
     parser.set_defaults(run=_run_apiserver_config)
 
 
@@ -285,9 +291,21 @@ def _policy_command(args: argparse.Namespace) -> tuple[int, str] | None:
         except audit_policy.PolicyError as exc:
             raise CliError(f"{name}: {exc}") from None
         return (1 if policy_check.check(policy) else 0), policy_check.report(policy, name)
-    if args.policy and not args.service_ip and not args.out_dir:
+    if args.policy and not args.service_ip and not args.out_dir and not args.distro:
         return 0, _merged_policy(args.policy)
     return None
+
+
+def _distro(args: argparse.Namespace, policy: str, kubeconfig: str | None) -> str:
+    from webhook.tools import distros
+
+    return distros.render(
+        args.distro,
+        config_dir=args.config_dir,
+        audit_log_path=args.audit_log_path,
+        policy=policy,
+        kubeconfig=kubeconfig,
+    )
 
 
 def _merged_policy(path: str) -> str:
@@ -311,9 +329,12 @@ def _run_apiserver_config(args: argparse.Namespace) -> int:
         code, report = done
         sys.stdout.write(report)
         return code
-    if not args.service_ip:
-        raise CliError("give --service-ip (or --check-policy FILE, or --policy FILE alone)")
     policy = _merged_policy(args.policy) if args.policy else apiserverconfig.AUDIT_POLICY
+    if args.distro and not args.service_ip:
+        sys.stdout.write(_distro(args, policy, None))
+        return 0
+    if not args.service_ip:
+        raise CliError("give --service-ip (or --check-policy FILE, --policy FILE or --distro NAME alone)")
     base = Path(args.certs_dir) if args.certs_dir else None
     given = {"--ca": args.ca, "--client-cert": args.client_cert, "--client-key": args.client_key}
     paths = {flag: Path(path) for flag, path in given.items() if path}
@@ -345,7 +366,7 @@ def _run_apiserver_config(args: argparse.Namespace) -> int:
             policy=policy,
         )
         if args.out_dir is None:
-            sys.stdout.write(config.render())
+            sys.stdout.write(_distro(args, policy, config.kubeconfig) if args.distro else config.render())
             return 0
         out = Path(args.out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -359,7 +380,10 @@ def _run_apiserver_config(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise _os_error(exc) from None
     print(f"wrote {out}/{apiserverconfig.POLICY_FILE} and {apiserverconfig.KUBECONFIG_FILE}", file=sys.stderr)
-    sys.stdout.write("".join(f"{flag}\n" for flag in config.flags))
+    if args.distro:
+        sys.stdout.write(_distro(args, policy, config.kubeconfig))
+    else:
+        sys.stdout.write("".join(f"{flag}\n" for flag in config.flags))
     return 0
 
 

@@ -6,6 +6,7 @@
 - ``audit_policy``: an audit policy read, checked and matched as the apiserver does.
 - ``policy_merge``: an existing audit policy with what ua-sentinel needs added (``--policy``).
 - ``policy_check``: what an audit policy hides from ua-sentinel (``--check-policy``).
+- ``distros``: the apiserver flags and mounts in kubeadm, k3s, RKE2, Talos and kind formats.
 - ``certs``: a local CA and certificates (``ua-sentinel certs``).
 - ``devrun``: ``make run``: the webhook on 127.0.0.1 with local certificates.
 """
@@ -15,6 +16,7 @@ __all__ = [
     "audit_policy",
     "certs",
     "devrun",
+    "distros",
     "policy_check",
     "policy_merge",
     "replay",
