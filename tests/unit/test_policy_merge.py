@@ -132,9 +132,11 @@ def requests_for(draw: st.DrawFn, policy: Policy) -> Request:
         path = draw(st.sampled_from(rule.non_resource_urls)).replace(
             "*", draw(st.sampled_from(["", "x", "/y"]))
         )
-        verb = draw(st.sampled_from(rule.verbs or tuple(HTTP_VERBS)))
+        # non-resource verbs are lowercase HTTP methods (never create, update, list...)
+        verb = draw(st.sampled_from([v for v in rule.verbs if v in HTTP_VERBS] or HTTP_VERBS))
         return Request(user, groups, verb, is_resource=False, path=path if path.startswith("/") else "/z")
-    verb = draw(st.sampled_from(rule.verbs or ("get", *RESOURCE_VERBS)))  # a GET exec is a CONNECT too
+    # resource verbs only (a GET exec is a CONNECT too, so get is drawn twice as often)
+    verb = draw(st.sampled_from([v for v in rule.verbs if v in RESOURCE_VERBS] or ("get", *RESOURCE_VERBS)))
     gr = (
         draw(st.sampled_from(rule.resources))
         if rule.resources
