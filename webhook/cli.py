@@ -343,9 +343,12 @@ def _add_apiserver_config(sub: argparse._SubParsersAction[argparse.ArgumentParse
         description="Print (or write with --out-dir) the audit policy and the audit webhook kubeconfig "
         "to put next to the kube-apiserver, then the flags that use them. Certificates: --certs-dir DIR "
         "reads DIR/ca.crt (serving CA) and DIR/audit-client.crt/.key, issuing the client pair from "
-        "DIR/ca.key when it is missing; --ca/--client-cert/--client-key override single files.",
+        "DIR/ca.key when it is missing; --ca/--client-cert/--client-key override single files. "
+        "Already have an audit policy? --policy FILE merges ua-sentinel's needs into it (alone: prints "
+        "only the merged policy); --check-policy FILE lists what it hides from ua-sentinel (exit 1 when "
+        "anything). --distro NAME prints the setup in that distribution's own format.",
     )
-    parser.add_argument("--service-ip", required=True, metavar="IP", help="the Service's ClusterIP")
+    parser.add_argument("--service-ip", metavar="IP", help="the Service's ClusterIP")
     parser.add_argument(
         "--port", type=_int(1, 65535), default=443, help="the Service's port (default: %(default)s)"
     )
@@ -366,13 +369,86 @@ def _add_apiserver_config(sub: argparse._SubParsersAction[argparse.ArgumentParse
     )
     parser.add_argument("--audit-log-path", metavar="PATH", help="also print the log backend flags (tailer)")
     parser.add_argument("--out-dir", metavar="DIR", help="write the two files here instead of printing them")
+    parser.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="the audit policy the apiserver has now: keep its rules, add only what ua-sentinel needs",
+    )
+    parser.add_argument(
+        "--check-policy",
+        metavar="FILE",
+        help="report, per rule, what this policy hides from ua-sentinel; exit 0 when nothing, 1 when blind",
+    )
+    parser.add_argument(
+        "--distro",
+        choices=("kubeadm", "k3s", "rke2", "talos", "kind"),
+        help="print the flags and mounts in that distribution's own format (with --service-ip and the "
+        "certificates, Talos gets the kubeconfig inline)",
+    )
     parser.set_defaults(run=_run_apiserver_config)
+
+
+def _read_policy(path: str) -> tuple[str, str]:
+    """(text, display name) of a policy file, `-` for stdin."""
+    try:
+        return (sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")), path
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"{path}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def _policy_command(args: argparse.Namespace) -> tuple[int, str] | None:
+    """--check-policy, and --policy without a webhook target: (exit status, stdout), else None."""
+    from webhook.tools import audit_policy, policy_check
+
+    if args.check_policy:
+        text, name = _read_policy(args.check_policy)
+        try:
+            policy = audit_policy.parse_policy(text)
+        except audit_policy.PolicyError as exc:
+            raise CliError(f"{name}: {exc}") from None
+        return (1 if policy_check.check(policy) else 0), policy_check.report(policy, name)
+    if args.policy and not args.service_ip and not args.out_dir and not args.distro:
+        return 0, _merged_policy(args.policy)
+    return None
+
+
+def _distro(args: argparse.Namespace, policy: str, kubeconfig: str | None) -> str:
+    from webhook.tools import distros
+
+    return distros.render(
+        args.distro,
+        config_dir=args.config_dir,
+        audit_log_path=args.audit_log_path,
+        policy=policy,
+        kubeconfig=kubeconfig,
+    )
+
+
+def _merged_policy(path: str) -> str:
+    from webhook.tools import audit_policy, policy_merge
+
+    text, name = _read_policy(path)
+    try:
+        policy = audit_policy.parse_policy(text)
+    except audit_policy.PolicyError as exc:
+        raise CliError(f"{name}: {exc}") from None
+    return policy_merge.render(policy, policy_merge.merge(policy), name)
 
 
 def _run_apiserver_config(args: argparse.Namespace) -> int:
     from webhook.tools import apiserver_config as apiserverconfig
     from webhook.tools import certs
 
+    if (done := _policy_command(args)) is not None:
+        code, report = done
+        sys.stdout.write(report)
+        return code
+    policy = _merged_policy(args.policy) if args.policy else apiserverconfig.AUDIT_POLICY
+    if args.distro and not args.service_ip:
+        sys.stdout.write(_distro(args, policy, None))
+        return 0
+    if not args.service_ip:
+        raise CliError("give --service-ip (or --check-policy FILE, --policy FILE or --distro NAME alone)")
     base = Path(args.certs_dir) if args.certs_dir else None
     given = {"--ca": args.ca, "--client-cert": args.client_cert, "--client-key": args.client_key}
     paths = {flag: Path(path) for flag, path in given.items() if path}
@@ -401,9 +477,10 @@ def _run_apiserver_config(args: argparse.Namespace) -> int:
             client_key_pem=key_path.read_bytes(),
             config_dir=args.config_dir,
             audit_log_path=args.audit_log_path,
+            policy=policy,
         )
         if args.out_dir is None:
-            sys.stdout.write(config.render())
+            sys.stdout.write(_distro(args, policy, config.kubeconfig) if args.distro else config.render())
             return 0
         out = Path(args.out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -417,7 +494,10 @@ def _run_apiserver_config(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise _os_error(exc) from None
     print(f"wrote {out}/{apiserverconfig.POLICY_FILE} and {apiserverconfig.KUBECONFIG_FILE}", file=sys.stderr)
-    sys.stdout.write("".join(f"{flag}\n" for flag in config.flags))
+    if args.distro:
+        sys.stdout.write(_distro(args, policy, config.kubeconfig))
+    else:
+        sys.stdout.write("".join(f"{flag}\n" for flag in config.flags))
     return 0
 
 

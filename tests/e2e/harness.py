@@ -82,6 +82,7 @@ class ControlPlaneOptions:
     admission_control_config_file: Path | None = None  # default: generated when client_cert is set
     audit_log_maxsize_mb: int = 1
     audit_log_maxbackup: int = 10
+    audit_policy: str | None = None  # policy text instead of the product's own (e.g. a merged one)
     extra_args: tuple[str, ...] = ()
 
 
@@ -381,6 +382,10 @@ class ControlPlane:
             "--audit-log-maxsize": str(o.audit_log_maxsize_mb),
             "--audit-log-maxbackup": str(o.audit_log_maxbackup),
         }
+        if o.audit_policy is not None:
+            given = self.workdir / "config" / "audit-policy-given.yaml"
+            given.write_text(o.audit_policy)
+            overrides["--audit-policy-file"] = str(given)
         if o.audit_webhook_kubeconfig is not None:
             if o.audit_webhook_url is not None:
                 raise ValueError("give audit_webhook_url or audit_webhook_kubeconfig, not both")

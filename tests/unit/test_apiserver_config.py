@@ -18,6 +18,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from webhook.tools import apiserver_config as ac
 from webhook.tools import certs
+from webhook.tools.audit_policy import ALL_STAGES, Request, level_and_stages, parse_policy
 
 FIXTURE_POLICY = Path(__file__).parents[1] / "data" / "audit-policy.yaml"
 
@@ -37,13 +38,21 @@ def kubeconfig(pki: dict[str, bytes], **kw: Any) -> dict[str, Any]:
     return loaded
 
 
-def test_policy_is_metadata_for_everything_and_keeps_request_received() -> None:
-    policy = yaml.safe_load(ac.AUDIT_POLICY)
-    assert policy["apiVersion"] == "audit.k8s.io/v1" and policy["kind"] == "Policy"
-    assert policy["rules"] == [{"level": "Metadata"}]
-    assert policy["omitStages"] == []  # the admission join needs RequestReceived
-    # Same rules as the policy the recorded fixtures were captured with.
-    assert policy["rules"] == yaml.safe_load(FIXTURE_POLICY.read_text())["rules"]
+def test_policy_is_metadata_for_everything_and_lean_on_reads() -> None:
+    policy = parse_policy(ac.AUDIT_POLICY)
+    assert {rule.level for rule in policy.rules} == {"Metadata"} and not policy.omit_stages
+    everything = frozenset(ALL_STAGES)
+    read = Request("alice", (), "get", namespace="team", resource="configmaps")
+    exec_over_websocket = Request("alice", (), "get", namespace="team", resource="pods", subresource="exec")
+    write = Request("alice", (), "create", namespace="team", resource="configmaps")
+    watch = Request("alice", (), "watch", resource="nodes")
+    assert level_and_stages(policy, read) == ("Metadata", everything - {"RequestReceived"})
+    assert level_and_stages(policy, watch) == ("Metadata", everything - {"RequestReceived"})
+    assert level_and_stages(policy, write) == ("Metadata", everything)
+    assert level_and_stages(policy, exec_over_websocket) == ("Metadata", everything)
+    # The recorded fixtures were captured with Metadata for everything: what the lean policy drops
+    # from them is only reads' RequestReceived.
+    assert yaml.safe_load(FIXTURE_POLICY.read_text())["rules"] == [{"level": "Metadata"}]
 
 
 def test_kubeconfig_points_at_the_cluster_ip_with_embedded_credentials(pki: dict[str, bytes]) -> None:

@@ -1,10 +1,11 @@
 """What a kube-apiserver needs to send its audit events to ua-sentinel: two files and its flags.
 
-- The audit policy: ``Metadata`` level for every request and no stage omitted. The admission
-  join needs the ``RequestReceived`` stage (it names the requester's user agent before the
-  admission call), and detection needs ``ResponseComplete`` (status code, authorization
-  decision). Metadata carries no request or response bodies, so Secrets never leave the
-  apiserver. Kept deliberately simple: one rule, no exceptions to reason about.
+- The audit policy: ``Metadata`` level for every request. Detection needs ``ResponseComplete``
+  (status code, authorization decision) of every request; the admission join needs the
+  ``RequestReceived`` stage (it names the requester's user agent before the admission call) of
+  what reaches admission only, so get/list/watch omit it (lean: reads are most API traffic;
+  bench/audit_volume.py measures it). Metadata carries no request or response bodies, so Secrets
+  never leave the apiserver. An existing policy is merged instead (``policy_merge``).
 - The audit webhook kubeconfig: the Service's ClusterIP (the apiserver does not resolve cluster
   DNS), the CA that signed the serving certificate, the Service's DNS name to check it against
   (``tls-server-name``: the serving certificate is issued for the name, not the IP), and the
@@ -56,11 +57,20 @@ AUDIT_CLIENT_NAME = "kube-apiserver-audit"
 
 AUDIT_POLICY = """\
 # ua-sentinel audit policy: Metadata level (no request or response bodies) for every request.
-# No stage is omitted: the admission join needs RequestReceived, detection ResponseComplete.
+# Detection needs ResponseComplete of every request; the admission join needs RequestReceived
+# only for what reaches admission, so reads omit it (about half of their events).
 apiVersion: audit.k8s.io/v1
 kind: Policy
-omitStages: []
 rules:
+  # CONNECT reaches admission even as a GET (exec/attach over websockets): keep RequestReceived.
+  - level: Metadata
+    resources:
+      - group: ""
+        resources: ["*/exec", "*/attach", "*/portforward", "*/proxy"]
+  # Reads never reach admission.
+  - level: Metadata
+    verbs: ["get", "list", "watch"]
+    omitStages: ["RequestReceived"]
   - level: Metadata
 """
 
@@ -215,12 +225,15 @@ def build(
     *,
     config_dir: str = DEFAULT_CONFIG_DIR,
     audit_log_path: str | None = None,
+    policy: str = AUDIT_POLICY,
     **target: Unpack[WebhookTarget],
 ) -> ApiserverConfig:
-    """Everything to drop next to the apiserver, checked (see ``audit_webhook_kubeconfig``)."""
+    """Everything to drop next to the apiserver, checked (see ``audit_webhook_kubeconfig``).
+
+    ``policy`` is ours by default, or an existing policy merged (``policy_merge``)."""
     kubeconfig = audit_webhook_kubeconfig(**target)
     flags = apiserver_flags(config_dir=config_dir, audit_log_path=audit_log_path)
-    return ApiserverConfig(config_dir, AUDIT_POLICY, kubeconfig, tuple(flags))
+    return ApiserverConfig(config_dir, policy, kubeconfig, tuple(flags))
 
 
 def issue_audit_client(
