@@ -426,3 +426,15 @@ def test_warning_header_is_what_kubectl_prints() -> None:
         'Warning: user agent "python-requests/2.34.2" is not on this cluster\'s allowlist; '
         "this request was recorded"
     )
+
+
+def test_the_admission_caches_are_bounded_by_bytes_and_entries() -> None:
+    """Agents are attacker text: the warning and display caches count what they hold."""
+    for n in range(5000):
+        agent = f"{n:05d}" + "x" * 1019  # the apiserver's 1,024-byte cut, each one new
+        adm.warning_text("unlisted", agent)
+        adm._shown(agent)
+    for name, stats in adm.cache_stats().items():
+        assert 0 < stats.entries <= 4096, name
+        assert stats.evictions > 0, name
+        assert 1024 * stats.entries <= stats.bytes <= 8 * 1024 * 1024, name

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, Final, Literal
 
 import msgspec
@@ -34,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from webhook.core import useragent
 from webhook.core.allowlist import VERDICT_RANK, Allowlist, AnnotatedVerdict, Decision, Mode
 from webhook.core.audit import AGENT_ANNOTATION, HASH_ANNOTATION, JOIN_ANNOTATION, VERDICT_ANNOTATION
+from webhook.core.cache import CacheStats, Memo, text_cost
 from webhook.errors import InputError
 from webhook.serve.join import JoinResult, Lookup
 
@@ -48,6 +48,7 @@ __all__ = [
     "Policy",
     "ReviewError",
     "UserInfo",
+    "cache_stats",
     "decide",
     "lookup_of",
     "parse_review",
@@ -62,8 +63,11 @@ DEFAULT_EXEMPT_GROUPS: Final = ("system:masters", "system:nodes", "system:servic
 WARNING_MAX: Final = 120
 """Longest warning we send: kubectl prints it on one line after ``Warning: ``."""
 
-_shown = lru_cache(maxsize=4096)(useragent.display)
-"""Escaping is pure and agents repeat (every kubectl call sends the same one): cache it."""
+_shown: Memo[str | None, str] = Memo(
+    useragent.display, max_entries=4096, cost=lambda agent, _: text_cost(agent or "")
+)
+"""Escaping is pure and agents repeat (every kubectl call sends the same one): cache it, bounded
+by bytes as every cache keyed by attacker text is."""
 
 
 class ReviewError(InputError):
@@ -380,9 +384,18 @@ class Outcome:
     exempt: bool = False
 
 
-@lru_cache(maxsize=4096)
+def cache_stats() -> dict[str, CacheStats]:
+    """The admission path's caches, for ``ua_sentinel_cache_*``."""
+    return {"admission_agent_display": _shown.stats(), "admission_warnings": _warnings.stats()}
+
+
 def warning_text(verdict: AnnotatedVerdict, agent: str | None) -> str:
     """The warning kubectl prints (after ``Warning: ``): escaped, at most :data:`WARNING_MAX` chars."""
+    return _warnings((verdict, agent))
+
+
+def _warning(key: tuple[AnnotatedVerdict, str | None]) -> str:
+    verdict, agent = key
     if agent is None:
         return "this request sent no User-Agent; requests without one are recorded"
     if verdict == "denied":
@@ -390,6 +403,11 @@ def warning_text(verdict: AnnotatedVerdict, agent: str | None) -> str:
     else:
         head, tail = 'user agent "', "\" is not on this cluster's allowlist; this request was recorded"
     return head + useragent.display(agent, WARNING_MAX - len(head) - len(tail)) + tail
+
+
+_warnings: Memo[tuple[AnnotatedVerdict, str | None], str] = Memo(
+    _warning, max_entries=4096, cost=lambda key, text: text_cost(key[1] or "") + len(text)
+)
 
 
 def _deny_message(verdict: AnnotatedVerdict, agent: str | None, allowlist_hash: str) -> str:

@@ -114,6 +114,7 @@ class Service:
                 caches=lambda: {
                     "useragent_parse": useragent.parse.stats(),
                     "allowlist_verdicts": self.allowlist.current_or_fallback().cache_stats(),
+                    **admission.cache_stats(),
                 },
             )
         )
