@@ -1,0 +1,184 @@
+"""Two real `ua-sentinel tail --leader-elect` replicas on one Lease of the real kube-apiserver 1.20.
+
+They share the audit log and the --state directory (what the new leader resumes from). Only
+the holder of the Lease reads: the standby waits for the Lease *before* it locks the state
+directory (otherwise it would fail with StateLocked). `kill -9` of the leader hands over after
+the lease expires; the union of findings equals `ua-sentinel replay`'s, and repeats (at least
+once) carry the same event.id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import AUDIT_LOGS
+
+from .harness import ControlPlane
+from .procs import wait_until
+from .sentinel import Finding, Sentinel, SentinelLauncher, run_replay, write_allowlist
+
+WAIT_S = 90.0
+LEASE = "uas-ua-sentinel-source"
+# Short durations so the test is quick; the order (duration > deadline > 1.2 x retry) is client-go's.
+FAST = [
+    "--leader-elect-lease-duration",
+    "3",
+    "--leader-elect-renew-deadline",
+    "2",
+    "--leader-elect-retry-period",
+    "0.5",
+]
+LISTED = ["kubectl/*", "kube-*"]
+SPLIT = 1420
+"""The recorded log's forbidden requests by unlisted agents: 5 before this line, 4 after."""
+
+
+def _lines() -> list[bytes]:
+    return [line + b"\n" for path in AUDIT_LOGS for line in path.read_bytes().splitlines()]
+
+
+@pytest.fixture
+def namespace(control_plane: ControlPlane) -> str:
+    name = f"le-{uuid.uuid4().hex[:8]}"
+    control_plane.apply_yaml({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    return name
+
+
+def _lease(cp: ControlPlane, namespace: str) -> dict[str, Any] | None:
+    response = cp.request(
+        "admin", "GET", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{LEASE}"
+    )
+    if response.status_code == 404:
+        return None
+    response.raise_for_status()
+    spec: dict[str, Any] = response.json()["spec"]
+    return spec
+
+
+def _replica(
+    sentinels: SentinelLauncher,
+    cp: ControlPlane,
+    namespace: str,
+    name: str,
+    allowlist: Path,
+    log: Path,
+    state: Path,
+) -> Sentinel:
+    return sentinels.tail(
+        allowlist,
+        log,
+        state=state,
+        from_start=True,
+        kubeconfig=cp.kubeconfig("admin"),
+        env={"POD_NAME": name, "POD_NAMESPACE": namespace},
+        extra_args=[
+            "--leader-elect",
+            "--leader-elect-lease",
+            LEASE,
+            *FAST,
+            "--checkpoint-interval",
+            "0.2",
+            "--grace",
+            "0",
+            "--baseline-days",
+            "0",
+        ],
+    )
+
+
+def _logged(tail: Sentinel, msg: str) -> list[dict[str, Any]]:
+    return [r for r in tail.log_records() if r.get("msg") == msg]
+
+
+def _caught_up(state: Path, log: Path) -> bool:
+    try:
+        checkpoint = json.loads((state / "checkpoint.json").read_bytes())
+    except (FileNotFoundError, ValueError):
+        return False
+    position = checkpoint.get("position") or {}
+    return bool(
+        position.get("offset") == log.stat().st_size and not any(checkpoint.get("backlog", {}).values())
+    )
+
+
+def test_only_the_lease_holder_reads_and_after_kill_9_the_standby_resumes_from_the_shared_state(
+    control_plane: ControlPlane, sentinels: SentinelLauncher, namespace: str, tmp_path: Path
+) -> None:
+    cp = control_plane
+    allowlist = write_allowlist(tmp_path / "allowlist.yaml", LISTED)
+    log, state = tmp_path / "logs" / "audit.log", tmp_path / "state"
+    log.parent.mkdir()
+    lines = _lines()
+    first, second = lines[:SPLIT], lines[SPLIT:]
+    log.write_bytes(b"".join(first))
+
+    leader = _replica(sentinels, cp, namespace, "replica-a", allowlist, log, state)
+    leader.wait_for_log(lambda r: r.get("msg") == "tailing", timeout=WAIT_S, what="replica-a to read")
+    standby = _replica(sentinels, cp, namespace, "replica-b", allowlist, log, state)
+    standby.wait_for_log(
+        lambda r: r.get("msg") == "lease held by another" and r.get("holder") == "replica-a",
+        timeout=WAIT_S,
+        what="replica-b to wait for the lease held by replica-a",
+    )
+    wait_until(lambda: _caught_up(state, log), timeout=WAIT_S, what="replica-a to catch up", interval=0.1)
+    standby.process.check_alive()  # it did not touch the locked state directory
+    assert not _logged(standby, "tailing") and not standby.findings()
+    held = _lease(cp, namespace)
+    assert held is not None and held["holderIdentity"] == "replica-a" and held["leaseDurationSeconds"] == 3
+    leader.wait_for_finding(lambda f: True, timeout=WAIT_S, what="replica-a's first finding")
+
+    # The second half arrives; the leader dies at once, mid-read (nothing graceful runs).
+    with log.open("ab") as handle:
+        handle.write(b"".join(second))
+    os.killpg(leader.process.pid, signal.SIGKILL)
+    assert leader.stop() == -signal.SIGKILL
+
+    standby.wait_for_log(lambda r: r.get("msg") == "lease acquired", timeout=WAIT_S, what="replica-b to lead")
+    wait_until(lambda: _caught_up(state, log), timeout=WAIT_S, what="replica-b to catch up", interval=0.1)
+    taken = _lease(cp, namespace)
+    assert taken is not None and taken["holderIdentity"] == "replica-b" and taken["leaseTransitions"] == 1
+    assert standby.stop() == 0
+    released = _lease(cp, namespace)
+    assert released is not None and released.get("holderIdentity", "") == ""  # handed back on SIGTERM
+
+    delivered: list[Finding] = leader.findings() + standby.findings()
+    expected = run_replay(allowlist, [log])
+    assert {f["event"]["id"] for f in delivered} == {f["event"]["id"] for f in expected}
+    counts = Counter((f["event"]["id"], f["event"]["sequence"]) for f in delivered)
+    repeats = sum(n - 1 for n in counts.values())
+    print(f"findings: {len(expected)} by replay, {len(delivered)} delivered, {repeats} repeated (same id)")
+    assert all(n <= 2 for n in counts.values()), counts  # one handover: at most one repeat each
+    assert "Traceback" not in leader.stderr + standby.stderr
+
+
+def test_a_leader_whose_lease_is_taken_exits_before_reading_on(
+    control_plane: ControlPlane, sentinels: SentinelLauncher, namespace: str, tmp_path: Path
+) -> None:
+    """client-go's OnStoppedLeading: renewal that fails for the renew deadline ends the process
+    (exit 3); in a pod it restarts and waits as a standby."""
+    cp = control_plane
+    allowlist = write_allowlist(tmp_path / "allowlist.yaml", LISTED)
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"".join(_lines()[:10]))
+    leader = _replica(sentinels, cp, namespace, "replica-a", allowlist, log, tmp_path / "state")
+    leader.wait_for_log(lambda r: r.get("msg") == "tailing", timeout=WAIT_S, what="replica-a to read")
+    response = cp.request(
+        "admin",
+        "PATCH",
+        f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{LEASE}",
+        json={"spec": {"holderIdentity": "replica-elsewhere", "leaseDurationSeconds": 3600}},
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
+    response.raise_for_status()
+    wait_until(lambda: not leader.process.running(), timeout=WAIT_S, what="replica-a to exit", interval=0.1)
+    assert leader.process.returncode == 3
+    lost = _logged(leader, "lease lost; stopping")
+    assert lost and lost[0]["holder"] == "replica-elsewhere" and lost[0]["level"] == "error"
