@@ -1,4 +1,6 @@
-"""Two real `ua-sentinel tail --leader-elect` replicas on one Lease of the real kube-apiserver 1.20.
+"""Two real `ua-sentinel tail --leader-elect` replicas on one Lease of the real kube-apiserver 1.20,
+each as the chart's source ServiceAccount with exactly the chart's source Role (rendered by the
+real helm and applied), authenticated with a TokenRequest token as a pod's would be.
 
 They share the audit log and the --state directory (what the new leader resumes from). Only
 the holder of the Lease reads: the standby waits for the Lease *before* it locks the state
@@ -14,13 +16,16 @@ import os
 import signal
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.conftest import AUDIT_LOGS
 
+from .charts import CHART, helm
 from .harness import ControlPlane
 from .procs import wait_until
 from .sentinel import Finding, Sentinel, SentinelLauncher, run_replay, write_allowlist
@@ -45,11 +50,51 @@ def _lines() -> list[bytes]:
     return [line + b"\n" for path in AUDIT_LOGS for line in path.read_bytes().splitlines()]
 
 
+@dataclass(frozen=True)
+class Release:
+    namespace: str
+    kubeconfig: Path  # the chart's source ServiceAccount
+
+
 @pytest.fixture
-def namespace(control_plane: ControlPlane) -> str:
-    name = f"le-{uuid.uuid4().hex[:8]}"
-    control_plane.apply_yaml({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    return name
+def release(control_plane: ControlPlane, helm_binary: Path) -> Release:
+    """The chart's source ServiceAccount, Role and RoleBinding in a fresh namespace."""
+    namespace = f"le-{uuid.uuid4().hex[:8]}"
+    values = ["--set", "source.enabled=true", "--set", "source.sources={cloudwatch:/aws/eks/e2e/cluster}"]
+    rendered = helm(
+        helm_binary,
+        control_plane,
+        "template",
+        "uas",
+        str(CHART),
+        "-n",
+        namespace,
+        *values,
+        "--show-only",
+        "templates/source.yaml",
+    ).stdout
+    rbac = [
+        d
+        for d in yaml.safe_load_all(rendered)
+        if d and d["kind"] in ("ServiceAccount", "Role", "RoleBinding")
+    ]
+    assert len(rbac) == 3
+    control_plane.apply_yaml({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    control_plane.apply_yaml(rbac)
+    kubeconfig = control_plane.service_account_kubeconfig(namespace, LEASE)
+    token = yaml.safe_load(kubeconfig.read_text())["users"][0]["user"]["token"]
+    path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{LEASE}"
+    # The RBAC authorizer reads through an informer: wait until the Role applies (404, not 403).
+    wait_until(
+        lambda: (
+            control_plane.request(None, "GET", path, headers={"Authorization": f"Bearer {token}"}).status_code
+            == 404
+        ),
+        timeout=WAIT_S,
+        what="the chart's source RoleBinding to take effect",
+        interval=0.1,
+    )
+    return Release(namespace, kubeconfig)
 
 
 def _lease(cp: ControlPlane, namespace: str) -> dict[str, Any] | None:
@@ -65,8 +110,7 @@ def _lease(cp: ControlPlane, namespace: str) -> dict[str, Any] | None:
 
 def _replica(
     sentinels: SentinelLauncher,
-    cp: ControlPlane,
-    namespace: str,
+    release: Release,
     name: str,
     allowlist: Path,
     log: Path,
@@ -77,8 +121,8 @@ def _replica(
         log,
         state=state,
         from_start=True,
-        kubeconfig=cp.kubeconfig("admin"),
-        env={"POD_NAME": name, "POD_NAMESPACE": namespace},
+        kubeconfig=release.kubeconfig,
+        env={"POD_NAME": name, "POD_NAMESPACE": release.namespace},
         extra_args=[
             "--leader-elect",
             "--leader-elect-lease",
@@ -110,9 +154,9 @@ def _caught_up(state: Path, log: Path) -> bool:
 
 
 def test_only_the_lease_holder_reads_and_after_kill_9_the_standby_resumes_from_the_shared_state(
-    control_plane: ControlPlane, sentinels: SentinelLauncher, namespace: str, tmp_path: Path
+    control_plane: ControlPlane, sentinels: SentinelLauncher, release: Release, tmp_path: Path
 ) -> None:
-    cp = control_plane
+    cp, namespace = control_plane, release.namespace
     allowlist = write_allowlist(tmp_path / "allowlist.yaml", LISTED)
     log, state = tmp_path / "logs" / "audit.log", tmp_path / "state"
     log.parent.mkdir()
@@ -120,9 +164,9 @@ def test_only_the_lease_holder_reads_and_after_kill_9_the_standby_resumes_from_t
     first, second = lines[:SPLIT], lines[SPLIT:]
     log.write_bytes(b"".join(first))
 
-    leader = _replica(sentinels, cp, namespace, "replica-a", allowlist, log, state)
+    leader = _replica(sentinels, release, "replica-a", allowlist, log, state)
     leader.wait_for_log(lambda r: r.get("msg") == "tailing", timeout=WAIT_S, what="replica-a to read")
-    standby = _replica(sentinels, cp, namespace, "replica-b", allowlist, log, state)
+    standby = _replica(sentinels, release, "replica-b", allowlist, log, state)
     standby.wait_for_log(
         lambda r: r.get("msg") == "lease held by another" and r.get("holder") == "replica-a",
         timeout=WAIT_S,
@@ -160,16 +204,25 @@ def test_only_the_lease_holder_reads_and_after_kill_9_the_standby_resumes_from_t
 
 
 def test_a_leader_whose_lease_is_taken_exits_before_reading_on(
-    control_plane: ControlPlane, sentinels: SentinelLauncher, namespace: str, tmp_path: Path
+    control_plane: ControlPlane, sentinels: SentinelLauncher, release: Release, tmp_path: Path
 ) -> None:
     """client-go's OnStoppedLeading: renewal that fails for the renew deadline ends the process
     (exit 3); in a pod it restarts and waits as a standby."""
-    cp = control_plane
+    cp, namespace = control_plane, release.namespace
     allowlist = write_allowlist(tmp_path / "allowlist.yaml", LISTED)
     log = tmp_path / "audit.log"
     log.write_bytes(b"".join(_lines()[:10]))
-    leader = _replica(sentinels, cp, namespace, "replica-a", allowlist, log, tmp_path / "state")
+    leader = _replica(sentinels, release, "replica-a", allowlist, log, tmp_path / "state")
     leader.wait_for_log(lambda r: r.get("msg") == "tailing", timeout=WAIT_S, what="replica-a to read")
+    first = _lease(cp, namespace)
+    assert first is not None
+    wait_until(
+        lambda: (_lease(cp, namespace) or {}).get("renewTime") != first["renewTime"],
+        timeout=WAIT_S,
+        what="replica-a to renew its lease",
+        interval=0.1,
+    )
+    leader.process.check_alive()
     response = cp.request(
         "admin",
         "PATCH",
