@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from .charts import CHART, helm
 from .harness import ControlPlane
 from .procs import wait_until
 from .sentinel import Finding, Sentinel, SentinelLauncher, run_replay, write_allowlist
+from .webhooks import SENTINEL
 
 WAIT_S = 90.0
 LEASE = "uas-ua-sentinel-source"
@@ -235,3 +237,65 @@ def test_a_leader_whose_lease_is_taken_exits_before_reading_on(
     assert leader.process.returncode == 3
     lost = _logged(leader, "lease lost; stopping")
     assert lost and lost[0]["holder"] == "replica-elsewhere" and lost[0]["level"] == "error"
+
+
+def test_a_replica_the_lease_api_refuses_says_so_and_keeps_waiting(
+    control_plane: ControlPlane, sentinels: SentinelLauncher, tmp_path: Path
+) -> None:
+    """Missing RBAC must not look like a quiet standby: one warning naming the status."""
+    namespace = f"le-{uuid.uuid4().hex[:8]}"
+    control_plane.apply_yaml({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"".join(_lines()[:10]))
+    replica = sentinels.tail(
+        write_allowlist(tmp_path / "allowlist.yaml", LISTED),
+        log,
+        kubeconfig=control_plane.kubeconfig("mallory"),  # no rights at all
+        env={"POD_NAME": "replica-a", "POD_NAMESPACE": namespace},
+        extra_args=["--leader-elect", "--leader-elect-lease", LEASE, *FAST],
+    )
+    warning = replica.wait_for_log(
+        lambda r: r.get("msg") == "lease unavailable; retrying", timeout=WAIT_S, what="the refusal"
+    )
+    assert warning["level"] == "warning" and warning["status"] == 403
+    assert warning["lease"] == f"{namespace}/{LEASE}"
+    replica.process.check_alive()
+    assert not _logged(replica, "tailing")
+    assert len(_logged(replica, "lease unavailable; retrying")) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--leader-elect-lease", "ns/lease"], "--leader-elect-lease needs --leader-elect"),
+        (["--leader-elect", "--leader-elect-lease", "a/b/c"], "--leader-elect-lease: 'a/b/c': expected"),
+        (
+            ["--leader-elect", "--leader-elect-lease-duration", "10", "--leader-elect-renew-deadline", "10"],
+            "the lease duration (10 s) must exceed the renew deadline (10.0 s)",
+        ),
+        (
+            ["--leader-elect", "--leader-elect-renew-deadline", "2", "--leader-elect-retry-period", "2"],
+            "must exceed 1.2 x the retry period (2.0 s)",
+        ),
+        (["--leader-elect"], "--leader-elect: no Kubernetes API access"),
+    ],
+)
+def test_leader_election_mistakes_are_one_line_and_exit_1(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"")
+    env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}
+    env |= {"KUBECONFIG": str(tmp_path / "absent-kubeconfig"), "POD_NAMESPACE": "ns"}
+    done = subprocess.run(
+        [str(SENTINEL), "tail", "--state", str(tmp_path / "state"), *args, str(log)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert not (tmp_path / "state").exists()  # nothing locked or written before the Lease

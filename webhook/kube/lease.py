@@ -152,7 +152,8 @@ class LeaderElector:
         self._observed_at = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.transitions_seen = 0
+        self.last_error: tuple[int | None, str] | None = None
+        """(HTTP status or None, reason) of the last round that failed on the API, else None."""
 
     # -- what this process has observed ----------------------------------------------------
     @property
@@ -210,13 +211,16 @@ class LeaderElector:
         loops decide what a failed round means.
         """
         try:
-            return self._round()
+            won = self._round()
         except Exception as exc:
+            self.last_error = (getattr(exc, "status", None), str(getattr(exc, "reason", None) or exc)[:300])
             logger.debug(
                 "lease round failed",
-                **fields(lease=self.config.lease, status=getattr(exc, "status", None), error=str(exc)[:300]),
+                **fields(lease=self.config.lease, status=self.last_error[0], error=self.last_error[1]),
             )
             return False
+        self.last_error = None
+        return won
 
     def _round(self) -> bool:
         now = self._clock()
@@ -267,7 +271,8 @@ class LeaderElector:
         """Block until this process holds the lease (True) or ``stop`` is set (False)."""
         stop = stop or self._stop
         logger.info("waiting for the lease", **fields(lease=self.config.lease, identity=self.config.identity))
-        reported = None
+        reported: str | None = None
+        reported_error: tuple[int | None, str] | None = None
         while not stop.is_set():
             if self.try_acquire_or_renew():
                 logger.info(
@@ -279,7 +284,14 @@ class LeaderElector:
                     ),
                 )
                 return True
-            if self.leader != reported:
+            if self.last_error is not None and self.last_error != reported_error:
+                # Forbidden, unreachable, ...: said once per distinct error, then retried quietly.
+                reported_error = self.last_error
+                logger.warning(
+                    "lease unavailable; retrying",
+                    **fields(lease=self.config.lease, status=self.last_error[0], error=self.last_error[1]),
+                )
+            elif self.leader and self.leader != reported:
                 reported = self.leader
                 logger.info("lease held by another", **fields(lease=self.config.lease, holder=reported))
             wait = self.config.retry_period * (1 + random.random() * JITTER_FACTOR)
