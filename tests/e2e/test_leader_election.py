@@ -18,6 +18,7 @@ import subprocess
 import uuid
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ import yaml
 from tests.conftest import AUDIT_LOGS
 
 from .charts import CHART, helm
-from .harness import ControlPlane
+from .harness import ControlPlane, ControlPlaneFactory
 from .procs import wait_until
 from .sentinel import Finding, Sentinel, SentinelLauncher, run_replay, write_allowlist
 from .webhooks import SENTINEL
@@ -38,6 +39,16 @@ LEASE = "uas-ua-sentinel-source"
 FAST = [
     "--leader-elect-lease-duration",
     "3",
+    "--leader-elect-renew-deadline",
+    "2",
+    "--leader-elect-retry-period",
+    "0.5",
+]
+# A frozen apiserver: each call may hang until its timeout. lease 4 > 0.5 + 2 (the holder's latest
+# exit); three calls of 2 s each (timeouts of the whole deadline) would take it past 4.
+HANG = [
+    "--leader-elect-lease-duration",
+    "4",
     "--leader-elect-renew-deadline",
     "2",
     "--leader-elect-retry-period",
@@ -300,3 +311,46 @@ def test_leader_election_mistakes_are_one_line_and_exit_1(
     assert message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
     assert not (tmp_path / "state").exists()  # nothing locked or written before the Lease
+
+
+def test_a_leader_whose_apiserver_hangs_stops_before_its_lease_could_expire(
+    control_plane_factory: ControlPlaneFactory, sentinels: SentinelLauncher, tmp_path: Path
+) -> None:
+    """The apiserver is frozen (SIGSTOP) under a renewing leader. No API call may outlive the
+    renew deadline, so the leader exits before a standby could take the lease: its `lease lost`
+    comes before the last renewTime it wrote plus the lease duration (both on this host's clock)."""
+    cp = control_plane_factory()
+    namespace = f"le-{uuid.uuid4().hex[:8]}"
+    cp.apply_yaml({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"".join(_lines()[:10]))
+    leader = sentinels.tail(
+        write_allowlist(tmp_path / "allowlist.yaml", LISTED),
+        log,
+        kubeconfig=cp.kubeconfig("admin"),
+        env={"POD_NAME": "replica-a", "POD_NAMESPACE": namespace},
+        extra_args=["--leader-elect", "--leader-elect-lease", LEASE, *HANG],
+    )
+    leader.wait_for_log(lambda r: r.get("msg") == "tailing", timeout=WAIT_S, what="replica-a to read")
+    first = _lease(cp, namespace)
+    assert first is not None
+    wait_until(
+        lambda: (_lease(cp, namespace) or {}).get("renewTime") != first["renewTime"],
+        timeout=WAIT_S,
+        what="replica-a to renew its lease",
+        interval=0.1,
+    )
+    os.kill(cp.apiserver.pid, signal.SIGSTOP)
+    try:
+        wait_until(
+            lambda: not leader.process.running(), timeout=WAIT_S, what="replica-a to exit", interval=0.1
+        )
+    finally:
+        os.kill(cp.apiserver.pid, signal.SIGCONT)
+    assert leader.process.returncode == 3
+    (lost,) = _logged(leader, "lease lost; stopping")
+    last = _lease(cp, namespace)
+    assert last is not None and last["holderIdentity"] == "replica-a"
+    renewed = datetime.fromisoformat(last["renewTime"].replace("Z", "+00:00"))
+    exited = datetime.fromisoformat(lost["ts"])
+    assert exited < renewed + timedelta(seconds=last["leaseDurationSeconds"]), (renewed, exited)

@@ -98,10 +98,12 @@ class LeaderElectionConfig:
 
 
 def coordination_api() -> Any:
-    """A CoordinationV1Api configured as :func:`~webhook.kube.client.api_client` is."""
+    """A CoordinationV1Api configured as :func:`~webhook.kube.client.api_client` is, minus urllib3's
+    retries: a renewal's timeout must bound the whole call (four tries of a hung PUT would run
+    past the lease), and the loops here are the retries."""
     from kubernetes import client
 
-    return client.CoordinationV1Api(configured_api_client())
+    return client.CoordinationV1Api(configured_api_client(retries=False))
 
 
 def _micro_time(moment: float) -> str:
@@ -154,6 +156,7 @@ class LeaderElector:
         self._thread: threading.Thread | None = None
         self.last_error: tuple[int | None, str] | None = None
         """(HTTP status or None, reason) of the last round that failed on the API, else None."""
+        self._deadline: float | None = None
 
     # -- what this process has observed ----------------------------------------------------
     @property
@@ -169,6 +172,16 @@ class LeaderElector:
     def _valid(self, now: float) -> bool:
         duration = int(self._observed_spec.get("leaseDurationSeconds") or 0)
         return self._observed_at + duration > now
+
+    def _timeout(self) -> float:
+        """Seconds an API call may take: what is left of a renewal's deadline, else the deadline.
+
+        A renewal round is three calls at most; none may outlive the deadline, or a holder stuck
+        on a hung apiserver would notice its loss only after a standby had taken over.
+        """
+        if self._deadline is None:
+            return self.config.renew_deadline
+        return max(0.05, self._deadline - self._clock())
 
     def _observe(self, version: str, spec: dict[str, Any]) -> None:
         self._observed_version = version
@@ -194,7 +207,7 @@ class LeaderElector:
 
     def _write(self, spec: dict[str, Any], version: str | None) -> None:
         """Create (``version`` None) or update with optimistic concurrency; observe what was written."""
-        timeout = self.config.renew_deadline
+        timeout = self._timeout()
         ns, name = self.config.namespace, self.config.name
         if version is None:
             written = self.api.create_namespaced_lease(ns, self._body(spec, None), _request_timeout=timeout)
@@ -243,7 +256,7 @@ class LeaderElector:
 
         try:
             lease = self.api.read_namespaced_lease(
-                self.config.name, self.config.namespace, _request_timeout=self.config.renew_deadline
+                self.config.name, self.config.namespace, _request_timeout=self._timeout()
             )
         except ApiException as exc:
             if exc.status != 404:
@@ -300,14 +313,17 @@ class LeaderElector:
 
     def _renew_round(self) -> bool:
         """client-go's renew: retry every ``retry_period`` until ``renew_deadline``; False = lost."""
-        deadline = self._clock() + self.config.renew_deadline
-        while not self._stop.is_set():
-            if self.try_acquire_or_renew() and self._clock() < deadline:
-                return True
-            if self._clock() + self.config.retry_period >= deadline:
-                return False
-            self._stop.wait(self.config.retry_period)
-        return True
+        deadline = self._deadline = self._clock() + self.config.renew_deadline
+        try:
+            while not self._stop.is_set():
+                if self.try_acquire_or_renew() and self._clock() < deadline:
+                    return True
+                if self._clock() + self.config.retry_period >= deadline:
+                    return False
+                self._stop.wait(self.config.retry_period)
+            return True
+        finally:
+            self._deadline = None
 
     def _renew_loop(self, on_lost: Callable[[], None]) -> None:
         while not self._stop.wait(self.config.retry_period):
