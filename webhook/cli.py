@@ -17,7 +17,7 @@ import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from webhook import __version__
 from webhook.core import useragent
@@ -28,6 +28,9 @@ from webhook.inputs.formats import FORMATS
 from webhook.logs import LOG_LEVELS
 from webhook.tools.certs import MAX_DAYS
 
+if TYPE_CHECKING:
+    from webhook.kube.lease import LeaderElectionConfig
+
 __all__ = ["CliError", "build_parser", "load_allowlist", "main"]
 
 Runner = Callable[[argparse.Namespace], int]
@@ -37,6 +40,8 @@ class CliError(SetupError):
     """A problem the user can fix; printed as one line, exit status 1."""
 
 
+DEFAULT_LEASE = "ua-sentinel-tail"
+"""The Lease ``tail --leader-elect`` uses without ``--leader-elect-lease`` (in its own namespace)."""
 EXIT_BROKEN_PIPE = 141
 """128 + SIGPIPE: what a shell reports for a process a closed pipe stopped."""
 _DAY = 86400.0
@@ -118,6 +123,65 @@ def _output_arg(parser: argparse.ArgumentParser) -> None:
         choices=("json", "table", "wide"),
         help="findings on stdout as JSON lines or a table (wide: also verdict, source, id); "
         "default: a table on a terminal, JSON lines otherwise",
+    )
+
+
+def _leader_election_args(parser: argparse.ArgumentParser) -> None:
+    """``--leader-elect`` and its Lease: among replicas, only the Lease's holder reads."""
+    group = parser.add_argument_group("leader election (one reader among replicas)")
+    group.add_argument(
+        "--leader-elect",
+        action="store_true",
+        help="read only while holding a coordination.k8s.io Lease; wait for it first; exit 3 if it is lost",
+    )
+    group.add_argument(
+        "--leader-elect-lease",
+        metavar="NS/NAME",
+        help="the Lease (NAME alone: in $POD_NAMESPACE; default: own namespace/ua-sentinel-tail)",
+    )
+    group.add_argument(
+        "--leader-elect-lease-duration",
+        type=_int(1, 3600),
+        default=15,
+        metavar="SECONDS",
+        help="how long a standby waits after the last renewal it saw (default: %(default)s)",
+    )
+    group.add_argument(
+        "--leader-elect-renew-deadline",
+        type=_seconds(0, 3600),
+        default=10.0,
+        metavar="SECONDS",
+        help="the holder gives up when renewal has failed this long (default: %(default)s)",
+    )
+    group.add_argument(
+        "--leader-elect-retry-period",
+        type=_seconds(0, 600),
+        default=2.0,
+        metavar="SECONDS",
+        help="between attempts to acquire or renew (default: %(default)s)",
+    )
+
+
+def _leader_election(args: argparse.Namespace) -> LeaderElectionConfig | None:
+    """The Lease and durations from ``_leader_election_args``; None without ``--leader-elect``."""
+    from webhook.kube.client import own_namespace, parse_configmap_ref
+    from webhook.kube.lease import LeaderElectionConfig, default_identity
+
+    if not args.leader_elect:
+        if args.leader_elect_lease is not None:
+            raise CliError("--leader-elect-lease needs --leader-elect")
+        return None
+    try:
+        namespace, name = parse_configmap_ref(args.leader_elect_lease or DEFAULT_LEASE, own_namespace())
+    except ValueError as exc:
+        raise CliError(f"--leader-elect-lease: {exc}") from None
+    return LeaderElectionConfig(
+        namespace=namespace,
+        name=name,
+        identity=default_identity(),
+        lease_duration=int(args.leader_elect_lease_duration),
+        renew_deadline=args.leader_elect_renew_deadline,
+        retry_period=args.leader_elect_retry_period,
     )
 
 
@@ -654,6 +718,7 @@ def _add_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     _output_arg(parser)
+    _leader_election_args(parser)
     parser.add_argument(
         "path", metavar="PATH", help="the live audit log (/var/log/kubernetes/audit/audit.log)"
     )
@@ -683,6 +748,7 @@ def _run_tail(args: argparse.Namespace) -> int:
         checkpoint_interval=args.checkpoint_interval,
         max_backlog=args.max_backlog,
         output=args.output,
+        leader_election=_leader_election(args),
     )
     return run_tail(options)
 

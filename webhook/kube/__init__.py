@@ -3,6 +3,7 @@
 - ``client``: the API client (in-cluster, else kubeconfig), our namespace, ConfigMap references.
 - ``configmap``: the allowlist ConfigMap watch (list, watch, relist, backoff).
 - ``events``: the one Event writer (allowlist Events and finding Events alike).
+- ``lease``: leader election on a Lease (client-go's protocol), for sources with one reader.
 """
 
-__all__ = ["client", "configmap", "events"]
+__all__ = ["client", "configmap", "events", "lease"]

@@ -12,21 +12,34 @@ from __future__ import annotations
 import os
 from typing import Any, Final
 
-__all__ = ["api_client", "own_namespace", "parse_configmap_ref", "pod_namespace"]
+__all__ = ["api_client", "configured_api_client", "own_namespace", "parse_configmap_ref", "pod_namespace"]
 
 _SA_NAMESPACE: Final = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
-def api_client() -> Any:
-    """A CoreV1Api: in-cluster config inside a pod, else the kubeconfig ($KUBECONFIG or ~/.kube/config)."""
+def configured_api_client(*, retries: bool | None = None) -> Any:
+    """An ApiClient: in-cluster config inside a pod, else the kubeconfig ($KUBECONFIG or ~/.kube/config).
+
+    ``retries=False`` turns off urllib3's own retries (3 by default, also of a timed-out PUT), for
+    callers whose ``_request_timeout`` must bound the whole call.
+    """
     from kubernetes import client, config
 
     configuration = client.Configuration()
+    if retries is not None:
+        configuration.retries = retries
     if os.environ.get("KUBERNETES_SERVICE_HOST"):
         config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     else:
         config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    return client.CoreV1Api(client.ApiClient(configuration))
+    return client.ApiClient(configuration)
+
+
+def api_client() -> Any:
+    """A CoreV1Api over :func:`configured_api_client`."""
+    from kubernetes import client
+
+    return client.CoreV1Api(configured_api_client())
 
 
 def pod_namespace() -> str | None:

@@ -8,6 +8,7 @@ source and the sinks are opened by :mod:`webhook.startup`, as ``serve`` opens th
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from webhook.detect.baseline import Baseline
 from webhook.detect.detector import DEFAULT_CONFIG, Detector, DetectorConfig
 from webhook.inputs.formats import Format
+from webhook.kube.lease import LeaderElectionConfig, LeaderElector, coordination_api
 from webhook.logs import fields
 from webhook.sinks.outbox import DEFAULT_MAX_BACKLOG
 from webhook.sinks.table import OutputFormat
@@ -23,11 +25,13 @@ from webhook.tail.checkpoint import CheckpointStore, StateLocked
 from webhook.tail.metrics import TailMetrics
 from webhook.tail.tailer import DEFAULT_GRACE, TailConfig, Tailer, make_stop_event
 
-__all__ = ["BASELINE_FILE", "TailOptions", "run_tail"]
+__all__ = ["BASELINE_FILE", "EXIT_LEASE_LOST", "TailOptions", "run_tail"]
 
 logger = logging.getLogger(__name__)
 
 BASELINE_FILE = "baseline.sqlite"
+EXIT_LEASE_LOST = 3
+"""Exit status of a tail that lost its Lease (the pod restarts and waits as a standby)."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -53,6 +57,8 @@ class TailOptions:
     """Seconds to wait at start for the allowlist ConfigMap's first outcome before reading."""
     output: OutputFormat | None = None
     """How the ``stdout`` sink writes: ``None`` = a table on a terminal, JSON lines otherwise."""
+    leader_election: LeaderElectionConfig | None = None
+    """With ``--leader-elect``: read only while holding this Lease (one reader among replicas)."""
 
 
 def _allowlist_source(options: TailOptions) -> AllowlistSource:
@@ -66,8 +72,51 @@ def _allowlist_source(options: TailOptions) -> AllowlistSource:
     return source
 
 
+def _lease_lost() -> None:
+    """client-go's OnStoppedLeading: end now, before a standby can take the lease and read.
+
+    A graceful stop would keep reading and delivering while it drains; ``os._exit`` stops at
+    once. What was delivered since the last checkpoint is delivered again by the next leader
+    (at least once, same ``event.id``).
+    """
+    logging.shutdown()
+    os._exit(EXIT_LEASE_LOST)
+
+
+def _elect(config: LeaderElectionConfig) -> LeaderElector | None:
+    """Wait for the Lease (a SIGTERM while waiting ends the wait: None), then keep renewing it."""
+    try:
+        api = coordination_api()
+    except Exception as exc:
+        raise SettingsError(f"--leader-elect: no Kubernetes API access: {exc}") from None
+    elector = LeaderElector(config, api=api)
+    stop, restore = make_stop_event([signal.SIGTERM, signal.SIGINT])
+    try:
+        if not elector.acquire(stop):
+            return None
+    finally:
+        restore()
+    elector.start_renewing(_lease_lost)
+    return elector
+
+
 def run_tail(options: TailOptions) -> int:
-    """Run until SIGTERM/SIGINT; returns the exit status (0)."""
+    """Run until SIGTERM/SIGINT; returns the exit status (0).
+
+    With leader election, the Lease is held before the state directory is locked and anything is
+    read, and released only after the tailer has checkpointed and unlocked it.
+    """
+    elector = _elect(options.leader_election) if options.leader_election is not None else None
+    if options.leader_election is not None and elector is None:
+        return 0
+    try:
+        return _run_tail(options)
+    finally:
+        if elector is not None:
+            elector.release()
+
+
+def _run_tail(options: TailOptions) -> int:
     state = Path(options.state)
     try:
         store = CheckpointStore(state)

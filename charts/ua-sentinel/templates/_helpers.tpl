@@ -203,3 +203,14 @@ tls.key: {{ $cert.Key | b64enc }}
 {{- fail "serviceMonitor.enabled=true but the cluster does not serve monitoring.coreos.com/v1 (Prometheus Operator); install it or pass --api-versions monitoring.coreos.com/v1 to helm template" }}
 {{- end }}
 {{- end }}
+
+{{/* Managed clusters (source) ---------------------------------------------------------------- */}}
+
+{{- define "ua-sentinel.sourceName" -}}{{ include "ua-sentinel.fullname" . }}-source{{- end }}
+
+{{/* "true" when the ValidatingWebhookConfiguration is installed: webhook.enabled, and on a managed
+cluster (source.enabled) only when asked (source.admissionWebhook), since no audit event reaches
+serve there and every verdict would be "unknown". */}}
+{{- define "ua-sentinel.admissionWebhook" -}}
+{{- if and .Values.webhook.enabled (or (not .Values.source.enabled) .Values.source.admissionWebhook) }}true{{ end }}
+{{- end }}

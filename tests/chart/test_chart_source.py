@@ -1,0 +1,259 @@
+"""The chart's `source:` section (managed clusters): the Deployment running `tail --source` with
+leader election, its ServiceAccount and least-privilege Role, the admission webhook left out
+unless asked, and NOTES giving the cloud-side setup per source kind. Rendered by the real helm."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from webhook.cli import build_parser
+
+from .conftest import FULLNAME, NAMESPACE, Render
+
+Notes = Callable[..., str]
+SOURCE = f"{FULLNAME}-source"
+GROUP = "/aws/eks/prod-eu/cluster"
+ROLE_ARN = "arn:aws:iam::123456789012:role/ua-sentinel-source"
+EKS: dict[str, Any] = {
+    "source": {
+        "enabled": True,
+        "sources": [f"cloudwatch:{GROUP}"],
+        "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": ROLE_ARN}},
+    }
+}
+
+
+def _with(**source: Any) -> dict[str, Any]:
+    return {"source": {**EKS["source"], **source}}
+
+
+def _container(render: Render, values: dict[str, Any]) -> dict[str, Any]:
+    deployment = render(values).one("Deployment", SOURCE)
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container  # type: ignore[no-any-return]
+
+
+def _pairs(args: list[str], flag: str) -> list[str]:
+    return [args[i + 1] for i, a in enumerate(args) if a == flag]
+
+
+def test_off_by_default_and_the_admission_webhook_stays(render: Render) -> None:
+    rendered = render()
+    names = {o["metadata"]["name"] for o in rendered.objects}
+    assert SOURCE not in names
+    assert rendered.all("ValidatingWebhookConfiguration")
+
+
+def test_the_deployment_runs_tail_on_each_source_with_leader_election_on_its_lease(render: Render) -> None:
+    values = _with(sources=[f"cloudwatch:{GROUP}", "cloudwatch:/aws/eks/other/cluster"])
+    values["clusterName"] = "prod-eu"
+    deployment = render(values).one("Deployment", SOURCE)
+    assert deployment["spec"]["replicas"] == 2
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == SOURCE
+    (container,) = pod["containers"]
+    args = container["args"]
+    assert args[0] == "tail"
+    assert _pairs(args, "--source") == [f"cloudwatch:{GROUP}", "cloudwatch:/aws/eks/other/cluster"]
+    assert "--leader-elect" in args
+    assert _pairs(args, "--leader-elect-lease") == [f"{NAMESPACE}/{SOURCE}"]
+    assert _pairs(args, "--leader-elect-lease-duration") == ["15"]
+    assert _pairs(args, "--leader-elect-renew-deadline") == ["10"]
+    assert _pairs(args, "--leader-elect-retry-period") == ["2"]
+    assert _pairs(args, "--state") == ["/var/lib/ua-sentinel"]
+    assert _pairs(args, "--allowlist-configmap") == [f"{NAMESPACE}/{FULLNAME}-allowlist"]
+    assert _pairs(args, "--sink") == ["stdout"]  # the top-level sinks by default
+    assert _pairs(args, "--cluster-name") == ["prod-eu"]
+    env = {e["name"] for e in container["env"]}
+    assert {"POD_NAME", "POD_NAMESPACE"} <= env  # the Lease holder's identity is the pod's name
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert mounts["/var/lib/ua-sentinel"] == "state"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["state"]["emptyDir"] == {"sizeLimit": "64Mi"}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+def test_its_leader_election_flags_are_the_cli_s(render: Render) -> None:
+    """The chart's tail arguments, minus the sources (another part of the CLI), parse with the
+    real parser and give the durations the values set."""
+    values = _with(
+        leaderElection={"leaseDurationSeconds": 30, "renewDeadlineSeconds": 20, "retryPeriodSeconds": 4}
+    )
+    args = _container(render, values)["args"]
+    kept: list[str] = []
+    skip = False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "--source":
+            skip = True
+        else:
+            kept.append(a)
+    parsed = build_parser().parse_args([*kept, "/var/log/audit.log"])
+    assert parsed.leader_elect is True
+    assert parsed.leader_elect_lease == f"{NAMESPACE}/{SOURCE}"
+    assert (parsed.leader_elect_lease_duration, parsed.leader_elect_renew_deadline) == (30, 20)
+    assert parsed.leader_elect_retry_period == 4
+
+
+def test_sinks_of_its_own_replace_the_top_level_ones(render: Render) -> None:
+    values = _with(sinks=["k8s-events", "http:http://collector:8080/findings"])
+    args = _container(render, values)["args"]
+    assert _pairs(args, "--sink") == ["k8s-events", "http:http://collector:8080/findings"]
+
+
+def test_its_role_allows_its_lease_the_allowlist_and_events_only(render: Render) -> None:
+    rendered = render(EKS)
+    role = rendered.one("Role", SOURCE)
+    rules = [
+        (tuple(r["apiGroups"]), tuple(r["resources"]), tuple(r.get("resourceNames", ())), set(r["verbs"]))
+        for r in role["rules"]
+    ]
+    assert (("coordination.k8s.io",), ("leases",), (SOURCE,), {"get", "update"}) in rules
+    # create cannot be limited by name (RBAC sees no name on a create)
+    assert (("coordination.k8s.io",), ("leases",), (), {"create"}) in rules
+    assert (("",), ("configmaps",), (f"{FULLNAME}-allowlist",), {"get", "list", "watch"}) in rules
+    for _groups, resources, _names, verbs in rules:
+        assert "secrets" not in resources and "*" not in resources and "*" not in verbs
+        assert "delete" not in verbs
+    binding = rendered.one("RoleBinding", SOURCE)
+    assert binding["roleRef"]["name"] == SOURCE
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": SOURCE, "namespace": NAMESPACE}]
+    assert not [o for o in rendered.all("ClusterRole") if o["metadata"]["name"].startswith(SOURCE)]
+
+
+def test_cloud_identity_annotations_go_on_its_service_account(render: Render) -> None:
+    account = render(EKS).one("ServiceAccount", SOURCE)
+    assert account["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": ROLE_ARN}
+    gke = {"iam.gke.io/gcp-service-account": "ua-sentinel@proj.iam.gserviceaccount.com"}
+    assert (
+        render(_with(serviceAccount={"annotations": gke})).one("ServiceAccount", SOURCE)["metadata"][
+            "annotations"
+        ]
+        == gke
+    )
+
+
+def test_azure_workload_identity_labels_the_pods(render: Render) -> None:
+    azure = {"azure.workload.identity/client-id": "00000000-0000-0000-0000-000000000000"}
+    labels = render(_with(serviceAccount={"annotations": azure})).one("Deployment", SOURCE)["spec"][
+        "template"
+    ]["metadata"]["labels"]
+    assert labels["azure.workload.identity/use"] == "true"
+    eks_labels = render(EKS).one("Deployment", SOURCE)["spec"]["template"]["metadata"]["labels"]
+    assert "azure.workload.identity/use" not in eks_labels
+
+
+def test_two_replicas_get_a_disruption_budget_one_does_not(render: Render) -> None:
+    pdb = render(EKS, kube_version="1.29.0", api_versions=("policy/v1",)).one("PodDisruptionBudget", SOURCE)
+    assert pdb["apiVersion"] == "policy/v1" and pdb["spec"]["maxUnavailable"] == 1
+    assert (
+        render(EKS, kube_version="1.20.0").one("PodDisruptionBudget", SOURCE)["apiVersion"]
+        == "policy/v1beta1"
+    )
+    assert not [
+        o for o in render(_with(replicas=1)).all("PodDisruptionBudget") if o["metadata"]["name"] == SOURCE
+    ]
+
+
+def test_managed_mode_leaves_the_admission_webhook_out_unless_asked(render: Render) -> None:
+    assert not render(EKS).all("ValidatingWebhookConfiguration")
+    assert render(_with(admissionWebhook=True)).all("ValidatingWebhookConfiguration")
+    assert not render({**_with(admissionWebhook=True), "webhook": {"enabled": False}}).all(
+        "ValidatingWebhookConfiguration"
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (_with(sources=["pubsub:projects/p/subscriptions/s"]), "/source/sources/0"),
+        (_with(sources=["eventhub:ns/hub"]), "/source/sources/0"),
+        (_with(sources=["/var/log/audit.log"]), "/source/sources/0"),
+        (_with(sources=[]), "/source/sources"),
+        (_with(replicas=0), "/source/replicas"),
+        (
+            _with(leaderElection={"leaseDurationSeconds": "15s"}),
+            "/source/leaderElection/leaseDurationSeconds",
+        ),
+        (_with(serviceAccount={"name": "x"}), "'name' not allowed"),
+        (_with(sinks=["file:/tmp/x"]), "/source/sinks/0"),
+        (_with(managed=True), "'managed' not allowed"),
+    ],
+)
+def test_schema_refuses_what_the_source_cannot_run(
+    render_error: Callable[..., str], values: dict[str, Any], message: str
+) -> None:
+    error = render_error(values)
+    assert "values don't meet the specifications of the schema" in error
+    assert message in error, error
+
+
+def test_durations_client_go_refuses_fail_the_render_with_a_fix(render_error: Callable[..., str]) -> None:
+    error = render_error(
+        _with(
+            leaderElection={"leaseDurationSeconds": 10, "renewDeadlineSeconds": 10, "retryPeriodSeconds": 2}
+        )
+    )
+    assert "leaseDurationSeconds (10) must exceed renewDeadlineSeconds (10)" in error
+    error = render_error(
+        _with(leaderElection={"leaseDurationSeconds": 15, "renewDeadlineSeconds": 2, "retryPeriodSeconds": 2})
+    )
+    assert "renewDeadlineSeconds (2) must exceed 1.2 x retryPeriodSeconds (2)" in error
+
+
+# --- NOTES -----------------------------------------------------------------------------------
+
+
+def test_notes_equal_what_helm_install_prints_in_managed_mode(notes: Notes, installed_notes: Notes) -> None:
+    assert notes(EKS).strip() == installed_notes(EKS).strip()
+
+
+def test_notes_for_an_eks_source_give_the_cloud_side_setup_not_apiserver_flags(notes: Notes) -> None:
+    text = notes(EKS)
+    assert (
+        "aws eks update-cluster-config --name prod-eu "
+        """--logging '{"clusterLogging":[{"types":["audit"],"enabled":true}]}'"""
+    ) in text
+    assert f'"Resource": "arn:aws:logs:REGION:ACCOUNT:log-group:{GROUP}:*"' in text
+    assert '"logs:DescribeLogStreams", "logs:GetLogEvents"' in text
+    assert (
+        f"eksctl create iamserviceaccount --cluster prod-eu --namespace {NAMESPACE} --name {SOURCE}" in text
+    )
+    assert "admission webhook (ValidatingWebhookConfiguration) is NOT installed" in text
+    assert f"get lease {SOURCE}" in text
+    # Nobody can set kube-apiserver flags on a managed cluster: that section is not printed.
+    assert "--audit-webhook-mode" not in text and "audit-webhook.kubeconfig" not in text
+    assert "no eks.amazonaws.com/role-arn" not in text
+
+
+def test_notes_warn_when_the_eks_source_has_no_aws_identity(notes: Notes) -> None:
+    text = notes(_with(serviceAccount={"annotations": {}}))
+    assert "WARNING: source.serviceAccount.annotations has no eks.amazonaws.com/role-arn" in text
+
+
+def test_notes_name_the_cluster_placeholder_for_a_group_not_named_by_eks(notes: Notes) -> None:
+    text = notes(_with(sources=["cloudwatch:my-audit-copy"]))
+    assert "aws eks update-cluster-config --name CLUSTER --logging" in text
+
+
+def test_notes_say_when_the_admission_webhook_is_installed_anyway(notes: Notes) -> None:
+    text = notes(_with(admissionWebhook=True))
+    assert "WARNING: source.admissionWebhook=true" in text
+    assert "is NOT installed" not in text
+
+
+def test_notes_say_an_empty_dir_checkpoint_does_not_follow_a_failover(notes: Notes) -> None:
+    assert "source.state is an emptyDir" in notes(EKS)
+    pvc = {"persistentVolumeClaim": {"claimName": "ua-sentinel-state"}}
+    assert "source.state is an emptyDir" not in notes(_with(state=pvc))
+
+
+def test_notes_without_a_source_are_unchanged(notes: Notes) -> None:
+    text = notes()
+    assert "--audit-webhook-mode=batch" in text
+    assert "Managed cluster" not in text
