@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -258,8 +259,12 @@ def ensure_chromium(progress: TextIO | None = None) -> Path:
             if progress is not None:
                 progress.write(f"[report-chromium] {' '.join(cmd)}\n")
                 progress.flush()
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
-            if done.returncode != 0:
+            for attempt in range(3):  # apt mirrors fail now and then, as build.sh's retry knows
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
+                if done.returncode == 0:
+                    break
+                time.sleep(10 * (attempt + 1))
+            else:
                 raise ToolError(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
         found = shutil.which("chromium")
         if found is None or not _chromium_runs(found):
