@@ -5,6 +5,8 @@
 - ``scan``: the block scanner that finds the few lines that can matter, at C speed.
 - ``formats``: the EKS, GKE and AKS shapes around an audit event.
 - ``eventlist``: the ``/audit`` webhook body (an EventList), bad items skipped.
+- ``source``: ``--source`` texts and what a streamed cloud source offers (streams, pages).
+- ``cloudwatch``: EKS audit events in CloudWatch Logs (the only boto3 user).
 """
 
-__all__ = ["eventlist", "files", "formats", "lines", "scan"]
+__all__ = ["cloudwatch", "eventlist", "files", "formats", "lines", "scan", "source"]
