@@ -70,6 +70,8 @@ def moto(tmp_path: Path) -> Iterator[str]:
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=log,
         stderr=subprocess.STDOUT,
+        # moto runs on the venv's botocore, whatever boto3 the tailer is tested with (PYTHONPATH)
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
     )
     log.close()
     url = f"http://127.0.0.1:{port}"
@@ -348,6 +350,35 @@ def test_kill9_mid_stream_while_events_arrive_gives_replays_findings(
     assert "Traceback" not in tail.stderr()
 
 
+def test_without_a_checkpoint_old_events_are_skipped_and_a_new_stream_is_read_whole(
+    tmp_path: Path, moto: str, allowlist_file: Path
+) -> None:
+    env = _aws_env(tmp_path, moto)
+    group = Group(moto, env)
+    lines = _fixture_lines()
+    third = len(lines) // 3
+    group.put(lines[:third])  # before the first start: history, not read
+    group.presented.clear()
+    tail = CloudTail(tmp_path, env, ["--allowlist", str(allowlist_file)])
+    tail.start()
+
+    def positioned() -> bool:
+        streams = (tail.checkpoint().get("streams") or {}).get(f"cloudwatch:{GROUP}", {}).get("streams", {})
+        return sorted(streams) == STREAMS and not any(p["at_end"] for p in streams.values())
+
+    wait_for(positioned, 60, "every stream positioned at its end")
+    group.put(lines[third : 2 * third], [STREAMS[0]])
+    wait_for(lambda: tail.read_all(third), 60, "the new events of an old stream")
+    newcomer = "kube-apiserver-audit-9e8d7c6b5a"  # an apiserver replaced: a new stream
+    group.client.create_log_stream(logGroupName=GROUP, logStreamName=newcomer)
+    group.put(lines[2 * third :], [newcomer])
+    wait_for(lambda: tail.read_all(len(lines) - third), 60, "the whole of the new stream")
+    assert tail.stop() == 0, tail.stderr()
+    expected = _expected(tmp_path, group, allowlist_file)
+    assert {f["event"]["id"] for f in findings_in(*tail.stdout_files)} == {f["event"]["id"] for f in expected}
+    assert "Traceback" not in tail.stderr()
+
+
 @pytest.mark.parametrize("outage", ["throttle", "unavailable"])
 def test_an_outage_loses_nothing_and_the_tailer_backs_off(
     tmp_path: Path, moto: str, allowlist_file: Path, outage: str
@@ -448,6 +479,31 @@ def test_without_boto3_one_line_says_which_extra_to_install(tmp_path: Path) -> N
     )
     assert result.returncode == 1
     assert result.stderr.decode().strip().splitlines()[-1].endswith("pip install 'ua-sentinel[aws]'")
+    assert b"Traceback" not in result.stderr
+
+
+def test_without_a_region_one_line_says_to_set_it(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "webhook",
+            "tail",
+            "--state",
+            str(tmp_path / "s"),
+            "--source",
+            f"cloudwatch:{GROUP}",
+        ],
+        capture_output=True,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.decode().strip().splitlines()[-1].endswith("needs a region: set AWS_REGION")
     assert b"Traceback" not in result.stderr
 
 

@@ -7,7 +7,8 @@ apiserver instance. Streams are read one by one with ``GetLogEvents`` from a ``n
 an exact position per stream, which ``FilterLogEvents`` (a time and an event id) cannot give.
 
 boto3 is an optional extra (``pip install 'ua-sentinel[aws]'``). Credentials and region come from
-its standard chain (IRSA's web identity token, the environment, ~/.aws), the endpoint from
+its standard chain (IRSA's web identity token, the environment, ~/.aws; the region also from
+``AWS_REGION``, which botocore alone ignores), the endpoint from
 ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_CLOUDWATCH_LOGS`` when set (botocore reads them itself).
 botocore's own retries are off (``total_max_attempts`` 1): a failed call becomes a
 :class:`~webhook.inputs.source.SourceError` at once, and the reader's jittered backoff
@@ -17,6 +18,7 @@ botocore's own retries are off (``total_max_attempts`` 1): a failed call becomes
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from webhook.errors import SetupError
@@ -56,8 +58,11 @@ def _client() -> Any:
         user_agent_extra="ua-sentinel",
     )
     logging.getLogger("botocore").setLevel(logging.WARNING)  # its INFO lines are about credentials
+    # botocore reads AWS_DEFAULT_REGION only; AWS_REGION is what the other SDKs (and EKS's IRSA
+    # and Pod Identity webhooks, besides AWS_DEFAULT_REGION) set.
+    region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or None
     try:
-        return boto3.client("logs", config=config)
+        return boto3.client("logs", config=config, region_name=region)
     except NoRegionError:
         raise SetupError("the cloudwatch source needs a region: set AWS_REGION") from None
 
