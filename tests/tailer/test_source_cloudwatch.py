@@ -379,6 +379,32 @@ def test_without_a_checkpoint_old_events_are_skipped_and_a_new_stream_is_read_wh
     assert "Traceback" not in tail.stderr()
 
 
+def test_a_missing_log_group_does_not_stop_the_others(
+    tmp_path: Path, moto: str, allowlist_file: Path
+) -> None:
+    env = _aws_env(tmp_path, moto)
+    group = Group(moto, env)
+    lines = _fixture_lines()
+    group.put(lines)
+    missing = "/aws/eks/logging-not-enabled-yet/cluster"
+    tail = CloudTail(
+        tmp_path,
+        env,
+        ["--allowlist", str(allowlist_file), "--from-start", "--source", f"cloudwatch:{missing}"],
+    )
+    tail.start()
+    wait_for(lambda: tail.read_all(len(lines)), 60, "the existing group read")
+    assert tail.stop() == 0, tail.stderr()
+    expected = _expected(tmp_path, group, allowlist_file)
+    assert {f["event"]["id"] for f in findings_in(*tail.stdout_files)} == {f["event"]["id"] for f in expected}
+    refusals = [
+        json.loads(line) for line in tail.stderr().splitlines() if "cannot list the source's streams" in line
+    ]
+    assert refusals and {r["source"] for r in refusals} == {f"cloudwatch:{missing}"}
+    assert {r["kind"] for r in refusals} == {"not-found"}
+    assert "Traceback" not in tail.stderr()
+
+
 @pytest.mark.parametrize("outage", ["throttle", "unavailable"])
 def test_an_outage_loses_nothing_and_the_tailer_backs_off(
     tmp_path: Path, moto: str, allowlist_file: Path, outage: str

@@ -47,6 +47,8 @@ MAX_BACKOFF = 60.0
 MAX_BATCH = 5000
 """Records handed out by one :meth:`StreamFollower.read` (the tailer checkpoints between reads)."""
 _FETCHES_PER_READ = 64
+_EVERYONES = frozenset({"throttled", "unavailable"})
+"""Failures that are the service's (rate limit per account, outage): every call backs off."""
 
 
 @dataclass(slots=True)
@@ -191,7 +193,15 @@ class StreamFollower:
                 listed = source.streams()
             except SourceError as exc:
                 self._count_error(index, exc)
-                raise
+                if exc.kind in _EVERYONES:
+                    raise
+                # This log group's own problem (missing, denied): the other sources read on,
+                # this one is listed again after list_interval.
+                logger.error(
+                    "cannot list the source's streams; reading the others, trying again later",
+                    **fields(source=source.label, kind=exc.kind, error=str(exc), retryIn=self.list_interval),
+                )
+                continue
             self._call_ok(index)
             self._update(index, listed)
         self._listed_at = now
