@@ -280,10 +280,10 @@ def allowlist_file(tmp_path: Path) -> Path:
     return path
 
 
-def _expected(tmp_path: Path, group: Group, allowlist: Path) -> list[dict[str, Any]]:
+def _expected(tmp_path: Path, group: Group, allowlist: Path, *extra: str) -> list[dict[str, Any]]:
     whole = tmp_path / "presented.log"
     whole.write_bytes(b"".join(line + b"\n" for line in group.presented))
-    return replay_findings(whole, allowlist, "--baseline", str(tmp_path / "replay-baseline.sqlite"))
+    return replay_findings(whole, allowlist, "--baseline", str(tmp_path / "replay-baseline.sqlite"), *extra)
 
 
 def test_kill9_mid_stream_while_events_arrive_gives_replays_findings(
@@ -312,11 +312,14 @@ def test_kill9_mid_stream_while_events_arrive_gives_replays_findings(
         ],
     )
     tail.start()
+    killed_at: list[int] = []
     for _ in range(3):  # SIGKILL while the stored history is read, page by page
         wait_for(lambda: (tail.checkpoint().get("stats") or {}).get("lines", 0) > 0, 60, "reading")
         time.sleep(rng.uniform(0, 0.3))
         tail.kill9()
+        killed_at.append((tail.checkpoint().get("stats") or {}).get("lines", 0))
         tail.start()
+    assert any(0 < n < cut for n in killed_at), killed_at  # at least one kill fell mid-history
     # New events arrive while it runs: one stream at a time, each read before the next comes.
     read = cut
     rest = lines[cut:]
@@ -348,6 +351,44 @@ def test_kill9_mid_stream_while_events_arrive_gives_replays_findings(
     streams = tail.checkpoint()["streams"][f"cloudwatch:{GROUP}"]["streams"]
     assert sorted(streams) == STREAMS  # the authenticator's stream is not read
     assert "Traceback" not in tail.stderr()
+
+
+def _refusal(at: float, number: int) -> bytes:
+    """One recorded refusal of an unlisted agent, moved to ``at`` (epoch seconds)."""
+    for line in _fixture_lines():
+        event = json.loads(line)
+        code = (event.get("responseStatus") or {}).get("code")
+        unlisted = not event.get("userAgent", "").startswith(("kubectl/", "kube-"))
+        if code == 403 and event["stage"] == "ResponseComplete" and unlisted:
+            break
+    stamp = dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    event.update(auditID=f"00000000-0000-4000-8000-{number:012d}", stageTimestamp=stamp)
+    event["requestReceivedTimestamp"] = stamp
+    return json.dumps(event, separators=(",", ":")).encode()
+
+
+def test_streams_are_merged_in_time_order_across_pages(
+    tmp_path: Path, moto: str, allowlist_file: Path
+) -> None:
+    """One stream's page must not run ahead of another stream's older records: with a 5 s window,
+    reading 15.5 before 7..15 would close the window early and give other finding ids."""
+    env = _aws_env(tmp_path, moto)
+    group = Group(moto, env)
+    base = time.time() - 3600
+    group.put([_refusal(base + i, i) for i in range(20)], [STREAMS[0]])
+    group.put([_refusal(base + 0.5, 100), _refusal(base + 15.5, 101)], [STREAMS[1]])
+    group.presented.sort(key=_millis)  # one history: the order CloudWatch presents is time order
+    rules = ["--window", "5", "--baseline-days", "0"]
+    tail = CloudTail(
+        tmp_path, env, ["--allowlist", str(allowlist_file), "--from-start", "--source-page-size", "7", *rules]
+    )
+    tail.start()
+    wait_for(lambda: tail.read_all(22), 60, "every record read")
+    assert tail.stop() == 0, tail.stderr()
+    expected = _expected(tmp_path, group, allowlist_file, *rules)
+    first = {f["event"]["id"] for f in expected if f["event"]["sequence"] == 1}
+    assert len(first) >= 3
+    assert {f["event"]["id"] for f in findings_in(*tail.stdout_files)} == first
 
 
 def test_without_a_checkpoint_old_events_are_skipped_and_a_new_stream_is_read_whole(
