@@ -23,10 +23,11 @@ COPY webhook ./webhook
 # --only-binary: every dependency must come as a wheel, so the build needs no compiler.
 # pip byte-compiles what it installs; at run time nothing can (read-only root).
 # [otlp]: the chart offers the otlp: sink, which needs opentelemetry-proto.
+# [aws]: `tail --source cloudwatch:LOG_GROUP` (EKS audit logs), which needs boto3.
 RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
     && python -m venv /opt/venv \
     && wheel="$(echo /wheels/ua_sentinel-*.whl)" \
-    && /opt/venv/bin/python -m pip install --only-binary=:all: "${wheel}[otlp]"
+    && /opt/venv/bin/python -m pip install --only-binary=:all: "${wheel}[otlp,aws]"
 
 # ---- runtime ------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}

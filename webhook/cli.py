@@ -25,6 +25,7 @@ from webhook.core.allowlist import MODES, Allowlist, default_allowlist
 from webhook.detect.detector import Detector, DetectorConfig
 from webhook.errors import SetupError
 from webhook.inputs.formats import FORMATS
+from webhook.inputs.source import SourceSpec, SourceSpecError, parse_source
 from webhook.logs import LOG_LEVELS
 from webhook.tools.certs import MAX_DAYS
 
@@ -671,9 +672,10 @@ def _add_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "tail",
         help="follow the apiserver's audit log across rotations and report findings",
-        description="Follow PATH (and its rotations: rename, gzip, copy-truncate) with a durable "
-        "checkpoint in --state; findings go to every --sink at least once (a repeat carries the same "
-        "event.id and event.sequence). Without a checkpoint it starts at the end of PATH.",
+        description="Follow PATH (and its rotations: rename, gzip, copy-truncate), or the cloud --source "
+        "(EKS: cloudwatch:LOG_GROUP), with a durable checkpoint in --state; findings go to every --sink at "
+        "least once (a repeat carries the same event.id and event.sequence). Without a checkpoint it "
+        "starts at the end of PATH (of each stream).",
     )
     _live_allowlist_args(parser)
     parser.add_argument("--state", required=True, metavar="DIR", help="checkpoint and baseline directory")
@@ -700,7 +702,21 @@ def _add_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="when live, close windows this long after they end by the wall clock (default: %(default)s)",
     )
     parser.add_argument(
-        "--poll-interval", type=_seconds(0, 60), default=0.2, metavar="SECONDS", help=argparse.SUPPRESS
+        "--source",
+        action="append",
+        type=_source,
+        metavar="SOURCE",
+        help="cloudwatch:LOG_GROUP (EKS audit streams, needs the aws extra) | file:PATH | PATH; repeatable",
+    )
+    parser.add_argument(
+        "--source-page-size", type=_int(1, 10_000), default=1000, metavar="N", help=argparse.SUPPRESS
+    )
+    parser.add_argument(
+        "--poll-interval",
+        type=_seconds(0, 60),
+        default=None,
+        metavar="SECONDS",
+        help=argparse.SUPPRESS,  # default: 0.2 for a file, 2 for a cloud source (API rate limits)
     )
     parser.add_argument(
         "--checkpoint-interval",
@@ -720,9 +736,32 @@ def _add_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _output_arg(parser)
     _leader_election_args(parser)
     parser.add_argument(
-        "path", metavar="PATH", help="the live audit log (/var/log/kubernetes/audit/audit.log)"
+        "path", metavar="PATH", nargs="?", help="the live audit log (/var/log/kubernetes/audit/audit.log)"
     )
     parser.set_defaults(run=_run_tail)
+
+
+def _source(text: str) -> SourceSpec:
+    try:
+        return parse_source(text)
+    except SourceSpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--source ")) from None
+
+
+def _tail_sources(args: argparse.Namespace) -> tuple[str, list[SourceSpec]]:
+    """The file to follow ("" for none) and the cloud sources: one file, or cloud sources only."""
+    specs: list[SourceSpec] = list(args.source or [])
+    if args.path is not None:
+        specs.insert(0, parse_source(f"file:{args.path}"))
+    if not specs:
+        raise CliError("tail: give PATH or --source")
+    files = [spec.target for spec in specs if spec.kind == "file"]
+    clouds = [spec for spec in specs if spec.kind != "file"]
+    if len(files) > 1 or (files and clouds):
+        raise CliError("tail: one file, or cloud sources; mixing them is not supported yet")
+    if clouds and args.format not in ("k8s", "eks"):
+        raise CliError(f"tail: a cloudwatch source holds apiserver events, not --format {args.format}")
+    return (files[0] if files else ""), clouds
 
 
 def _run_tail(args: argparse.Namespace) -> int:
@@ -731,20 +770,24 @@ def _run_tail(args: argparse.Namespace) -> int:
 
     configure(args.log_level)
     config = _detector_config(args)
+    path, sources = _tail_sources(args)
+    default_poll = 2.0 if sources else 0.2
     options = TailOptions(
-        path=args.path,
+        path=path,
+        sources=sources,
+        page_size=args.source_page_size,
         state=args.state,
         allowlist=args.allowlist,
         allowlist_configmap=args.allowlist_configmap,
         sinks=args.sink or ["stdout"],
         cluster_name=args.cluster_name,
-        fmt=args.format,
+        fmt="k8s" if sources else args.format,
         from_start=args.from_start,
         metrics_port=args.metrics_port,
         detector=config,
         baseline_days=args.baseline_days,
         grace=args.grace,
-        poll_interval=args.poll_interval,
+        poll_interval=args.poll_interval if args.poll_interval is not None else default_poll,
         checkpoint_interval=args.checkpoint_interval,
         max_backlog=args.max_backlog,
         output=args.output,

@@ -124,6 +124,22 @@ def test_the_otlp_sink_the_chart_offers_opens_in_the_image(image: Image) -> None
     assert done.returncode == 0, done.stderr
 
 
+def test_the_cloudwatch_source_opens_in_the_image(image: Image) -> None:
+    code = (
+        "from webhook.inputs.cloudwatch import CloudWatchSource; "
+        "print(CloudWatchSource('/aws/eks/prod/cluster').client.meta.service_model.service_name)"
+    )
+    done = subprocess.run(
+        [str(image.venv / "bin" / "python"), "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"AWS_REGION": "us-east-1", "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "logs"
+
+
 def test_venv_is_byte_compiled_ahead_of_time(image: Image) -> None:
     (package,) = image.venv.glob("lib/python3.*/site-packages/webhook")
     modules = {p.stem for p in package.glob("*.py")}

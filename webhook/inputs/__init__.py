@@ -6,6 +6,8 @@
 - ``longline``: a line over the length limit read down to its audit fields, in bounded memory.
 - ``formats``: the EKS, GKE and AKS shapes around an audit event.
 - ``eventlist``: the ``/audit`` webhook body (an EventList), bad items skipped.
+- ``source``: ``--source`` texts and what a streamed cloud source offers (streams, pages).
+- ``cloudwatch``: EKS audit events in CloudWatch Logs (the only boto3 user).
 """
 
-__all__ = ["eventlist", "files", "formats", "lines", "longline", "scan"]
+__all__ = ["cloudwatch", "eventlist", "files", "formats", "lines", "longline", "scan", "source"]

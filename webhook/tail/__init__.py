@@ -4,8 +4,10 @@
 - ``tailer``: the loop: read, detect, deliver, checkpoint.
 - ``follow`` and ``logfiles``: the follower, one mechanism in two files: ``logfiles`` knows one
   file (identity, backups, reading forward), ``follow`` strings files across rotations.
+- ``streams``: the stream follower: a cloud source's streams merged in time order, exact
+  positions per stream, backoff (the follower of ``--source cloudwatch:...``).
 - ``checkpoint``: the durable, atomic, checksummed checkpoint.
 - ``metrics``: tail's Prometheus metrics.
 """
 
-__all__ = ["checkpoint", "command", "follow", "logfiles", "metrics", "tailer"]
+__all__ = ["checkpoint", "command", "follow", "logfiles", "metrics", "streams", "tailer"]

@@ -63,6 +63,8 @@ class Checkpoint:
     baseline: list[tuple[str, int, float, float]] = field(default_factory=list)
     """Baseline sightings not yet committed to its SQLite file when this was written."""
     written_at: float = 0.0
+    streams: dict[str, Any] = field(default_factory=dict)
+    """Cloud sources instead of a file: per source, each stream's position (``tail.streams``)."""
 
     def to_json(self) -> bytes:
         payload = {
@@ -74,6 +76,8 @@ class Checkpoint:
             "baseline": self.baseline,
             "written_at": self.written_at,
         }
+        if self.streams:
+            payload["streams"] = self.streams  # absent for a file: older checkpoints stay valid
         return orjson.dumps({**payload, "checksum": _checksum(payload)})
 
     @classmethod
@@ -92,6 +96,7 @@ class Checkpoint:
             stats={k: int(v) for k, v in (raw.get("stats") or {}).items()},
             baseline=[(str(f), int(d), float(a), float(b)) for f, d, a, b in raw.get("baseline") or []],
             written_at=float(raw.get("written_at") or 0.0),
+            streams=raw.get("streams") or {},
         )
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from webhook.detect.baseline import Baseline
 from webhook.detect.detector import DEFAULT_CONFIG, Detector, DetectorConfig
 from webhook.inputs.formats import Format
+from webhook.inputs.source import SourceSpec, StreamSource
 from webhook.kube.lease import LeaderElectionConfig, LeaderElector, coordination_api
 from webhook.logs import fields
 from webhook.sinks.outbox import DEFAULT_MAX_BACKLOG
@@ -23,6 +24,7 @@ from webhook.sinks.table import OutputFormat
 from webhook.startup import AllowlistSource, SettingsError, allowlist_flags, open_allowlist, open_sinks
 from webhook.tail.checkpoint import CheckpointStore, StateLocked
 from webhook.tail.metrics import TailMetrics
+from webhook.tail.streams import StreamFollower
 from webhook.tail.tailer import DEFAULT_GRACE, TailConfig, Tailer, make_stop_event
 
 __all__ = ["BASELINE_FILE", "EXIT_LEASE_LOST", "TailOptions", "run_tail"]
@@ -37,7 +39,12 @@ EXIT_LEASE_LOST = 3
 @dataclass(kw_only=True, slots=True)
 class TailOptions:
     path: str
+    """The file to follow; empty with ``sources``."""
     state: str
+    sources: list[SourceSpec] = field(default_factory=list)
+    """Cloud sources (``--source cloudwatch:...``), read instead of ``path``."""
+    page_size: int = 1000
+    """Records per call to a cloud source (CloudWatch allows up to 10,000)."""
     allowlist: str | None = None
     allowlist_configmap: str | None = None
     sinks: list[str] = field(default_factory=lambda: ["stdout"])
@@ -100,6 +107,16 @@ def _elect(config: LeaderElectionConfig) -> LeaderElector | None:
     return elector
 
 
+def _stream_follower(options: TailOptions) -> StreamFollower | None:
+    """The follower of the cloud sources (None for a file); their clients are made here."""
+    if not options.sources:
+        return None
+    from webhook.inputs.cloudwatch import CloudWatchSource
+
+    sources: list[StreamSource] = [CloudWatchSource(spec.target) for spec in options.sources]
+    return StreamFollower(sources, poll_interval=options.poll_interval, page_limit=options.page_size)
+
+
 def run_tail(options: TailOptions) -> int:
     """Run until SIGTERM/SIGINT; returns the exit status (0).
 
@@ -125,6 +142,7 @@ def _run_tail(options: TailOptions) -> int:
     except OSError as exc:
         raise SettingsError(f"--state {state}: {exc.strerror or exc}") from None
     try:
+        streams = _stream_follower(options)
         allowlist = _allowlist_source(options)
         sinks = open_sinks(options.sinks, cluster_name=options.cluster_name, output=options.output)
     except BaseException:
@@ -153,10 +171,17 @@ def _run_tail(options: TailOptions) -> int:
             sinks,
             store=store,
             baseline=baseline,
+            streams=streams,
         )
         metrics.watch(tailer, allowlist.live.status)
         logger.info(
-            "tailing", **fields(path=options.path, state=options.state, sinks=[s.label for s, _ in sinks])
+            "tailing",
+            **fields(
+                path=options.path or None,
+                sources=[spec.label for spec in options.sources],
+                state=options.state,
+                sinks=[s.label for s, _ in sinks],
+            ),
         )
         tailer.run(stop)
     finally:

@@ -8,18 +8,55 @@ running totals in the checkpoint survive restarts, so the two can differ after a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from webhook.core.live_allowlist import AllowlistStatus
-from webhook.sinks.metrics import allowlist_metrics, counter, findings_metrics, gauge, sink_metrics
+from webhook.sinks.metrics import PREFIX, allowlist_metrics, counter, findings_metrics, gauge, sink_metrics
+from webhook.tail.streams import SourceStats
 from webhook.tail.tailer import Tailer
 
-__all__ = ["TailCollector", "TailMetrics"]
+__all__ = ["TailCollector", "TailMetrics", "source_metrics"]
+
+
+def source_metrics(stats: Mapping[str, SourceStats], now: float) -> Iterator[Metric]:
+    """Per cloud source (label ``source``, e.g. ``cloudwatch:/aws/eks/prod/cluster``)."""
+    events = CounterMetricFamily(
+        f"{PREFIX}_source_events", "Audit events read from a source.", labels=["source"]
+    )
+    requests = CounterMetricFamily(
+        f"{PREFIX}_source_requests", "Calls made to a source's API (failed ones too).", labels=["source"]
+    )
+    errors = CounterMetricFamily(
+        f"{PREFIX}_source_errors",
+        "Failed calls to a source, by kind (throttled, unavailable, denied, not-found, error).",
+        labels=["source", "kind"],
+    )
+    lag = GaugeMetricFamily(
+        f"{PREFIX}_source_lag_seconds",
+        "Wall clock minus the newest event time read from a source (0 before the first).",
+        labels=["source"],
+    )
+    success = GaugeMetricFamily(
+        f"{PREFIX}_source_last_success_timestamp_seconds",
+        "When a call to a source last succeeded (Unix time; 0 before the first).",
+        labels=["source"],
+    )
+    for label, item in dict(stats).items():
+        events.add_metric([label], item.events)
+        requests.add_metric([label], item.requests)
+        counts = dict(item.errors)  # a copy: the reading thread may add a kind meanwhile
+        for kind in dict.fromkeys(("throttled", "unavailable", "denied", "not-found", "error", *counts)):
+            errors.add_metric([label, kind], counts.get(kind, 0))
+        newest = item.newest_event
+        lag.add_metric([label], max(0.0, now - newest) if newest is not None else 0.0)
+        success.add_metric([label], item.last_success)
+    yield from (events, requests, errors, lag, success)
 
 
 class TailCollector(Collector):
@@ -64,6 +101,8 @@ class TailCollector(Collector):
             status.event_lag_seconds,
         )
         yield gauge("open_windows", "Open aggregation windows.", status.open_windows)
+        if self.tailer.streams is not None:
+            yield from source_metrics(self.tailer.streams.stats, time.time())
 
 
 class TailMetrics:

@@ -42,6 +42,7 @@ from webhook.sinks.spec import SinkSpec
 from webhook.tail.checkpoint import Checkpoint, CheckpointStore
 from webhook.tail.follow import Follower
 from webhook.tail.logfiles import Batch
+from webhook.tail.streams import StreamFollower
 
 __all__ = ["DEFAULT_GRACE", "TailConfig", "TailStatus", "Tailer", "make_stop_event"]
 
@@ -108,8 +109,11 @@ class Tailer:
         *,
         store: CheckpointStore,
         baseline: Baseline | None = None,
+        streams: StreamFollower | None = None,
     ) -> None:
+        """``streams``: read cloud sources instead of ``config.path`` (positions restored here)."""
         self.config = config
+        self.streams = streams
         self.detector = detector
         self.baseline = baseline
         self.store = store
@@ -133,7 +137,10 @@ class Tailer:
             for spec, sink in sinks
         ]
         checkpoint = store.load()
-        if checkpoint is None:
+        self.follower: Follower | None = None
+        if checkpoint is None and streams is not None:
+            streams.restore(None, from_start=config.from_start or store.lost)
+        elif checkpoint is None:
             # After a lost checkpoint the safe position is the beginning, not the end of the log.
             self.follower = Follower(config.path, from_start=config.from_start or store.lost)
         else:
@@ -151,9 +158,13 @@ class Tailer:
             self.baseline.merge(checkpoint.baseline)  # committed with the first checkpoint below
         self.totals.values.update(checkpoint.stats)
         self._resumed = dict(self.totals.values)
-        self.follower = Follower(
-            self.config.path, checkpoint.position, from_start=checkpoint.position is None
-        )
+        if self.streams is not None:
+            # A state directory used by a file tailer before: the sources start afresh.
+            self.streams.restore(checkpoint.streams or None, from_start=self.config.from_start)
+        else:
+            self.follower = Follower(
+                self.config.path, checkpoint.position, from_start=checkpoint.position is None
+            )
         known = {outbox.spec.key for outbox in self.outboxes}
         for outbox in self.outboxes:
             saved = restore_findings(checkpoint.backlog.get(outbox.spec.key, []))
@@ -172,8 +183,19 @@ class Tailer:
         position = checkpoint.position
         logger.info(
             "resuming from checkpoint",
-            **fields(path=position.path if position else None, offset=position.offset if position else None),
+            **fields(
+                path=position.path if position else None,
+                offset=position.offset if position else None,
+                streams=sum(len(s.get("streams") or {}) for s in checkpoint.streams.values()),
+            ),
         )
+
+    @property
+    def reader(self) -> Follower | StreamFollower:
+        """What the loop reads: the file follower or the stream follower."""
+        reader = self.streams if self.streams is not None else self.follower
+        assert reader is not None
+        return reader
 
     def run(self, stop: threading.Event) -> None:
         """Read, detect and deliver until ``stop`` is set; then drain and write a last checkpoint.
@@ -185,10 +207,10 @@ class Tailer:
         between_batches = False
         try:
             while not stop.is_set():
-                batch = self.follower.read()
+                batch = self.reader.read()
                 if batch.lines or batch.consumed:
                     self._deliver(self._detect(batch))
-                elif self.follower.idle:
+                elif self.reader.idle:
                     self._deliver(self._close_by_wall_clock())
                 if time.time() - self._checkpointed_at >= self.config.checkpoint_interval:
                     self.checkpoint(force=False)
@@ -217,7 +239,7 @@ class Tailer:
             )
         for outbox in self.outboxes:
             outbox.close()
-        self.follower.close()
+        self.reader.close()
         if self.baseline is not None:
             self.baseline.close()
         self.store.close()
@@ -264,6 +286,8 @@ class Tailer:
 
     # -- checkpoint and metrics -----------------------------------------------------------
     def _sync_follow_stats(self) -> None:
+        if self.follower is None:
+            return
         stats = self.follower.stats
         for name in ("rotations", "truncations", "unreadable", "lost"):
             delta = getattr(stats, name) - self._follow_seen.get(name, 0)
@@ -274,22 +298,22 @@ class Tailer:
 
     def _state_key(self) -> tuple[Any, ...]:
         """Changes whenever a checkpoint would differ (so an idle tailer does not fsync)."""
-        position = self.follower.position()
+        if self.follower is None:
+            assert self.streams is not None
+            where: tuple[Any, ...] = self.streams.state_key()
+            follow: tuple[int, ...] = ()
+        else:
+            position = self.follower.position()
+            where = (position.path, position.ino, position.offset, position.fp)
+            stats = self.follower.stats
+            follow = (stats.rotations, stats.truncations, stats.unreadable, stats.lost)
         return (
-            position.path,
-            position.ino,
-            position.offset,
-            position.fp,
+            where,
             self.detector.stats.events,
             self.detector.stats.findings,
             tuple((o.delivered, o.dropped, len(o)) for o in self.outboxes),
             tuple(sorted(self.totals.values.items())),
-            (
-                self.follower.stats.rotations,
-                self.follower.stats.truncations,
-                self.follower.stats.unreadable,
-                self.follower.stats.lost,
-            ),
+            follow,
         )
 
     def checkpoint(self, *, force: bool = True) -> None:
@@ -329,9 +353,10 @@ class Tailer:
         # The key first: a sink thread acknowledging findings while the checkpoint is built and
         # fsynced must make the next key differ, or that checkpoint's backlog stays on disk.
         key = self._state_key()
-        position = self.follower.position()
+        position = self.follower.position() if self.follower is not None else None
         checkpoint = Checkpoint(
             position=position,
+            streams=self.streams.positions() if self.streams is not None else {},
             detector=self.detector.snapshot(),
             backlog={
                 o.spec.key: [f.model_dump(by_alias=True, mode="json") for f in o.pending()]
@@ -349,6 +374,8 @@ class Tailer:
 
     def _measure_lag(self) -> None:
         """On the tailer's thread, which alone may touch the follower's open file."""
+        if self.follower is None:
+            return
         position = self.follower.position()
         offset = position.offset if position else 0
         self._lag_bytes = max(0, offset - self._checkpoint_offset) + self.follower.pending_bytes()

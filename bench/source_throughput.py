@@ -1,0 +1,157 @@
+"""Source throughput: `tail --source cloudwatch:...` against moto's server, and the file tailer on
+the same events as the baseline (events/s end to end: read, decode, detect, deliver, checkpoint).
+
+The generated events are put into one log group across three ``kube-apiserver-audit-*`` streams
+(as EKS writes them) on a local moto server, and written in the order the source presents them
+(time order) to a file. Each tailer starts with ``--from-start`` on an empty state directory;
+the time is from its start until its checkpoint stands after the last event. moto is a Python
+(Flask) server on the same machine, so the CloudWatch figure is a floor for the client side, not
+a prediction of CloudWatch's own latency or of its API limits (GetLogEvents: 25 requests/s per
+account and region, 10,000 events or 1 MB per call).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import OUT, Proc, free_port, wait_for
+from bench.generate import generate
+
+GROUP = "/aws/eks/bench/cluster"
+STREAMS = [f"kube-apiserver-audit-{h}" for h in ("0a1b2c3d4e", "5f6a7b8c9d", "e0f1a2b3c4")]
+BATCH = 5000
+
+
+def _lines_read(state: Path) -> int:
+    try:
+        return int(json.loads((state / "checkpoint.json").read_bytes())["stats"].get("lines", 0))
+    except (FileNotFoundError, ValueError, KeyError):
+        return 0
+
+
+def _run_tail(name: str, args: list[str], env: dict[str, str], count: int, work: Path) -> float:
+    state = work / f"state-{name}"
+    argv = [
+        sys.executable,
+        "-m",
+        "webhook",
+        "tail",
+        "--state",
+        str(state),
+        "--from-start",
+        "--checkpoint-interval",
+        "0.1",
+        "--sink",
+        f"file:{work / f'findings-{name}.jsonl'}",
+        *args,
+    ]
+    start = time.perf_counter()
+    with Proc(f"source-throughput-{name}", argv, env=env) as proc:
+        wait_for(lambda: _lines_read(state) >= count, timeout=3600, what=f"{name} to read", alive=proc)
+        seconds = time.perf_counter() - start
+    return seconds
+
+
+def run(events: int = 50_000, seed: int = 7, page_size: int = 1000) -> dict[str, float]:
+    import boto3
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="source-throughput-", dir=OUT))
+    generated = work / "generated.log"
+    generate(events, seed, generated)
+    lines = generated.read_bytes().splitlines()
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": str(work / "none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(work / "none"),
+    }
+    with Proc("source-throughput-moto", [sys.executable, "-m", "moto.server", "-p", str(port)]) as moto:
+        client = boto3.client(
+            "logs",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="bench",
+            aws_secret_access_key="bench",
+        )
+
+        def up() -> bool:
+            try:
+                client.describe_log_groups()
+                return True
+            except Exception:
+                return False
+
+        wait_for(up, timeout=60, what="moto", alive=moto)
+        client.create_log_group(logGroupName=GROUP)
+        per: dict[str, list[dict[str, object]]] = {name: [] for name in STREAMS}
+        base = int(time.time() * 1000) - events  # one event per millisecond, in order, recent
+        for i, line in enumerate(lines):
+            per[STREAMS[i % len(STREAMS)]].append({"timestamp": base + i, "message": line.decode()})
+        for name, items in per.items():
+            client.create_log_stream(logGroupName=GROUP, logStreamName=name)
+            for at in range(0, len(items), BATCH):
+                client.put_log_events(
+                    logGroupName=GROUP, logStreamName=name, logEvents=items[at : at + BATCH]
+                )
+        # The file holds the same events in the order the source presents them (time order).
+        ordered = work / "ordered.log"
+        ordered.write_bytes(b"".join(line + b"\n" for line in lines))
+
+        cloud = _run_tail(
+            "cloudwatch",
+            ["--source", f"cloudwatch:{GROUP}", "--source-page-size", str(page_size)],
+            env,
+            events,
+            work,
+        )
+    file = _run_tail("file", [str(ordered)], env, events, work)
+    same = {
+        json.loads(x)["event"]["id"] for x in (work / "findings-cloudwatch.jsonl").read_bytes().splitlines()
+    }
+    base_ids = {
+        json.loads(x)["event"]["id"] for x in (work / "findings-file.jsonl").read_bytes().splitlines()
+    }
+    result = {
+        "events": events,
+        "cloudwatch_events_per_s": events / cloud,
+        "file_events_per_s": events / file,
+        "cloudwatch_seconds": cloud,
+        "file_seconds": file,
+        "ratio": file / cloud,
+        "same_findings": float(same == base_ids),
+        "findings": len(base_ids),
+    }
+    print(
+        f"{events:,} events, page size {page_size}: cloudwatch (moto) {events / cloud:,.0f} events/s "
+        f"({cloud:.1f} s), file tailer {events / file:,.0f} events/s ({file:.1f} s): the file tailer is "
+        f"{file and cloud / file:.1f}x faster; same finding ids: {same == base_ids} ({len(base_ids)} ids)"
+    )
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--page-size", type=int, default=1000)
+    args = parser.parse_args()
+    run(args.events, args.seed, args.page_size)
+
+
+if __name__ == "__main__":
+    main()

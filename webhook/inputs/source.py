@@ -1,0 +1,133 @@
+"""Where ``tail`` reads audit events from: ``--source`` texts, and what a streamed source offers.
+
+A source is a file (the apiserver's audit log, followed across rotations by ``tail.follow``) or
+a cloud service that stores the apiserver's events in *streams* of log records (EKS: CloudWatch
+Logs, :mod:`webhook.inputs.cloudwatch`). A streamed source only lists its streams and reads one
+page of a stream from a position (an opaque token); where reading stands, the merge of the
+streams in time order and the checkpoint belong to the tailer (``tail.streams``), so every source
+gets the file tailer's guarantees from the same code. A record's ``message`` is one audit event
+as the apiserver wrote it: it goes through the one line decoder (:mod:`webhook.inputs.lines`),
+so the findings equal those of the same events read from a file.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from webhook.errors import InputError, SetupError
+
+__all__ = [
+    "LogRecord",
+    "Page",
+    "SourceError",
+    "SourceSpec",
+    "SourceSpecError",
+    "StreamInfo",
+    "StreamSource",
+    "parse_source",
+]
+
+SourceKind = Literal["file", "cloudwatch"]
+
+_SCHEME = re.compile(r"^([a-z][a-z0-9]+):")
+_LOG_GROUP = re.compile(r"^[A-Za-z0-9_\-/.#]{1,512}$")
+"""CloudWatch's documented log group name characters and length."""
+_LATER = ("pubsub", "eventhub", "azblob")
+
+
+class SourceSpecError(SetupError, ValueError):
+    """A ``--source`` text that names no source we read."""
+
+
+class SourceError(InputError):
+    """A streamed source could not answer now; the reader backs off and tries again.
+
+    ``kind`` says why, for the metrics and the log: ``throttled`` (the service's rate limit),
+    ``unavailable`` (5xx, connection refused or timed out), ``denied`` (credentials or
+    permissions), ``not-found`` (the log group or stream does not exist), ``error`` (anything
+    else the service answered).
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSpec:
+    """One ``--source``: a file path or a cloud location (``kind:target``)."""
+
+    kind: SourceKind
+    target: str
+
+    @property
+    def label(self) -> str:
+        """The metrics' ``source`` label and the checkpoint's key (no secret is ever in it)."""
+        return f"{self.kind}:{self.target}"
+
+
+def parse_source(text: str) -> SourceSpec:
+    """``cloudwatch:LOG_GROUP``, ``file:PATH`` or a bare PATH."""
+    match = _SCHEME.match(text)
+    if match is None:
+        if not text:
+            raise SourceSpecError("--source: empty")
+        return SourceSpec("file", text)
+    scheme, rest = match.group(1), text[match.end() :]
+    if scheme == "file":
+        if not rest:
+            raise SourceSpecError("--source file: needs a path (file:PATH)")
+        return SourceSpec("file", rest)
+    if scheme == "cloudwatch":
+        if not _LOG_GROUP.match(rest):
+            raise SourceSpecError(
+                "--source cloudwatch: needs a log group name (cloudwatch:/aws/eks/CLUSTER/cluster)"
+            )
+        return SourceSpec("cloudwatch", rest)
+    if scheme in _LATER:
+        raise SourceSpecError(f"--source {scheme}: is not supported yet; cloudwatch:LOG_GROUP is")
+    raise SourceSpecError(f"--source {scheme}: unknown kind (cloudwatch:LOG_GROUP, file:PATH or PATH)")
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    name: str
+    created_ms: int
+    last_ingestion_ms: int | None
+    """When the service last took a record into the stream (a hint that it has news)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    timestamp_ms: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """Records of one stream from a token on, in the stream's order, and the token after them
+    (equal to the request's token, with no records, when the stream has nothing more)."""
+
+    records: list[LogRecord]
+    next_token: str
+
+
+class StreamSource(Protocol):
+    """A cloud store of audit events in streams (one reader; no state of its own)."""
+
+    @property
+    def label(self) -> str: ...
+
+    def streams(self) -> list[StreamInfo]:
+        """The streams that hold audit events; raises :class:`SourceError`."""
+        ...
+
+    def page(self, stream: str, token: str | None, *, limit: int) -> Page:
+        """Up to ``limit`` records from ``token`` (None: from the stream's start)."""
+        ...
+
+    def end(self, stream: str) -> str | None:
+        """A token just after the stream's newest record (None when the stream is empty)."""
+        ...
