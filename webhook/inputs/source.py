@@ -12,9 +12,10 @@ so the findings equal those of the same events read from a file.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Literal, Protocol
+
+import re2
 
 from webhook.errors import InputError, SetupError
 
@@ -31,8 +32,8 @@ __all__ = [
 
 SourceKind = Literal["file", "cloudwatch"]
 
-_SCHEME = re.compile(r"^([a-z][a-z0-9]+):")
-_LOG_GROUP = re.compile(r"^[A-Za-z0-9_\-/.#]{1,512}$")
+_SCHEME = re2.compile(r"^([a-z][a-z0-9]+):")
+_LOG_GROUP = re2.compile(r"^[A-Za-z0-9_\-/.#]{1,512}$")
 """CloudWatch's documented log group name characters and length."""
 _LATER = ("pubsub", "eventhub", "azblob")
 
