@@ -3,8 +3,9 @@
 Each command runs in a fresh interpreter (a real child process) and reports every module it
 ended up with; a command imports only what it uses. ``check`` judges one agent: no Detector,
 no audit or finding models, no pydantic. ``replay`` writes JSON lines when stdout is not a
-terminal: no table layout (wcwidth). Neither needs the web server, the Kubernetes client,
-X.509, the metrics library, the HTML report or the cloud and OTLP clients.
+terminal: no table layout (wcwidth), and for a small file no worker pool (multiprocessing).
+Neither needs the web server, the Kubernetes client, X.509, the metrics library, the HTML
+report or the cloud and OTLP clients.
 """
 
 from __future__ import annotations
@@ -79,4 +80,4 @@ def test_replay_of_json_lines_loads_no_server_client_or_table(tmp_path: Path) ->
     one_line.write_bytes(recorded[1])  # a refusal: one finding goes out
     modules = loaded(tmp_path, "replay", str(one_line))
     assert "webhook.detect.detector" in modules  # the command really ran
-    assert packages(modules) & (NEVER | {"wcwidth"}) == set()
+    assert packages(modules) & (NEVER | {"multiprocessing", "wcwidth"}) == set()
