@@ -325,7 +325,9 @@ class Allowlist:
     def from_yaml(cls, text: str, *, source: str = "allowlist.yaml") -> Allowlist:
         """Parse and compile; raise :class:`AllowlistError` with the entry index on any problem."""
         try:
-            doc = yaml.safe_load(text)
+            # libyaml's parser (PyYAML's C loader, same safe constructors): 10x faster on the
+            # built-in list, which every check, replay and start-up reads.
+            doc = yaml.load(text, Loader=yaml.CSafeLoader)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
