@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, NoReturn
 from webhook import __version__
 from webhook.core import useragent
 from webhook.core.allowlist import MODES, Allowlist, default_allowlist
-from webhook.detect.detector import Detector, DetectorConfig
+from webhook.detect.config import DetectorConfig
 from webhook.errors import SetupError
 from webhook.inputs.formats import FORMATS
 from webhook.inputs.source import SourceSpec, SourceSpecError, parse_source
@@ -280,6 +280,7 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _run_replay(args: argparse.Namespace) -> int:
+    from webhook.detect.detector import Detector
     from webhook.sinks.base import Sink
     from webhook.sinks.table import output_sink
     from webhook.tools.replay import Progress, replay

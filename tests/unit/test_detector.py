@@ -9,7 +9,8 @@ import orjson
 from webhook.core.allowlist import Allowlist
 from webhook.core.audit import parse_event
 from webhook.core.findings import Finding
-from webhook.detect.detector import Detector, DetectorConfig
+from webhook.detect.config import DetectorConfig
+from webhook.detect.detector import Detector
 from webhook.detect.prefilter import Prefilter
 
 ACCEPTANCE_ALLOWLIST = Allowlist.from_yaml('agents: ["kubectl/*", "kube-*"]')

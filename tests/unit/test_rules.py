@@ -16,7 +16,8 @@ from webhook.core.allowlist import Allowlist, default_allowlist
 from webhook.core.audit import parse_event
 from webhook.core.findings import Finding
 from webhook.detect.baseline import Baseline, family
-from webhook.detect.detector import Detector, DetectorConfig
+from webhook.detect.config import DetectorConfig
+from webhook.detect.detector import Detector
 from webhook.detect.prefilter import Prefilter
 from webhook.tools.replay import replay
 

@@ -12,7 +12,6 @@ is the cost that grows with the log, the detector's share is small.
 from __future__ import annotations
 
 import itertools
-import multiprocessing
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -308,6 +307,8 @@ def scan_file(
     if count < 2 or size < PARALLEL_MIN_BYTES:
         yield from scan_stream(stream, prefilter=prefilter)
         return
+    import multiprocessing  # only a file this large pays for it (a short replay starts faster)
+
     pieces = [(*piece, prefilter) for piece in _pieces(path, size, count)]
     pool = multiprocessing.get_context("fork").Pool(min(count, len(pieces)))
     try:

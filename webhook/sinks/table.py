@@ -5,6 +5,7 @@ JSON lines otherwise, as kubectl does).
 Every cell that comes from an audit event is escaped with :func:`~webhook.core.useragent.display`
 (the agent arrives escaped in ``user_agent.display``), then cut to its column's width on screen
 (``wcwidth``: a CJK character takes two columns, a combining mark none) with an ellipsis.
+``wcwidth`` is imported when a cell is measured: JSON lines (``replay | jq``) do not load it.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any, Literal, get_args
-
-from wcwidth import wcswidth, wcwidth
 
 from webhook.core.findings import Finding
 from webhook.core.useragent import display
@@ -90,12 +89,16 @@ def _columns(*, wide: bool, agent_width: int) -> list[Column]:
 def _width(text: str) -> int:
     """Columns ``text`` takes on a terminal (escaped text has no control characters; any the
     table cannot measure count as one column)."""
+    from wcwidth import wcswidth, wcwidth
+
     width = wcswidth(text)
     return width if width >= 0 else sum(max(wcwidth(ch), 1) for ch in text)
 
 
 def _fit(text: str, width: int, *, right: bool = False) -> str:
     """``text`` cut to ``width`` columns with an ellipsis, then padded to exactly ``width``."""
+    from wcwidth import wcwidth
+
     if _width(text) > width:
         kept: list[str] = []
         used = 0

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from webhook.detect.baseline import Baseline
-from webhook.detect.detector import DEFAULT_CONFIG, Detector, DetectorConfig
+from webhook.detect.config import DEFAULT_CONFIG, DetectorConfig
+from webhook.detect.detector import Detector
 from webhook.inputs.formats import Format
 from webhook.inputs.source import SourceSpec, StreamSource
 from webhook.kube.lease import LeaderElectionConfig, LeaderElector, coordination_api

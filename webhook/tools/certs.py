@@ -7,6 +7,10 @@ Files are written to a fresh temporary name in the target directory, created wit
 ``O_CREAT|O_EXCL|O_NOFOLLOW`` and mode 0600 from the start, then renamed over the target: a
 symlink or file planted at any name we use (``ca.key.tmp``, say) is never followed or reused,
 and a key is never readable by others, not even for a moment.
+
+``cryptography`` is imported by the functions that build or encode certificates, not at import:
+the command line reads :data:`MAX_DAYS` for every command's parser, and ``check`` or ``replay``
+should not pay for loading X.509.
 """
 
 from __future__ import annotations
@@ -18,11 +22,11 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 __all__ = ["MAX_DAYS", "CertPair", "issue", "make_ca", "write_file", "write_pair", "write_serving_set"]
 
@@ -38,10 +42,14 @@ class CertPair:
 
     @property
     def cert_pem(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
         return self.cert.public_bytes(serialization.Encoding.PEM)
 
     @property
     def key_pem(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
         return self.key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
@@ -50,6 +58,9 @@ class CertPair:
 
 
 def _name(common_name: str) -> x509.Name:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     return x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "ua-sentinel"),
@@ -66,6 +77,10 @@ def _validity(days: int) -> tuple[dt.datetime, dt.datetime]:
 
 
 def make_ca(common_name: str = "ua-sentinel CA", *, days: int = DEFAULT_DAYS) -> CertPair:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     key = ec.generate_private_key(ec.SECP256R1())
     not_before, not_after = _validity(days)
     cert = (
@@ -107,6 +122,11 @@ def issue(
     days: int = DEFAULT_DAYS,
 ) -> CertPair:
     """A leaf certificate signed by ``ca``: serving (with SANs) or, with ``client``, client auth."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
     key = ec.generate_private_key(ec.SECP256R1())
     not_before, not_after = _validity(days)
     usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH

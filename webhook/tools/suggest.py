@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+import msgspec
 import yaml
 
 from webhook.core import useragent
@@ -251,7 +252,7 @@ def render_report(
 
 def render_yaml(proposal: Proposal, allowlist: Allowlist) -> str:
     """The proposed allowlist.yaml: the proposed ``agents:`` and the given ``denied:``."""
-    denied = [c.entry.model_dump(by_alias=True, exclude_none=True, mode="json") for c in allowlist.denied]
+    denied = [msgspec.to_builtins(c.entry) for c in allowlist.denied]  # file names, unset left out
     doc = {"agents": proposal.entries, "denied": denied}
     header = (
         "# Proposed by `ua-sentinel suggest` from your audit logs: review every entry before use.\n"

@@ -1,0 +1,83 @@
+"""What ``ua-sentinel check`` and ``replay`` load: their start-up time is mostly imports.
+
+Each command runs in a fresh interpreter (a real child process) and reports every module it
+ended up with; a command imports only what it uses. ``check`` judges one agent: no Detector,
+no audit or finding models, no pydantic. ``replay`` writes JSON lines when stdout is not a
+terminal: no table layout (wcwidth), and for a small file no worker pool (multiprocessing).
+Neither needs the web server, the Kubernetes client, X.509, the metrics library, the HTML
+report or the cloud and OTLP clients.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import DATA
+
+NEVER = {
+    "boto3",
+    "botocore",
+    "cryptography",
+    "fastapi",
+    "h11",
+    "jinja2",
+    "kubernetes",
+    "opentelemetry",
+    "prometheus_client",
+    "starlette",
+    "uvicorn",
+}
+"""Packages no one-shot command of these needs (serve, tail, certs and --report load them)."""
+
+_RUN = """
+import json, sys
+from webhook.cli import main
+try:
+    main(sys.argv[2:])
+except SystemExit as exc:
+    code = exc.code
+with open(sys.argv[1], "w") as out:
+    json.dump({"code": code, "modules": sorted(sys.modules)}, out)
+"""
+
+
+def loaded(tmp_path: Path, *args: str) -> set[str]:
+    """The modules a fresh interpreter holds after ``ua-sentinel ARGS`` ran (exit status 0)."""
+    report = tmp_path / "modules.json"
+    result = subprocess.run(
+        [sys.executable, "-c", _RUN, str(report), *args], capture_output=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    ran = json.loads(report.read_text())
+    assert ran["code"] == 0, result.stderr
+    return set(ran["modules"])
+
+
+def packages(modules: set[str]) -> set[str]:
+    return {name.partition(".")[0] for name in modules}
+
+
+def test_check_loads_the_allowlist_and_nothing_of_the_detector(tmp_path: Path) -> None:
+    allowlist = tmp_path / "allowlist.yaml"
+    allowlist.write_text('agents:\n  - "kubectl/*"\n  - product: helm\n    minVersion: v3.0.0\n')
+    modules = loaded(tmp_path, "check", "--allowlist", str(allowlist), "kubectl/v1.30.0")
+    assert "webhook.core.allowlist" in modules  # the command really ran
+    assert packages(modules) & (NEVER | {"pydantic", "pydantic_core"}) == set()
+    assert modules & {"webhook.detect.detector", "webhook.core.audit", "webhook.core.findings"} == set()
+
+
+def test_check_of_the_built_in_allowlist_loads_no_more(tmp_path: Path) -> None:
+    modules = loaded(tmp_path, "check", "kubectl/v1.30.0")
+    assert packages(modules) & (NEVER | {"pydantic", "pydantic_core"}) == set()
+
+
+def test_replay_of_json_lines_loads_no_server_client_or_table(tmp_path: Path) -> None:
+    one_line = tmp_path / "one.log"
+    recorded = (DATA / "audit" / "audit.log").read_bytes().splitlines(keepends=True)
+    one_line.write_bytes(recorded[1])  # a refusal: one finding goes out
+    modules = loaded(tmp_path, "replay", str(one_line))
+    assert "webhook.detect.detector" in modules  # the command really ran
+    assert packages(modules) & (NEVER | {"multiprocessing", "wcwidth"}) == set()
