@@ -29,12 +29,13 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-import msgspec
 import re2
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from webhook.core import useragent
 from webhook.core.cache import CacheStats, Memo, text_cost
@@ -72,31 +73,24 @@ class AllowlistError(SetupError, ValueError):
     """The allowlist text cannot be used; the message names the entry and the problem."""
 
 
-class Entry(
-    msgspec.Struct,
-    frozen=True,
-    forbid_unknown_fields=True,
-    omit_defaults=True,
-    rename={"min_version": "minVersion", "max_version": "maxVersion"},
-):
-    """One mapping item of ``agents:`` or ``denied:``. Strict: a typo is an error, not silence.
+class Entry(BaseModel):
+    """One mapping item of ``agents:`` or ``denied:``. Strict: a typo is an error, not silence."""
 
-    A msgspec Struct, not a pydantic model: ``ua-sentinel check`` loads this schema and nothing
-    else, and pydantic's import alone costs it more than half its start-up time (issue 15).
-    """
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
     glob: str | None = None
     regex: str | None = None
     product: str | None = None
-    min_version: str | None = None
-    max_version: str | None = None
+    min_version: str | None = Field(default=None, alias="minVersion")
+    max_version: str | None = Field(default=None, alias="maxVersion")
     users: list[str] | None = None
     groups: list[str] | None = None
     namespaces: list[str] | None = None
     reason: str | None = None
     expires: dt.date | None = None
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _one_matcher(self) -> Entry:
         given = [k for k in ("glob", "regex", "product") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of glob, regex or product")
@@ -109,6 +103,7 @@ class Entry(
             value = getattr(self, key)
             if value is not None and not value:
                 raise ValueError(f"{key} must not be empty")
+        return self
 
     def describe(self) -> str:
         if self.glob is not None:
@@ -271,19 +266,6 @@ def _compile_set(patterns: list[str]) -> Any:
     return compiled
 
 
-def _problem(message: str) -> str:
-    """msgspec's ``Expected `str`, got `int` - at `$.users[0]``` as ``users[0]: Expected ...``.
-
-    Escaped: the message may quote a key the file chose (an unknown field), and it reaches
-    Events, /readyz and terminals.
-    """
-    problem, at, path = message.rpartition(" - at `$")
-    if not at:
-        return useragent.display(message, 300)
-    where = useragent.display(path.removeprefix(".").removesuffix("`"), 120)
-    return f"{where}: {useragent.display(problem, 300)}"
-
-
 def _parse_items(section: Section, items: Any) -> list[Entry]:
     if items is None:
         return []
@@ -301,9 +283,16 @@ def _parse_items(section: Section, items: Any) -> list[Entry]:
                 f"{section}[{index}]: expected a glob string or a mapping, got {type(item).__name__}"
             )
         try:
-            entries.append(msgspec.convert(item, Entry))
-        except msgspec.ValidationError as exc:
-            raise AllowlistError(f"{section}[{index}]: {_problem(str(exc))}") from None
+            entries.append(Entry.model_validate(item))
+        except ValidationError as exc:
+            problems = "; ".join(
+                # A key the file chose (extra="forbid" names it): escaped, as the message reaches
+                # Events, /readyz and terminals.
+                (".".join(useragent.display(str(p), 120) for p in err["loc"]) + ": " if err["loc"] else "")
+                + err["msg"].removeprefix("Value error, ")
+                for err in exc.errors()
+            )
+            raise AllowlistError(f"{section}[{index}]: {problems}") from None
     return entries
 
 
@@ -426,8 +415,6 @@ class Allowlist:
 
 def default_allowlist_text() -> str:
     """The built-in allowlist shipped in the package (``webhook/data/default-allowlist.yaml``)."""
-    from importlib import resources  # only here: ``check --allowlist FILE`` does not load it
-
     return resources.files("webhook").joinpath("data/default-allowlist.yaml").read_text(encoding="utf-8")
 
 

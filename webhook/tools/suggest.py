@@ -18,7 +18,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-import msgspec
 import yaml
 
 from webhook.core import useragent
@@ -252,7 +251,7 @@ def render_report(
 
 def render_yaml(proposal: Proposal, allowlist: Allowlist) -> str:
     """The proposed allowlist.yaml: the proposed ``agents:`` and the given ``denied:``."""
-    denied = [msgspec.to_builtins(c.entry) for c in allowlist.denied]  # file names, unset left out
+    denied = [c.entry.model_dump(by_alias=True, exclude_none=True, mode="json") for c in allowlist.denied]
     doc = {"agents": proposal.entries, "denied": denied}
     header = (
         "# Proposed by `ua-sentinel suggest` from your audit logs: review every entry before use.\n"
