@@ -2,10 +2,10 @@
 
 Each command runs in a fresh interpreter (a real child process) and reports every module it
 ended up with; a command imports only what it uses. ``check`` judges one agent: no Detector,
-no audit or finding models (the allowlist schema stays on pydantic, for its error messages). ``replay`` writes JSON lines when stdout is not a
-terminal: no table layout (wcwidth), and for a small file no worker pool (multiprocessing).
-Neither needs the web server, the Kubernetes client, X.509, the metrics library, the HTML
-report or the cloud and OTLP clients.
+no audit or finding models (the allowlist schema stays on pydantic, for its error messages).
+``replay`` writes JSON lines when stdout is not a terminal: no table layout (wcwidth), and for a
+small file no worker pool (multiprocessing). Neither needs the web server, the Kubernetes
+client, X.509, the metrics library, the HTML report or the cloud and OTLP clients.
 """
 
 from __future__ import annotations
