@@ -31,6 +31,7 @@ from webhook.tools.certs import MAX_DAYS
 
 if TYPE_CHECKING:
     from webhook.kube.lease import LeaderElectionConfig
+    from webhook.tools.audit_policy import Policy
 
 __all__ = ["CliError", "build_parser", "load_allowlist", "main"]
 
@@ -454,25 +455,27 @@ def _add_apiserver_config(sub: argparse._SubParsersAction[argparse.ArgumentParse
     parser.set_defaults(run=_run_apiserver_config)
 
 
-def _read_policy(path: str) -> tuple[str, str]:
-    """(text, display name) of a policy file, `-` for stdin."""
+def _read_policy(path: str) -> Policy:
+    """The policy in ``path`` (``-``: stdin), read and checked; a problem is a one-line CliError."""
+    from webhook.tools import audit_policy
+
     try:
-        return (sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")), path
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise CliError(f"{path}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        return audit_policy.parse_policy(text)
+    except audit_policy.PolicyError as exc:
+        raise CliError(f"{path}: {exc}") from None
 
 
 def _policy_command(args: argparse.Namespace) -> tuple[int, str] | None:
     """--check-policy, and --policy without a webhook target: (exit status, stdout), else None."""
-    from webhook.tools import audit_policy, policy_check
+    from webhook.tools import policy_check
 
     if args.check_policy:
-        text, name = _read_policy(args.check_policy)
-        try:
-            policy = audit_policy.parse_policy(text)
-        except audit_policy.PolicyError as exc:
-            raise CliError(f"{name}: {exc}") from None
-        return (1 if policy_check.check(policy) else 0), policy_check.report(policy, name)
+        policy = _read_policy(args.check_policy)
+        return (1 if policy_check.check(policy) else 0), policy_check.report(policy, args.check_policy)
     if args.policy and not args.service_ip and not args.out_dir and not args.distro:
         return 0, _merged_policy(args.policy)
     return None
@@ -491,14 +494,10 @@ def _distro(args: argparse.Namespace, policy: str, kubeconfig: str | None) -> st
 
 
 def _merged_policy(path: str) -> str:
-    from webhook.tools import audit_policy, policy_merge
+    from webhook.tools import policy_merge
 
-    text, name = _read_policy(path)
-    try:
-        policy = audit_policy.parse_policy(text)
-    except audit_policy.PolicyError as exc:
-        raise CliError(f"{name}: {exc}") from None
-    return policy_merge.render(policy, policy_merge.merge(policy), name)
+    policy = _read_policy(path)
+    return policy_merge.render(policy, policy_merge.merge(policy), path)
 
 
 def _run_apiserver_config(args: argparse.Namespace) -> int:
