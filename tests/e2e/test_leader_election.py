@@ -151,6 +151,19 @@ def _replica(
     )
 
 
+def _reading_and_renewing(leader: Sentinel, cp: ControlPlane, namespace: str) -> None:
+    """Wait until ``leader`` (replica-a) reads and has renewed the Lease at least once."""
+    leader.wait_for_log(lambda r: r.get("msg") == "tailing", timeout=WAIT_S, what="replica-a to read")
+    first = _lease(cp, namespace)
+    assert first is not None
+    wait_until(
+        lambda: (_lease(cp, namespace) or {}).get("renewTime") != first["renewTime"],
+        timeout=WAIT_S,
+        what="replica-a to renew its lease",
+        interval=0.1,
+    )
+
+
 def _logged(tail: Sentinel, msg: str) -> list[dict[str, Any]]:
     return [r for r in tail.log_records() if r.get("msg") == msg]
 
@@ -226,15 +239,7 @@ def test_a_leader_whose_lease_is_taken_exits_before_reading_on(
     log = tmp_path / "audit.log"
     log.write_bytes(b"".join(_lines()[:10]))
     leader = _replica(sentinels, release, "replica-a", allowlist, log, tmp_path / "state")
-    leader.wait_for_log(lambda r: r.get("msg") == "tailing", timeout=WAIT_S, what="replica-a to read")
-    first = _lease(cp, namespace)
-    assert first is not None
-    wait_until(
-        lambda: (_lease(cp, namespace) or {}).get("renewTime") != first["renewTime"],
-        timeout=WAIT_S,
-        what="replica-a to renew its lease",
-        interval=0.1,
-    )
+    _reading_and_renewing(leader, cp, namespace)
     leader.process.check_alive()
     response = cp.request(
         "admin",
@@ -331,15 +336,7 @@ def test_a_leader_whose_apiserver_hangs_stops_before_its_lease_could_expire(
         env={"POD_NAME": "replica-a", "POD_NAMESPACE": namespace},
         extra_args=["--leader-elect", "--leader-elect-lease", LEASE, *HANG],
     )
-    leader.wait_for_log(lambda r: r.get("msg") == "tailing", timeout=WAIT_S, what="replica-a to read")
-    first = _lease(cp, namespace)
-    assert first is not None
-    wait_until(
-        lambda: (_lease(cp, namespace) or {}).get("renewTime") != first["renewTime"],
-        timeout=WAIT_S,
-        what="replica-a to renew its lease",
-        interval=0.1,
-    )
+    _reading_and_renewing(leader, cp, namespace)
     os.kill(cp.apiserver.pid, signal.SIGSTOP)
     try:
         wait_until(

@@ -67,9 +67,16 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "
 
 
 class Tail:
-    """One `ua-sentinel tail` child; stdout (findings) and stderr (logs) go to files per run."""
+    """One `ua-sentinel tail` child; stdout (findings) and stderr (logs) go to files per run.
 
-    def __init__(self, workdir: Path, log: Path, args: list[str], env: dict[str, str] | None = None) -> None:
+    ``log`` is the file it tails; a subclass that reads ``--source`` instead passes None."""
+
+    start_timeout = 30.0
+    """Seconds for the first checkpoint (the sign it started)."""
+
+    def __init__(
+        self, workdir: Path, log: Path | None, args: list[str], env: dict[str, str] | None = None
+    ) -> None:
         self.workdir = workdir
         self.log = log
         self.state = workdir / "state"
@@ -99,7 +106,7 @@ class Tail:
                 "--checkpoint-interval",
                 "0.2",
                 *self.args,
-                str(self.log),
+                *([str(self.log)] if self.log is not None else []),
             ],
             stdout=out,
             stderr=err,
@@ -111,7 +118,9 @@ class Tail:
         started = time.time()
         proc = self.proc
         wait_for(
-            lambda: self.checkpoint().get("written_at", 0) >= started or proc.poll() is not None, 30, "start"
+            lambda: self.checkpoint().get("written_at", 0) >= started or proc.poll() is not None,
+            self.start_timeout,
+            "start",
         )
         assert proc.poll() is None, self.stderr()
         return self
@@ -147,6 +156,8 @@ class Tail:
         """The checkpoint is at the end of the live file and no backlog is left."""
         cp = self.checkpoint()
         position = cp.get("position") or {}
+        if self.log is None:
+            return False
         try:
             st = os.stat(self.log)
         except FileNotFoundError:

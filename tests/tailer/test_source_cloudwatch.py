@@ -18,7 +18,6 @@ import http.server
 import json
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -33,7 +32,7 @@ import pytest
 
 from tests.conftest import AUDIT_LOGS
 
-from .conftest import ACCEPTANCE_ALLOWLIST, ROOT, findings_in, keys, replay_findings, wait_for
+from .conftest import ACCEPTANCE_ALLOWLIST, ROOT, Tail, findings_in, keys, replay_findings, wait_for
 
 GROUP = "/aws/eks/test/cluster"
 STREAMS = [f"kube-apiserver-audit-{h}" for h in ("2f9c81d4a1", "7be03c55e2", "c41d9a0f63")]
@@ -193,78 +192,20 @@ class Group:
         )
 
 
-class CloudTail:
-    """One `ua-sentinel tail --source cloudwatch:...` child at a time; stdout/stderr per run."""
+class CloudTail(Tail):
+    """The conftest's `Tail`, reading `--source cloudwatch:GROUP` instead of a file."""
+
+    start_timeout = 60.0
 
     def __init__(self, workdir: Path, env: dict[str, str], args: list[str]) -> None:
-        self.workdir = workdir
-        self.state = workdir / "state"
-        self.env = env
-        self.args = args
-        self.runs = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def stdout_files(self) -> list[Path]:
-        return sorted(self.workdir.glob("stdout-*.jsonl"))
-
-    def start(self) -> CloudTail:
-        self.runs += 1
-        out = open(self.workdir / f"stdout-{self.runs:03d}.jsonl", "wb")  # noqa: SIM115 - child owns it
-        err = open(self.workdir / f"stderr-{self.runs:03d}.log", "wb")  # noqa: SIM115
-        started = time.time()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "webhook",
-                "tail",
-                "--state",
-                str(self.state),
-                "--source",
-                f"cloudwatch:{GROUP}",
-                "--poll-interval",
-                "0.1",
-                "--checkpoint-interval",
-                "0.2",
-                *self.args,
-            ],
-            stdout=out,
-            stderr=err,
-            cwd=ROOT,
-            env={**os.environ, **self.env},
+        super().__init__(
+            workdir, None, ["--source", f"cloudwatch:{GROUP}", "--poll-interval", "0.1", *args], env
         )
-        out.close()
-        err.close()
-        proc = self.proc
-        wait_for(lambda: self.checkpoint().get("written_at", 0) >= started or proc.poll() is not None, 60)
-        assert proc.poll() is None, self.stderr()
-        return self
-
-    def stderr(self) -> str:
-        return "".join(p.read_text(errors="replace") for p in sorted(self.workdir.glob("stderr-*.log")))
-
-    def checkpoint(self) -> dict[str, Any]:
-        try:
-            data: dict[str, Any] = json.loads((self.state / "checkpoint.json").read_bytes())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {}
-        return data
 
     def read_all(self, count: int) -> bool:
         """The checkpoint stands after ``count`` events and holds no backlog."""
         cp = self.checkpoint()
         return (cp.get("stats") or {}).get("lines") == count and not any((cp.get("backlog") or {}).values())
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(60)
 
 
 def _fixture_lines() -> list[bytes]:
