@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -177,4 +178,6 @@ def test_short_coverage_guided_run(target: str, tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Done 3000 runs" in result.stderr
+    # libFuzzer stops at the first check after -runs, so it may report a few more (3002 seen)
+    done = re.search(r"^Done (\d+) runs", result.stderr, re.MULTILINE)
+    assert done is not None and int(done.group(1)) >= 3000, result.stderr[-3000:]
