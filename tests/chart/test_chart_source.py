@@ -11,7 +11,7 @@ import pytest
 
 from webhook.cli import build_parser
 
-from .conftest import FULLNAME, NAMESPACE, Render
+from .conftest import FULLNAME, NAMESPACE, PROMETHEUS, Render
 
 Notes = Callable[..., str]
 SOURCE = f"{FULLNAME}-source"
@@ -275,6 +275,23 @@ def test_every_source_kind_has_one_reader_on_the_lease(render: Render, source: s
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert "--leader-elect" in container["args"]
     assert _pairs(container["args"], "--leader-elect-lease") == [f"{NAMESPACE}/{SOURCE}"]
+
+
+def test_service_monitor_scrapes_the_source_pods_metrics_port(render: Render) -> None:
+    """Without it the source alerts would read nothing: the ua_sentinel_source_* series come from
+    the source Deployment's own plain-HTTP port."""
+    rendered = render(
+        {**_with(sources=[PUBSUB]), "serviceMonitor": {"enabled": True}}, api_versions=PROMETHEUS
+    )
+    monitor = rendered.one("PodMonitor", SOURCE)
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+    pod = rendered.one("Deployment", SOURCE)["spec"]["template"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    (container,) = pod["spec"]["containers"]
+    assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in container["ports"]
+    assert not render({"serviceMonitor": {"enabled": True}}, api_versions=PROMETHEUS).all("PodMonitor")
 
 
 def test_durations_client_go_refuses_fail_the_render_with_a_fix(render_error: Callable[..., str]) -> None:
