@@ -4,14 +4,17 @@ unless asked, and NOTES giving the cloud-side setup per source kind. Rendered by
 
 from __future__ import annotations
 
+import re
+import shlex
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+import yaml
 
 from webhook.cli import build_parser
 
-from .conftest import FULLNAME, NAMESPACE, PROMETHEUS, Render
+from .conftest import CHART, FULLNAME, NAMESPACE, PROMETHEUS, ROOT, Helm, Render
 
 Notes = Callable[..., str]
 SOURCE = f"{FULLNAME}-source"
@@ -458,3 +461,68 @@ def test_notes_give_each_configured_source_its_own_setup(notes: Notes, installed
     )
     assert "AKS: Storage Account aksaudit01, container insights-logs-kube-audit-admin" in text
     assert text.strip() == installed_notes(values).strip()
+
+
+# --- the README's copy-paste paths --------------------------------------------------------------
+
+
+def _expand(text: str, variables: dict[str, str]) -> str:
+    return re.sub(r"\$(\w+)", lambda m: variables[m.group(1)], text)
+
+
+def _readme_helm_installs() -> dict[str, list[str]]:
+    """Each `### <cloud>` path of the README's "Managed clusters" section: its `helm install`
+    command, shell variables and command substitutions filled in as a shell would."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## Managed clusters\n", 1)[1].split("\n## ", 1)[0]
+    found = {}
+    for part in section.split("\n### ")[1:]:
+        title = part.split("\n", 1)[0]
+        blocks = re.findall(r"```sh\n(.*?)```", part, re.S)
+        script = "\n".join(blocks).replace("\\\n", " ")
+        variables: dict[str, str] = {}
+        for line in script.splitlines():
+            if re.fullmatch(r"(\w+=\S+\s*)+", line.strip()):
+                for name, value in re.findall(r"(\w+)=(\S+)", line):
+                    variables[name] = _expand(value, variables)
+        for line in script.splitlines():
+            if line.strip().startswith("helm install"):
+                line = re.sub(r"\$\((?:[^()]|\([^()]*\))*\)", "00000000-0000-0000-0000-000000000000", line)
+                found[title] = shlex.split(_expand(line, variables))
+    return found
+
+
+def test_readme_has_one_copy_paste_path_per_cloud() -> None:
+    titles = list(_readme_helm_installs())
+    assert [t.split(":")[0] for t in titles] == ["EKS", "GKE", "AKS", "AKS"], titles
+
+
+@pytest.mark.parametrize("title", sorted(_readme_helm_installs()))
+def test_readme_helm_install_renders_a_source_with_its_cloud_identity(helm: Helm, title: str) -> None:
+    """The README's command, as `helm template` (same flags): the schema accepts it, and the
+    identity it sets lands on the source's ServiceAccount (or the pods, for Azure)."""
+    argv = _readme_helm_installs()[title]
+    assert argv[:4] == ["helm", "install", "ua-sentinel", "charts/ua-sentinel"], argv
+    flags = [a for a in argv[4:] if a != "--create-namespace"]
+    out = helm.run("template", "ua-sentinel", str(CHART), *flags).stdout
+    objects = [d for d in yaml.safe_load_all(out) if d]
+    (account,) = [
+        o for o in objects if o["kind"] == "ServiceAccount" and o["metadata"]["name"] == "ua-sentinel-source"
+    ]
+    (deployment,) = [
+        o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "ua-sentinel-source"
+    ]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    (source,) = [container["args"][i + 1] for i, a in enumerate(container["args"]) if a == "--source"]
+    annotations = account["metadata"]["annotations"]
+    kind = source.split(":", 1)[0]
+    identity = {
+        "cloudwatch": "eks.amazonaws.com/role-arn",
+        "pubsub": "iam.gke.io/gcp-service-account",
+        "eventhub": "azure.workload.identity/client-id",
+        "azblob": "azure.workload.identity/client-id",
+    }[kind]
+    assert identity in annotations and "$" not in annotations[identity], annotations
+    if kind in ("eventhub", "azblob"):
+        assert deployment["spec"]["template"]["metadata"]["labels"]["azure.workload.identity/use"] == "true"
+    assert not [o for o in objects if o["kind"] == "ValidatingWebhookConfiguration"]
