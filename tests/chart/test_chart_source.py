@@ -213,6 +213,7 @@ WI_CLIENT_ID = "00000000-0000-0000-0000-000000000000"
         "eventhub:aks-audit-ns.servicebus.windows.net/kube.audit_1",
         AZBLOB,
         "azblob:abc/insights-logs-kube-audit",
+        "azblob:aksaudit01/insights-logs-kube-audit-admin/resourceId=/SUBSCRIPTIONS/0000/RESOURCEGROUPS/RG",
     ],
 )
 def test_schema_admits_each_cloud_source_and_the_deployment_reads_it(render: Render, source: str) -> None:
@@ -233,6 +234,7 @@ def test_schema_admits_each_cloud_source_and_the_deployment_reads_it(render: Ren
         "azblob:AKSAudit/insights-logs-kube-audit",  # accounts are lowercase
         "azblob:aksaudit01/insights--logs",  # no double hyphen in a container
         "azblob:aksaudit01/ab",  # containers are 3-63 characters
+        "azblob:aksaudit01/insights-logs-kube-audit-admin/",  # an empty prefix
         "cloudwatch:",
     ],
 )
@@ -425,6 +427,8 @@ def test_notes_for_an_eventhub_source_give_the_diagnostic_setting_and_the_receiv
     assert "--query oidcIssuerProfile.issuerUrl" in text
     assert "--enable-oidc-issuer --enable-workload-identity" in text
     assert "--rights Listen" in text and "AZURE_EVENTHUB_CONNECTION_STRING=" in text
+    assert "az eventhubs eventhub consumer-group create --resource-group RESOURCE_GROUP" in text
+    assert "AZURE_EVENTHUB_CONSUMER_GROUP, value: ua-sentinel" in text
     assert "WARNING: no Azure identity" not in text
     assert "Storage Blob Data Reader" not in text
 
@@ -441,7 +445,7 @@ def test_notes_for_an_azblob_source_give_the_archive_setting_and_the_blob_reader
     assert """--logs '[{"category":"kube-audit","enabled":true}]'""" in text
     assert 'az role assignment create --role "Storage Blob Data Reader"' in text
     assert '/blobServices/default/containers/insights-logs-kube-audit"' in text
-    assert "--event-hub" not in text
+    assert "--event-hub" not in text and "consumer-group" not in text
     assert "WARNING: no Azure identity" not in text  # a connection string comes from envFrom
     assert "is not one Azure Monitor writes" not in text
 

@@ -104,6 +104,13 @@ AKS: Event Hub {{ $second }} in namespace {{ $first }}
        --event-hub {{ $second }} \
        --event-hub-rule "$(az eventhubs namespace authorization-rule show --resource-group RESOURCE_GROUP --namespace-name {{ $first }} --name RootManageSharedAccessKey --query id --output tsv)" \
        --logs '[{"category":"{{ $category }}","enabled":true}]'
+
+     A consumer group of its own (other readers of the hub's $Default would not disturb it):
+
+     az eventhubs eventhub consumer-group create --resource-group RESOURCE_GROUP --namespace-name {{ $first }} \
+       --eventhub-name {{ $second }} --name ua-sentinel
+
+     and source.env: [{name: AZURE_EVENTHUB_CONSUMER_GROUP, value: ua-sentinel}].
 {{- else }}
 
 AKS: Storage Account {{ $first }}, container {{ $second }}
