@@ -467,8 +467,24 @@ def test_notes_for_an_azblob_source_give_the_archive_setting_and_the_blob_reader
 
 
 def test_notes_warn_when_an_azure_source_has_no_identity_or_its_container_gets_nothing(notes: Notes) -> None:
-    text = notes(_with(sources=[EVENTHUB, "azblob:aksaudit01/my-audit"], serviceAccount={"annotations": {}}))
+    region = [{"name": "AZURE_AUTHORITY_HOST", "value": "https://login.microsoftonline.com"}]
+    text = notes(
+        _with(
+            sources=[EVENTHUB, "azblob:aksaudit01/my-audit"], serviceAccount={"annotations": {}}, env=region
+        )
+    )
     assert "refuses every read" in text and text.count("WARNING: no Azure identity") == 2
+    assert "source.env has no AZURE_EVENTHUB_CONNECTION_STRING" in text
+    assert "source.env has no AZURE_STORAGE_CONNECTION_STRING" in text
+    secret = [
+        {"name": "AZURE_EVENTHUB_CONNECTION_STRING", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}
+    ]
+    text = notes(
+        _with(
+            sources=[EVENTHUB, "azblob:aksaudit01/my-audit"], serviceAccount={"annotations": {}}, env=secret
+        )
+    )
+    assert text.count("WARNING: no Azure identity") == 1  # the Event Hub has its connection string
     assert "WARNING: container my-audit is not one Azure Monitor writes the audit log to" in text
 
 

@@ -158,10 +158,13 @@ WARNING: container {{ $second }} is not one Azure Monitor writes the audit log t
      Or, without Workload Identity, a connection string (a read-only SAS) in a Secret, as
      AZURE_STORAGE_CONNECTION_STRING, named in source.envFrom (- secretRef: {name: ua-sentinel-azure}).
 {{- end }}
-{{- if and (not (hasKey $annotations "azure.workload.identity/client-id")) (not $.Values.source.envFrom) (not $.Values.source.env) }}
+{{- $connection := ternary "AZURE_EVENTHUB_CONNECTION_STRING" "AZURE_STORAGE_CONNECTION_STRING" (eq $kind "eventhub") }}
+{{- $envNames := list }}
+{{- range $.Values.source.env }}{{ $envNames = append $envNames .name }}{{ end }}
+{{- if and (not (hasKey $annotations "azure.workload.identity/client-id")) (not $.Values.source.envFrom) (not (has $connection $envNames)) }}
 
-WARNING: no Azure identity: source.serviceAccount.annotations has no azure.workload.identity/client-id and
-  source.env/envFrom give no connection string, so {{ $kind }}:{{ index $parts 0 }}/{{ $second }} refuses every read.
+WARNING: no Azure identity: source.serviceAccount.annotations has no azure.workload.identity/client-id,
+  source.env has no {{ $connection }} and source.envFrom is empty, so {{ $kind }}:{{ index $parts 0 }}/{{ $second }} refuses every read.
 {{- end }}
 {{- end }}
 {{- end }}
