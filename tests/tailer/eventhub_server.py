@@ -12,13 +12,14 @@ events with the ``x-opt-sequence-number`` / ``x-opt-offset`` / ``x-opt-enqueued-
 annotations.
 
 It is not Azure: no authorisation (any token is accepted), one consumer group of any name, no
-epochs, no retention. Outages are injected: ``refuse()`` closes the listening socket (connection
-refused) and drops the open connections; ``busy()`` detaches receiver links with
-``com.microsoft:server-busy`` as the service does when it is throttling.
+epochs, no retention. Outages are injected (:meth:`EventHubServer.outage`): connections reset as
+they come (counted, so a test sees how often the client tries), or receiver links detached with
+``com.microsoft:server-busy`` as the service does when it throttles.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import select
 import socket
@@ -104,10 +105,13 @@ class EventHubServer:
         self.port = 0
         self.connections = 0
         """How many AMQP connections clients opened (counts reconnects during an outage)."""
-        self.refused = False
+        self._outage: str | None = None
+        self.resets = 0
+        """Connections reset during a ``reset`` outage."""
         self.busy_detaches = 0
-        self._busy = False
+        """Receiver links detached during a ``busy`` outage."""
         self.receivers_attached = 0
+        self.consumer_groups: set[str] = set()
         self._created_ms = int(time.time() * 1000)
 
     # -- control ---------------------------------------------------------------------------
@@ -140,25 +144,12 @@ class EventHubServer:
             events.append(_Event(sequence, offset, when, body))
             return sequence
 
-    def refuse(self) -> None:
-        """Connections are refused (the listener is closed) and open ones dropped."""
-        with self._lock:
-            self.refused = True
-            if self._listener is not None:
-                self._listener.close()
-                self._listener = None
-        self._drop_all()
-
-    def busy(self, on: bool = True) -> None:
-        """Receiver links are detached with ``com.microsoft:server-busy`` (while on)."""
-        self._busy = on
-
-    def recover(self) -> None:
-        self._busy = False
-        with self._lock:
-            if self.refused:
-                self.refused = False
-                self._listen()
+    def outage(self, kind: str | None) -> None:
+        """``"reset"``: every connection is accepted and reset at once (open ones dropped);
+        ``"busy"``: receiver links are detached with ``com.microsoft:server-busy``; None: over."""
+        self._outage = kind
+        if kind == "reset":
+            self._drop_all()
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -174,10 +165,8 @@ class EventHubServer:
         with self._lock:
             conns, self._connections = self._connections, []
         for conn in conns:
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             conn.close()
 
     def _accept_loop(self) -> None:
@@ -190,6 +179,11 @@ class EventHubServer:
                 listener.settimeout(0.1)
                 conn, _ = listener.accept()
             except (TimeoutError, OSError):
+                continue
+            if self._outage == "reset":
+                self.resets += 1
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()
                 continue
             with self._lock:
                 self.connections += 1
@@ -295,7 +289,8 @@ class _Connection:
         header = self._recv_exact(8)
         if header == _SASL_HEADER:
             self.sock.sendall(_SASL_HEADER)
-            self._send(0, perf.SASLMechanism(sasl_server_mechanisms=[b"MSSBCBS", b"PLAIN", b"ANONYMOUS"]), b"\x01")
+            mechanisms = perf.SASLMechanism(sasl_server_mechanisms=[b"MSSBCBS", b"PLAIN", b"ANONYMOUS"])
+            self._send(0, mechanisms, b"\x01")
             self._read_frame()  # sasl-init
             self._send(0, perf.SASLOutcome(code=0, additional_data=None), b"\x01")
             header = self._recv_exact(8)
@@ -373,12 +368,14 @@ class _Connection:
         if server_sends and source is not None and source.filters:
             filters = dict(source.filters)
             selector = next(iter(filters.values()), None)
-            source = source._replace(filters={k: (b"apache.org:selector-filter:string", v) for k, v in filters.items()})
+            echoed = {k: (b"apache.org:selector-filter:string", v) for k, v in filters.items()}
+            source = source._replace(filters=echoed)
         else:
             selector = None
         match = _PARTITION_ADDRESS.search(address_text)
         if server_sends and match is not None:
             link.partition = match.group(3)
+            self.server.consumer_groups.add(match.group(2))
             selector_text = selector.decode() if isinstance(selector, bytes) else selector
             link.next_sequence = self.server.start_sequence(link.partition, selector_text)
             self.server.receivers_attached += 1
@@ -479,7 +476,7 @@ class _Connection:
                 self._deliver(link, link.pending_replies.pop(0))
             if link.partition is None or link.credit <= 0:
                 continue
-            if self.server._busy:
+            if self.server._outage == "busy":
                 self.server.busy_detaches += 1
                 del self.links[key]
                 self._send(
