@@ -243,11 +243,13 @@ def test_a_bad_record_is_counted_and_skipped(
     lines = _fixture_lines()
     half = len(lines) // 2
     hub.put(lines[:half])
-    hub.send(b"not JSON at all")
+    bad_partition = str(hub.turn % PARTITIONS)
+    hub.send(b"not JSON at all", bad_partition)
     one_good = _record(lines[half])
     no_log = {"category": "kube-audit", "properties": {"stream": "stdout"}}
-    hub.send(json.dumps({"records": [no_log, one_good]}).encode(), lines=2)
-    hub.send(json.dumps({"records": [_record(b'{"kind": "Event", broken')]}).encode())
+    hub.send(json.dumps({"records": [no_log, one_good]}).encode(), bad_partition, lines=2)
+    broken = {"category": "kube-audit", "properties": {"log": '{"kind": "Event", broken'}}
+    hub.send(json.dumps({"records": [broken]}).encode())
     hub.put(lines[half + 1 :])
     tail = EventHubTail(tmp_path, server, ["--allowlist", str(allowlist_file), "--from-start"])
     tail.start()
@@ -260,7 +262,12 @@ def test_a_bad_record_is_counted_and_skipped(
     stderr = tail.stderr()
     skipped = [json.loads(line) for line in stderr.splitlines() if "malformed audit input skipped" in line]
     assert len(skipped) == 3
-    assert any("kube-audit record without properties.log" in s["reason"] for s in skipped)
+    refused = [json.loads(line) for line in stderr.splitlines() if "event hub record refused" in line]
+    assert [(r["partition"], r["reason"][:14]) for r in refused] == [
+        (bad_partition, "aks: not JSON:"),
+        (bad_partition, "kube-audit rec"),
+    ]
+    assert refused[1]["reason"] == "kube-audit record without properties.log"
     assert "Traceback" not in stderr
 
 

@@ -51,10 +51,14 @@ import orjson
 from webhook.errors import SetupError
 from webhook.inputs.formats import decode
 from webhook.inputs.source import LogRecord, Page, SourceError, StreamInfo
+from webhook.logs import fields
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "CONNECTION_STRING_ENV",
     "CONSUMER_GROUP_ENV",
+    "MAX_LOGGED_REFUSALS",
     "PAGE_BYTES",
     "PREFETCH",
     "EventHubSource",
@@ -69,6 +73,8 @@ PAGE_BYTES = 8 * 1024 * 1024
 """A page stops growing past this many body bytes."""
 OPEN_TIMEOUT = 30.0
 """Seconds for a receiver's connection, authentication and link to come up."""
+MAX_LOGGED_REFUSALS = 20
+"""Refused records logged one by one; past this, every 1000th."""
 WAIT = 0.2
 """Seconds a page waits for a first event on a partition that has none ready."""
 _INSTALL = "the eventhub source needs azure-eventhub: pip install 'ua-sentinel[azure]'"
@@ -153,18 +159,15 @@ def _body(event: Any) -> bytes | None:
         return None
 
 
-def _records(event: Any) -> list[LogRecord]:
-    """The audit Event lines of one Event Hubs event (refused records as malformed lines)."""
+def _decode(event: Any) -> tuple[list[LogRecord], list[str]]:
+    """The audit Event lines of one Event Hubs event, and why records of it were refused."""
     when = _millis(event.enqueued_time)
     body = _body(event)
     if body is None:
-        return [LogRecord(when, "eventhub: event body is not binary data")]
+        return [], ["event body is not binary data"]
     decoded = decode("aks", body)
     lines = [item if isinstance(item, bytes) else orjson.dumps(item) for item in decoded.events]
-    out = [LogRecord(when, line.decode("utf-8", "replace")) for line in lines]
-    # Not JSON, so the tailer's line decoder counts each one as malformed and skips it.
-    out.extend(LogRecord(when, f"eventhub: {reason}") for reason in decoded.errors)
-    return out
+    return [LogRecord(when, line.decode("utf-8", "replace")) for line in lines], decoded.errors
 
 
 class _Receiver:
@@ -218,6 +221,7 @@ class EventHubSource:
         self.group = consumer_group(group)
         self.client = client if client is not None else _client(namespace, hub, self.group)
         self._receivers: dict[str, _Receiver] = {}
+        self.refused = 0
 
     @property
     def label(self) -> str:
@@ -250,11 +254,33 @@ class EventHubSource:
         except _errors() as exc:
             self._drop(stream)
             raise _error(exc) from None
-        records = [record for event in events for record in _records(event)]
+        records: list[LogRecord] = []
+        for event in events:
+            lines, errors = _decode(event)
+            records += lines
+            for reason in errors:
+                self._refused(stream, event, reason)
+                # Not JSON: the tailer's line decoder counts it as malformed and skips it.
+                records.append(LogRecord(_millis(event.enqueued_time), f"eventhub: {reason}"))
         if not events:
             return Page([], token or "")
         receiver.token = str(int(events[-1].sequence_number) + 1)
         return Page(records, receiver.token)
+
+    def _refused(self, stream: str, event: Any, reason: str) -> None:
+        """Say where a refused record is (the tailer counts it, without this detail)."""
+        self.refused += 1
+        if self.refused <= MAX_LOGGED_REFUSALS or self.refused % 1000 == 0:
+            logger.warning(
+                "event hub record refused",
+                **fields(
+                    source=self.label,
+                    partition=stream,
+                    sequenceNumber=event.sequence_number,
+                    reason=reason,
+                    refused=self.refused,
+                ),
+            )
 
     def _drop(self, stream: str) -> None:
         """A failed receiver is closed; the next page opens one at the asked position."""
