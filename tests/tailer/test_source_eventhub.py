@@ -340,6 +340,38 @@ def _scrape(port: int) -> dict[str, float]:
     return out
 
 
+def test_without_credentials_calls_fail_as_denied_not_with_a_traceback(
+    server: EventHubServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No connection string and no identity (no Workload Identity token, no managed identity):
+    azure-identity's ClientAuthenticationError, raised when the connection authenticates, is a
+    ``denied`` SourceError (the reader backs off), not an exception that stops the tailer."""
+    from azure.eventhub import EventHubConsumerClient
+    from azure.identity import DefaultAzureCredential
+
+    from webhook.inputs.eventhub import EventHubSource
+    from webhook.inputs.source import SourceError
+
+    for name in [k for k in os.environ if k.startswith(("AZURE_", "IDENTITY_", "MSI_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("PATH", "/nonexistent")  # no az / azd / pwsh to borrow a login from
+    client = EventHubConsumerClient(
+        f"127.0.0.1:{server.port}",
+        HUB,
+        "$Default",
+        credential=DefaultAzureCredential(),
+        use_tls=False,  # what UseDevelopmentEmulator=true sets
+        retry_total=0,
+    )
+    source = EventHubSource(f"{NAMESPACE}/{HUB}", client=client)
+    for call in (source.streams, lambda: source.page("0", None, limit=5)):
+        with pytest.raises(SourceError) as raised:
+            call()
+        assert raised.value.kind == "denied", str(raised.value)
+        assert "\n" not in str(raised.value)
+    source.close()
+
+
 def test_without_the_sdk_one_line_says_which_extra_to_install(tmp_path: Path) -> None:
     blocker = tmp_path / "site"
     (blocker / "azure" / "eventhub").mkdir(parents=True)

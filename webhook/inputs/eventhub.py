@@ -100,8 +100,10 @@ def _client(namespace: str, hub: str, group: str) -> Any:
         "retry_backoff_factor": 0,
         "user_agent": "ua-sentinel",
     }
-    # Its INFO lines narrate every link and connection state change (thousands an hour).
-    logging.getLogger("azure").setLevel(logging.WARNING)
+    # Its INFO lines narrate every link and connection state change (thousands an hour), and
+    # azure.identity's warnings span lines: a failed call is logged once, by the reader, as a
+    # SourceError of its kind.
+    logging.getLogger("azure").setLevel(logging.ERROR)
     conn_str = os.environ.get(CONNECTION_STRING_ENV)
     if conn_str:
         try:
@@ -118,6 +120,7 @@ def _client(namespace: str, hub: str, group: str) -> Any:
 
 def _error(exc: Exception) -> SourceError:
     """The kind of a failed call, from the SDK's exception and the AMQP condition it carries."""
+    from azure.core.exceptions import AzureError, ClientAuthenticationError, ServiceRequestError
     from azure.eventhub.exceptions import (
         AuthenticationError,
         ConnectError,
@@ -131,21 +134,33 @@ def _error(exc: Exception) -> SourceError:
     message = f"{type(exc).__name__}: {text}"
     if any(mark in lowered for mark in _THROTTLED):
         return SourceError("throttled", message)
-    if isinstance(exc, AuthenticationError) or any(mark in lowered for mark in _DENIED):
+    chain = [exc]
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)  # type: ignore[arg-type]
+        if len(chain) > 8:
+            break
+    # The consumer wraps the credential's error in an EventHubError; it stays in the chain.
+    credential = any(isinstance(e, AuthenticationError | ClientAuthenticationError) for e in chain)
+    if credential or any(mark in lowered for mark in _DENIED):
         return SourceError("denied", message)
     if any(mark in lowered for mark in _NOT_FOUND):
         return SourceError("not-found", message)
-    if isinstance(exc, ConnectError | ConnectionLostError | OperationTimeoutError | OSError):
+    if isinstance(
+        exc, ConnectError | ConnectionLostError | OperationTimeoutError | ServiceRequestError | OSError
+    ):
         return SourceError("unavailable", message)
-    if isinstance(exc, EventHubError):
+    if isinstance(exc, EventHubError | AzureError):
         return SourceError("error", message)
     raise exc
 
 
 def _errors() -> tuple[type[Exception], ...]:
+    """What a call may raise for a reason outside us: the SDK's errors, the credential's (a token
+    is fetched when a connection authenticates: ``ClientAuthenticationError``), the socket's."""
+    from azure.core.exceptions import AzureError
     from azure.eventhub.exceptions import EventHubError
 
-    return (EventHubError, OSError)
+    return (EventHubError, AzureError, OSError)
 
 
 def _millis(value: Any) -> int:
