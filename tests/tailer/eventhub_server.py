@@ -128,9 +128,10 @@ class EventHubServer:
             self._listener.close()
 
     def connection_string(self) -> str:
+        """A namespace's connection string (no EntityPath), as its shared access policy gives."""
         return (
             f"Endpoint=sb://127.0.0.1:{self.port};SharedAccessKeyName=test;"
-            f"SharedAccessKey=dGVzdA==;EntityPath={self.hub};UseDevelopmentEmulator=true"
+            f"SharedAccessKey=dGVzdA==;UseDevelopmentEmulator=true"
         )
 
     def append(self, partition: str, body: bytes, enqueued_ms: int | None = None) -> int:
@@ -428,22 +429,25 @@ class _Connection:
                 ),
             )
         props = request.application_properties or {}
-        if link.address.endswith("$cbs"):
-            reply = Message(
-                properties=Properties(correlation_id=request.properties.message_id),
-                application_properties={"status-code": 200, "status-description": "OK"},
-            )
-        else:
-            kind = props.get(b"type")
-            if kind == b"com.microsoft:eventhub":
-                value: Any = self.server.hub_properties()
+        status: dict[str, Any] = {"status-code": 200, "status-description": "OK"}
+        value: Any = None
+        if link.address.endswith("$management"):
+            name = props.get(b"name", b"").decode()
+            if name != self.server.hub:
+                status = {
+                    "status-code": 404,
+                    "status-description": f"The messaging entity '{name}' could not be found.",
+                    "error-condition": "com.microsoft:entity-not-found",
+                }
+            elif props.get(b"type") == b"com.microsoft:eventhub":
+                value = self.server.hub_properties()
             else:
                 value = self.server.partition_properties(props[b"partition"].decode())
-            reply = Message(
-                properties=Properties(correlation_id=request.properties.message_id),
-                application_properties={"status-code": 200, "status-description": "OK"},
-                value=value,
-            )
+        reply = Message(
+            properties=Properties(correlation_id=request.properties.message_id),
+            application_properties=status,
+            value=value,
+        )
         for other in self.links.values():
             if other.server_sends and other.address == link.address and other.channel == channel:
                 other.pending_replies.append(reply)

@@ -236,6 +236,43 @@ def test_without_a_checkpoint_old_events_are_skipped(
     assert server.consumer_groups == {"$Default"}
 
 
+def test_a_missing_hub_does_not_stop_the_others(
+    tmp_path: Path, server: EventHubServer, allowlist_file: Path
+) -> None:
+    hub = Hub(server, random.Random(SEED))
+    hub.put(_fixture_lines())
+    missing = f"eventhub:{NAMESPACE}/diagnostics-not-set-yet"
+    tail = EventHubTail(
+        tmp_path, server, ["--allowlist", str(allowlist_file), "--from-start", "--source", missing]
+    )
+    tail.start()
+    wait_for(lambda: tail.read_all(hub.records), 60, "the existing hub read")
+    assert tail.stop() == 0, tail.stderr()
+    expected = _expected(tmp_path, hub, allowlist_file)
+    assert {f["event"]["id"] for f in findings_in(*tail.stdout_files)} == {f["event"]["id"] for f in expected}
+    refusals = [
+        json.loads(line) for line in tail.stderr().splitlines() if "cannot list the source's streams" in line
+    ]
+    assert refusals and {(r["source"], r["kind"]) for r in refusals} == {(missing, "not-found")}
+    assert "Traceback" not in tail.stderr()
+
+
+def test_a_hub_policy_for_another_hub_is_one_line(tmp_path: Path) -> None:
+    conn = "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=listen;SharedAccessKey=c2VjcmV0;EntityPath=other"
+    result = subprocess.run(
+        [sys.executable, "-m", "webhook", "tail", "--state", str(tmp_path / "s"), "--source", LABEL],
+        capture_output=True,
+        cwd=ROOT,
+        env={**os.environ, "AZURE_EVENTHUB_CONNECTION_STRING": conn},
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    last = result.stderr.decode().strip().splitlines()[-1]
+    assert last.endswith(f"is for the event hub 'other', not '{HUB}'"), last
+    assert b"c2VjcmV0" not in result.stderr and b"Traceback" not in result.stderr
+
+
 def test_a_bad_record_is_counted_and_skipped(
     tmp_path: Path, server: EventHubServer, allowlist_file: Path
 ) -> None:

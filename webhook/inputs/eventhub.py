@@ -106,6 +106,11 @@ def _client(namespace: str, hub: str, group: str) -> Any:
     logging.getLogger("azure").setLevel(logging.ERROR)
     conn_str = os.environ.get(CONNECTION_STRING_ENV)
     if conn_str:
+        parts = dict(part.split("=", 1) for part in conn_str.split(";") if "=" in part)
+        entity = next((v.strip() for k, v in parts.items() if k.strip().lower() == "entitypath"), "")
+        if entity and entity != hub:
+            # A hub's own policy authorises that hub only: reading another would be denied.
+            raise SetupError(f"{CONNECTION_STRING_ENV} is for the event hub {entity!r}, not {hub!r}")
         try:
             return EventHubConsumerClient.from_connection_string(conn_str, **options)
         except ValueError as exc:  # the SDK's message names the field, never the key
