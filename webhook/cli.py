@@ -673,7 +673,8 @@ def _add_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "tail",
         help="follow the apiserver's audit log across rotations and report findings",
         description="Follow PATH (and its rotations: rename, gzip, copy-truncate), or the cloud --source "
-        "(EKS: cloudwatch:LOG_GROUP), with a durable checkpoint in --state; findings go to every --sink at "
+        "(EKS: cloudwatch:LOG_GROUP; AKS: eventhub:NAMESPACE/HUB), with a durable checkpoint in --state; "
+        "findings go to every --sink at "
         "least once (a repeat carries the same event.id and event.sequence). Without a checkpoint it "
         "starts at the end of PATH (of each stream).",
     )
