@@ -210,11 +210,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--page-size", type=int, default=1000)
     parser.add_argument("--source", choices=["cloudwatch", "eventhub", "all"], default="all")
+    parser.add_argument("--records", type=int, default=50, help="audit records per Event Hubs event")
     args = parser.parse_args()
     if args.source in ("cloudwatch", "all"):
         run(args.events, args.seed, args.page_size)
     if args.source in ("eventhub", "all"):
-        run_eventhub(args.events, args.seed, args.page_size)
+        run_eventhub(args.events, args.seed, args.page_size, args.records)
 
 
 if __name__ == "__main__":

@@ -218,12 +218,17 @@ class _Receiver:
         size = 0
         deadline = time.monotonic() + WAIT
         while len(out) < limit and size < PAGE_BYTES:
+            # receive() reads the socket when it has fewer than max_batch_size events buffered,
+            # until it has read PREFETCH frames or none came for the SDK's socket timeout (0.2 s;
+            # lower, a TLS handshake over a long RTT would time out): ask for what is buffered,
+            # if anything, so a page waits at most once.
+            buffered = len(consumer._message_buffer)
+            if not buffered and (out or time.monotonic() > deadline):
+                break
             self.got.clear()
-            consumer.receive(batch=True, max_batch_size=limit - len(out), max_wait_time=None)
+            consumer.receive(batch=True, max_batch_size=min(buffered, limit - len(out)) or limit - len(out))
             out.extend(self.got)
             size += sum(len(_body(event) or b"") for event in self.got)
-            if (out and not self.got) or time.monotonic() > deadline:
-                break
         return out
 
     def close(self) -> None:
