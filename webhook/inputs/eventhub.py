@@ -79,8 +79,10 @@ WAIT = 0.2
 """Seconds a page waits for a first event on a partition that has none ready."""
 _INSTALL = "the eventhub source needs azure-eventhub: pip install 'ua-sentinel[azure]'"
 _THROTTLED = ("com.microsoft:server-busy", "amqp:resource-limit-exceeded", "throttl")
-_NOT_FOUND = ("amqp:not-found", "com.microsoft:entity-not-found", "404", "could not be found")
-_DENIED = ("amqp:unauthorized-access", "401", "403", "unauthorized")
+# Conditions and the SDK's "Status code: N" of a management answer (not bare numbers: a message
+# may quote a sequence number).
+_NOT_FOUND = ("amqp:not-found", "com.microsoft:entity-not-found", "status code: 404", "could not be found")
+_DENIED = ("amqp:unauthorized-access", "status code: 401", "status code: 403", "unauthorized")
 
 
 def consumer_group(flag: str | None = None) -> str:
@@ -196,13 +198,15 @@ class _Receiver:
     def __init__(self, client: Any, group: str, partition: str, token: str | None) -> None:
         self.token = token
         self.got: list[Any] = []
-        position: str | int = int(token) if token else "-1"  # "-1": the partition's start
+        # "-1": the partition's start (also for a token that is not ours, e.g. a hand-edited
+        # checkpoint: read again rather than skip).
+        position: str | int = int(token) if token and token.isdigit() else "-1"
         self.consumer = client._create_consumer(
             group,
             partition,
             position,
             self.got.extend,
-            event_position_inclusive=bool(token),
+            event_position_inclusive=position != "-1",
             prefetch=PREFETCH,
         )
 
