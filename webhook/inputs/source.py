@@ -35,8 +35,11 @@ SourceKind = Literal["file", "cloudwatch", "eventhub"]
 _SCHEME = re2.compile(r"^([a-z][a-z0-9]+):")
 _LOG_GROUP = re2.compile(r"^[A-Za-z0-9_\-/.#]{1,512}$")
 """CloudWatch's documented log group name characters and length."""
-_EVENT_HUB = re2.compile(r"^[A-Za-z][A-Za-z0-9.-]{0,252}[A-Za-z0-9]/[A-Za-z0-9][A-Za-z0-9._-]{0,255}$")
-"""NAMESPACE (short or fully qualified) / HUB, with Event Hubs' name characters."""
+_EVENT_HUB = re2.compile(
+    r"^[A-Za-z][A-Za-z0-9-]{4,48}[A-Za-z0-9](\.[a-z0-9-]+)*/[A-Za-z0-9]([A-Za-z0-9._-]{0,254}[A-Za-z0-9])?$"
+)
+"""NAMESPACE (6-50 characters, or its fully qualified name) / HUB, as Azure names them (the
+chart's schema has the same pattern)."""
 _LATER = ("pubsub", "azblob")
 
 
