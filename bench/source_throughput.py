@@ -1,4 +1,5 @@
-"""Source throughput: `tail --source cloudwatch:...` against moto's server, and the file tailer on
+"""Source throughput: `tail --source cloudwatch:...` against moto's server (``eventhub:...``
+against the tests' local Event Hubs endpoint: :func:`run_eventhub`), and the file tailer on
 the same events as the baseline (events/s end to end: read, decode, detect, deliver, checkpoint).
 
 The generated events are put into one log group across three ``kube-apiserver-audit-*`` streams
@@ -142,6 +143,65 @@ def run(events: int = 50_000, seed: int = 7, page_size: int = 1000) -> dict[str,
     return result
 
 
+def run_eventhub(
+    events: int = 50_000, seed: int = 7, page_size: int = 1000, records: int = 50
+) -> dict[str, float]:
+    """`tail --source eventhub:...` against the tests' local Event Hubs endpoint (an AMQP 1.0
+    stand-in in this process: tests/tailer/eventhub_server.py), ``records`` audit records per
+    Event Hubs event as an AKS diagnostic setting batches them, over three partitions; the file
+    tailer on the same events. A floor for the client side (the stand-in is Python on the same
+    machine), not a prediction of Event Hubs' latency or of a namespace's throughput units."""
+    from tests.tailer.eventhub_server import EventHubServer
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="source-throughput-eventhub-", dir=OUT))
+    generated = work / "generated.log"
+    generate(events, seed, generated)
+    lines = generated.read_bytes().splitlines()
+    server = EventHubServer("bench", 3).start()
+    try:
+        base = int(time.time() * 1000) - events
+        for n, at in enumerate(range(0, len(lines), records)):
+            batch = [
+                {"category": "kube-audit", "properties": {"log": line.decode(), "stream": "stdout"}}
+                for line in lines[at : at + records]
+            ]
+            body = json.dumps({"records": batch}, separators=(",", ":")).encode()
+            server.append(str(n % 3), body, base + n)
+        ordered = work / "ordered.log"
+        ordered.write_bytes(b"".join(line + b"\n" for line in lines))
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+            "AZURE_EVENTHUB_CONNECTION_STRING": server.connection_string(),
+        }
+        source = ["--source", "eventhub:bench-ns/bench", "--source-page-size", str(page_size)]
+        cloud = _run_tail("eventhub", source, env, events, work)
+    finally:
+        server.stop()
+    file = _run_tail("file", [str(ordered)], env, events, work)
+    same, base_ids = (
+        {json.loads(x)["event"]["id"] for x in (work / f"findings-{name}.jsonl").read_bytes().splitlines()}
+        for name in ("eventhub", "file")
+    )
+    print(
+        f"{events:,} events, {records} records per Event Hubs event, page size {page_size}: eventhub "
+        f"(local AMQP stand-in) {events / cloud:,.0f} events/s ({cloud:.1f} s), file tailer "
+        f"{events / file:,.0f} events/s ({file:.1f} s): the file tailer is {file and cloud / file:.1f}x "
+        f"faster; same finding ids: {same == base_ids} ({len(base_ids)} ids)"
+    )
+    return {
+        "events": events,
+        "eventhub_events_per_s": events / cloud,
+        "file_events_per_s": events / file,
+        "eventhub_seconds": cloud,
+        "file_seconds": file,
+        "ratio": file / cloud,
+        "same_findings": float(same == base_ids),
+        "findings": len(base_ids),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -149,8 +209,13 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--page-size", type=int, default=1000)
+    parser.add_argument("--source", choices=["cloudwatch", "eventhub", "all"], default="all")
+    parser.add_argument("--records", type=int, default=50, help="audit records per Event Hubs event")
     args = parser.parse_args()
-    run(args.events, args.seed, args.page_size)
+    if args.source in ("cloudwatch", "all"):
+        run(args.events, args.seed, args.page_size)
+    if args.source in ("eventhub", "all"):
+        run_eventhub(args.events, args.seed, args.page_size, args.records)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@
 - ``eventlist``: the ``/audit`` webhook body (an EventList), bad items skipped.
 - ``source``: ``--source`` texts and what a streamed cloud source offers (streams, pages).
 - ``cloudwatch``: EKS audit events in CloudWatch Logs (the only boto3 user).
+- ``eventhub``: AKS audit events in Event Hubs (the only azure.eventhub user).
 """
 
-__all__ = ["cloudwatch", "eventlist", "files", "formats", "lines", "longline", "scan", "source"]
+__all__ = ["cloudwatch", "eventhub", "eventlist", "files", "formats", "lines", "longline", "scan", "source"]

@@ -30,12 +30,17 @@ __all__ = [
     "parse_source",
 ]
 
-SourceKind = Literal["file", "cloudwatch"]
+SourceKind = Literal["file", "cloudwatch", "eventhub"]
 
 _SCHEME = re2.compile(r"^([a-z][a-z0-9]+):")
 _LOG_GROUP = re2.compile(r"^[A-Za-z0-9_\-/.#]{1,512}$")
 """CloudWatch's documented log group name characters and length."""
-_LATER = ("pubsub", "eventhub", "azblob")
+_EVENT_HUB = re2.compile(
+    r"^[A-Za-z][A-Za-z0-9-]{4,48}[A-Za-z0-9](\.[a-z0-9-]+)*/[A-Za-z0-9]([A-Za-z0-9._-]{0,254}[A-Za-z0-9])?$"
+)
+"""NAMESPACE (6-50 characters, or its fully qualified name) / HUB, as Azure names them (the
+chart's schema has the same pattern)."""
+_LATER = ("pubsub", "azblob")
 
 
 class SourceSpecError(SetupError, ValueError):
@@ -70,7 +75,7 @@ class SourceSpec:
 
 
 def parse_source(text: str) -> SourceSpec:
-    """``cloudwatch:LOG_GROUP``, ``file:PATH`` or a bare PATH."""
+    """``cloudwatch:LOG_GROUP``, ``eventhub:NAMESPACE/HUB``, ``file:PATH`` or a bare PATH."""
     match = _SCHEME.match(text)
     if match is None:
         if not text:
@@ -87,6 +92,10 @@ def parse_source(text: str) -> SourceSpec:
                 "--source cloudwatch: needs a log group name (cloudwatch:/aws/eks/CLUSTER/cluster)"
             )
         return SourceSpec("cloudwatch", rest)
+    if scheme == "eventhub":
+        if not _EVENT_HUB.match(rest):
+            raise SourceSpecError("--source eventhub: needs NAMESPACE/HUB (eventhub:myns/aks-audit)")
+        return SourceSpec("eventhub", rest)
     if scheme in _LATER:
         raise SourceSpecError(f"--source {scheme}: is not supported yet; cloudwatch:LOG_GROUP is")
     raise SourceSpecError(f"--source {scheme}: unknown kind (cloudwatch:LOG_GROUP, file:PATH or PATH)")

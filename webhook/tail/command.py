@@ -45,6 +45,8 @@ class TailOptions:
     sources: list[SourceSpec] = field(default_factory=list)
     """Cloud sources (``--source cloudwatch:...``), read instead of ``path``."""
     page_size: int = 1000
+    eventhub_consumer_group: str | None = None
+    """``--eventhub-consumer-group`` (None: the environment's, else ``$Default``)."""
     """Records per call to a cloud source (CloudWatch allows up to 10,000)."""
     allowlist: str | None = None
     allowlist_configmap: str | None = None
@@ -112,9 +114,16 @@ def _stream_follower(options: TailOptions) -> StreamFollower | None:
     """The follower of the cloud sources (None for a file); their clients are made here."""
     if not options.sources:
         return None
-    from webhook.inputs.cloudwatch import CloudWatchSource
+    sources: list[StreamSource] = []
+    for spec in options.sources:
+        if spec.kind == "eventhub":
+            from webhook.inputs.eventhub import EventHubSource
 
-    sources: list[StreamSource] = [CloudWatchSource(spec.target) for spec in options.sources]
+            sources.append(EventHubSource(spec.target, group=options.eventhub_consumer_group))
+        else:
+            from webhook.inputs.cloudwatch import CloudWatchSource
+
+            sources.append(CloudWatchSource(spec.target))
     return StreamFollower(sources, poll_interval=options.poll_interval, page_limit=options.page_size)
 
 
