@@ -8,6 +8,7 @@
 - ``eventlist``: the ``/audit`` webhook body (an EventList), bad items skipped.
 - ``source``: ``--source`` texts and what a streamed cloud source offers (streams, pages).
 - ``cloudwatch``: EKS audit events in CloudWatch Logs (the only boto3 user).
+- ``pubsub``: GKE audit events from a Pub/Sub subscription (the only google-cloud-pubsub user).
 """
 
-__all__ = ["cloudwatch", "eventlist", "files", "formats", "lines", "longline", "scan", "source"]
+__all__ = ["cloudwatch", "eventlist", "files", "formats", "lines", "longline", "pubsub", "scan", "source"]

@@ -8,6 +8,11 @@ streams in time order and the checkpoint belong to the tailer (``tail.streams``)
 gets the file tailer's guarantees from the same code. A record's ``message`` is one audit event
 as the apiserver wrote it: it goes through the one line decoder (:mod:`webhook.inputs.lines`),
 so the findings equal those of the same events read from a file.
+
+A *queued* source (GKE: a Pub/Sub subscription, :mod:`webhook.inputs.pubsub`) has no positions,
+only acknowledgements: it hands out messages (each one record in a cloud shape, ``fmt``) with an
+ack id, and the tailer's queue follower (``tail.queues``) acknowledges them once the checkpoint
+that counted them is saved.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from webhook.errors import InputError, SetupError
 __all__ = [
     "LogRecord",
     "Page",
+    "QueueMessage",
+    "QueueSource",
     "SourceError",
     "SourceSpec",
     "SourceSpecError",
@@ -30,12 +37,17 @@ __all__ = [
     "parse_source",
 ]
 
-SourceKind = Literal["file", "cloudwatch"]
+SourceKind = Literal["file", "cloudwatch", "pubsub"]
 
 _SCHEME = re2.compile(r"^([a-z][a-z0-9]+):")
 _LOG_GROUP = re2.compile(r"^[A-Za-z0-9_\-/.#]{1,512}$")
 """CloudWatch's documented log group name characters and length."""
-_LATER = ("pubsub", "eventhub", "azblob")
+_SUBSCRIPTION = re2.compile(
+    r"^projects/([a-z][a-z0-9.:-]{4,61}[a-z0-9])/subscriptions/([A-Za-z][A-Za-z0-9._~+%-]{2,254})$"
+)
+"""Pub/Sub's documented names: a project id (domain-scoped ``example.com:proj`` too), a
+subscription of 3-255 characters starting with a letter."""
+_LATER = ("eventhub", "azblob")
 
 
 class SourceSpecError(SetupError, ValueError):
@@ -70,7 +82,7 @@ class SourceSpec:
 
 
 def parse_source(text: str) -> SourceSpec:
-    """``cloudwatch:LOG_GROUP``, ``file:PATH`` or a bare PATH."""
+    """``cloudwatch:LOG_GROUP``, ``pubsub:projects/P/subscriptions/S``, ``file:PATH`` or a bare PATH."""
     match = _SCHEME.match(text)
     if match is None:
         if not text:
@@ -87,9 +99,21 @@ def parse_source(text: str) -> SourceSpec:
                 "--source cloudwatch: needs a log group name (cloudwatch:/aws/eks/CLUSTER/cluster)"
             )
         return SourceSpec("cloudwatch", rest)
+    if scheme == "pubsub":
+        if not _SUBSCRIPTION.match(rest):
+            raise SourceSpecError(
+                "--source pubsub: needs a subscription's full name "
+                "(pubsub:projects/PROJECT/subscriptions/NAME)"
+            )
+        return SourceSpec("pubsub", rest)
     if scheme in _LATER:
-        raise SourceSpecError(f"--source {scheme}: is not supported yet; cloudwatch:LOG_GROUP is")
-    raise SourceSpecError(f"--source {scheme}: unknown kind (cloudwatch:LOG_GROUP, file:PATH or PATH)")
+        raise SourceSpecError(
+            f"--source {scheme}: is not supported yet; cloudwatch:LOG_GROUP and pubsub:SUBSCRIPTION are"
+        )
+    raise SourceSpecError(
+        f"--source {scheme}: unknown kind (cloudwatch:LOG_GROUP, pubsub:projects/P/subscriptions/S, "
+        "file:PATH or PATH)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,3 +156,43 @@ class StreamSource(Protocol):
     def end(self, stream: str) -> str | None:
         """A token just after the stream's newest record (None when the stream is empty)."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class QueueMessage:
+    """One message of a queued source: ``data`` is one record in the source's ``fmt``."""
+
+    id: str
+    """The broker's id of the message: the same on every redelivery."""
+    ack_id: str
+    """This delivery's handle for acknowledging it (a redelivery has another)."""
+    data: bytes
+    publish_ms: int
+
+
+class QueueSource(Protocol):
+    """A broker's subscription: messages to pull, acknowledge, hold longer (one reader at a time or
+    many: the broker spreads messages over readers; no state of its own)."""
+
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def fmt(self) -> Literal["gke", "aks"]:
+        """The shape of a message's data (``inputs.formats``), decoded by the follower."""
+        ...
+
+    def pull(self, *, limit: int, wait: float) -> list[QueueMessage]:
+        """Up to ``limit`` messages, waiting up to ``wait`` seconds for the first (empty: none
+        came); raises :class:`SourceError`."""
+        ...
+
+    def acknowledge(self, ack_ids: list[str]) -> None:
+        """The messages are done with: the broker never delivers them again (best effort)."""
+        ...
+
+    def extend(self, ack_ids: list[str], seconds: int) -> None:
+        """Keep the messages from redelivery for ``seconds`` more (they are still held)."""
+        ...
+
+    def close(self) -> None: ...
