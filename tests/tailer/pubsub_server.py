@@ -23,7 +23,8 @@ https://cloud.google.com/pubsub/docs/reference/rpc/google.pubsub.v1):
 Test controls, not Pub/Sub's: :meth:`outage` makes every call answer a status (UNAVAILABLE,
 RESOURCE_EXHAUSTED) and counts them, :attr:`on_acknowledge` runs before an Acknowledge is applied
 (to crash the reader between its checkpoint and its ack), :meth:`expire_leases` ends every lease
-now (what waiting out the deadline would do), and messages are offered oldest first.
+now (what waiting out the deadline would do), :attr:`latency` slows every Pull, and messages are
+offered oldest first.
 """
 
 from __future__ import annotations
@@ -76,7 +77,10 @@ class PubSubStandIn:
         self.calls: Counter[str] = Counter()
         self.refused = 0
         self.failing: grpc.StatusCode | None = None
-        self.on_acknowledge: Callable[[list[str]], None] | None = None
+        self.latency = 0.0
+        """Seconds a Pull takes before it looks for messages (a real service's round trip)."""
+        self.on_acknowledge: Callable[[list[str]], bool] | None = None
+        """Runs before an Acknowledge is applied; True: it is lost (answered UNAVAILABLE)."""
         self._ids = itertools.count(4_096_000_000_000_001)
         self._acks = itertools.count(1)
         self._closed = False
@@ -211,6 +215,10 @@ class PubSubStandIn:
         assert sub is not None
         return sub
 
+    def _wake(self) -> None:
+        with self.lock:
+            self.lock.notify_all()
+
     def _available(self, sub: _Subscription, now: float, limit: int) -> list[_Message]:
         ready = [m for m in sub.messages.values() if m.deadline <= now]
         ready.sort(key=lambda m: m.seq)
@@ -221,10 +229,14 @@ class PubSubStandIn:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "max_messages must be positive")
         remaining = context.time_remaining()
         give_up = time.monotonic() + min(remaining - 0.2 if remaining is not None else 10.0, 10.0)
+        context.add_callback(self._wake)  # a reader gone (killed) must not be handed messages
+        time.sleep(self.latency)
         with self.lock:
             sub = self._subscription(request.subscription, context)
             while True:
                 now = time.monotonic()
+                if not context.is_active():
+                    return types.PullResponse()
                 ready = self._available(sub, now, request.max_messages)
                 if ready or request.return_immediately or now >= give_up or self._closed:
                     break
@@ -250,8 +262,8 @@ class PubSubStandIn:
 
     def _acknowledge(self, request: types.AcknowledgeRequest, context: grpc.ServicerContext) -> Any:
         hook = self.on_acknowledge
-        if hook is not None:
-            hook(list(request.ack_ids))
+        if hook is not None and hook(list(request.ack_ids)):
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the acknowledgement was lost")
         with self.lock:
             sub = self._subscription(request.subscription, context)
             for ack_id in request.ack_ids:
