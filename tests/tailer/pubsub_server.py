@@ -75,6 +75,10 @@ class PubSubStandIn:
         self.topics: dict[str, list[str]] = {}
         self.subscriptions: dict[str, _Subscription] = {}
         self.calls: Counter[str] = Counter()
+        self.deliveries: Counter[str] = Counter()
+        """Per message id: how many times a Pull handed it out."""
+        self.first_lease = 0.0
+        """Monotonic time the first message was handed out."""
         self.refused = 0
         self.failing: grpc.StatusCode | None = None
         self.latency = 0.0
@@ -246,6 +250,8 @@ class PubSubStandIn:
             for message in ready:
                 sub.by_ack.pop(message.ack_id, None)
                 message.attempts += 1
+                self.deliveries[message.id] += 1
+                self.first_lease = self.first_lease or now
                 message.ack_id = f"{request.subscription}:{message.id}:{message.attempts}:{next(self._acks)}"
                 message.deadline = now + sub.ack_deadline
                 sub.by_ack[message.ack_id] = message.id

@@ -173,12 +173,38 @@ def test_a_crash_between_checkpoint_and_ack_counts_nothing_twice(
     assert len(counted) == read == lost[0] > 0  # the checkpoint counted exactly the lost acks
     assert pubsub.unacked(SUBSCRIPTION) == len(entries)
     tail.start()  # no lease expired by hand: the real 10 s ack deadline brings them back
-    wait_for(lambda: tail.read_all(len(entries)), 120, "every message read and acknowledged")
+
+    def settled() -> bool:
+        cp = tail.checkpoint()
+        done = cp["stats"].get("lines", 0) >= len(entries) and not any(cp["backlog"].values())
+        return done and pubsub.unacked(SUBSCRIPTION) == 0
+
+    wait_for(settled, 120, "every message read and acknowledged")
     assert tail.stop() == 0, tail.stderr()
     assert tail.checkpoint()["stats"]["lines"] == len(entries)  # the redelivered ones not read twice
     assert "messages the checkpoint counted came again" in tail.stderr()
     _same_findings(findings_in(sink), _expected(tmp_path, entries, allowlist_file))
     assert "Traceback" not in tail.stderr()
+
+
+def test_held_messages_are_kept_from_redelivery_until_the_checkpoint(
+    tmp_path: Path, pubsub: PubSubStandIn, allowlist_file: Path
+) -> None:
+    """Messages wait for the checkpoint (here 25 s away) beyond the subscription's 10 s ack
+    deadline: their leases are extended, so Pub/Sub does not hand them out again meanwhile."""
+    entries = recorded_entries()[:60]
+    pubsub.publish(TOPIC, entries)
+    tail = PubSubTail(tmp_path, pubsub, ["--allowlist", str(allowlist_file), "--checkpoint-interval", "25"])
+    tail.start()
+    wait_for(lambda: len(pubsub.deliveries) == len(entries), 60, "every message handed out")
+    # The condition is time itself: the first leases' 10 s deadline passing (plus a margin).
+    wait_for(lambda: time.monotonic() > pubsub.first_lease + 13, 60, "the subscription's deadline to pass")
+    assert pubsub.calls["ModifyAckDeadline"] >= 1
+    assert set(pubsub.deliveries.values()) == {1}  # none redelivered while held
+    assert pubsub.unacked(SUBSCRIPTION) == len(entries)  # none acknowledged before the checkpoint
+    assert tail.stop() == 0, tail.stderr()  # the last checkpoint, then the acknowledgements
+    assert pubsub.unacked(SUBSCRIPTION) == 0
+    assert tail.checkpoint()["stats"]["lines"] == len(entries)
 
 
 def _scrape(port: int) -> dict[str, float]:
