@@ -69,6 +69,8 @@ LEASE_SECONDS = 60
 _MARGIN = 5.0
 """Extend a lease this long before it runs out (the call's own latency)."""
 _EVERYONES = frozenset({"throttled", "unavailable"})
+_SHORT_WAIT = 0.5
+"""How long a Pull may wait while read messages wait for a checkpoint (which comes after it)."""
 
 
 @dataclass(slots=True)
@@ -251,8 +253,10 @@ class QueueFollower:
         index = self._next
         self._next = (self._next + 1) % len(self.sources)
         source = self.sources[index]
+        unsaved = any(not item.saved for held in self._held for item in held.values())
+        wait = min(self.wait, _SHORT_WAIT) if unsaved else self.wait
         try:
-            messages = source.pull(limit=min(self.page_limit, room), wait=self.wait)
+            messages = source.pull(limit=min(self.page_limit, room), wait=wait)
         except SourceError as exc:
             self._count_error(index, exc)
             raise
