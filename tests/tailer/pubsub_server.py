@@ -77,6 +77,8 @@ class PubSubStandIn:
         self.calls: Counter[str] = Counter()
         self.deliveries: Counter[str] = Counter()
         """Per message id: how many times a Pull handed it out."""
+        self.pull_waits: list[tuple[float, float | None]] = []
+        """Per Pull: when it came (monotonic) and the time its caller gave it (its deadline)."""
         self.first_lease = 0.0
         """Monotonic time the first message was handed out."""
         self.refused = 0
@@ -232,6 +234,8 @@ class PubSubStandIn:
         if request.max_messages <= 0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "max_messages must be positive")
         remaining = context.time_remaining()
+        with self.lock:
+            self.pull_waits.append((time.monotonic(), remaining))
         give_up = time.monotonic() + min(remaining - 0.2 if remaining is not None else 10.0, 10.0)
         context.add_callback(self._wake)  # a reader gone (killed) must not be handed messages
         time.sleep(self.latency)

@@ -202,6 +202,9 @@ def test_held_messages_are_kept_from_redelivery_until_the_checkpoint(
     assert pubsub.calls["ModifyAckDeadline"] >= 1
     assert set(pubsub.deliveries.values()) == {1}  # none redelivered while held
     assert pubsub.unacked(SUBSCRIPTION) == len(entries)  # none acknowledged before the checkpoint
+    # While they wait for the checkpoint, a Pull does not hold the loop (and the checkpoint) long.
+    later = [wait for at, wait in pubsub.pull_waits if at > pubsub.first_lease]
+    assert later and all(wait is not None and wait <= 1.0 for wait in later), later
     assert tail.stop() == 0, tail.stderr()  # the last checkpoint, then the acknowledgements
     assert pubsub.unacked(SUBSCRIPTION) == 0
     assert tail.checkpoint()["stats"]["lines"] == len(entries)
