@@ -21,10 +21,10 @@ https://cloud.google.com/pubsub/docs/reference/rpc/google.pubsub.v1):
 - ``StreamingPull`` and the admin methods the tests do not use answer UNIMPLEMENTED.
 
 Test controls, not Pub/Sub's: :meth:`outage` makes every call answer a status (UNAVAILABLE,
-RESOURCE_EXHAUSTED) and counts them, :attr:`on_acknowledge` runs before an Acknowledge is applied
-(to crash the reader between its checkpoint and its ack), :meth:`expire_leases` ends every lease
-now (what waiting out the deadline would do), :attr:`latency` slows every Pull, and messages are
-offered oldest first.
+RESOURCE_EXHAUSTED) and counts them, :meth:`go_away` / :meth:`come_back` close and reopen the
+port, :attr:`on_acknowledge` runs before an Acknowledge is applied (to crash the reader between
+its checkpoint and its ack), :meth:`expire_leases` ends every lease now (what waiting out the
+deadline would do), :attr:`latency` slows every Pull, and messages are offered oldest first.
 """
 
 from __future__ import annotations
@@ -90,34 +90,38 @@ class PubSubStandIn:
         self._ids = itertools.count(4_096_000_000_000_001)
         self._acks = itertools.count(1)
         self._closed = False
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
-        self.server.add_generic_rpc_handlers(
-            (
-                self._service(
-                    "google.pubsub.v1.Publisher",
-                    {
-                        "CreateTopic": (self._create_topic, types.Topic, types.Topic),
-                        "Publish": (self._publish, types.PublishRequest, types.PublishResponse),
-                    },
-                ),
-                self._service(
-                    "google.pubsub.v1.Subscriber",
-                    {
-                        "CreateSubscription": (
-                            self._create_subscription,
-                            types.Subscription,
-                            types.Subscription,
-                        ),
-                        "Pull": (self._pull, types.PullRequest, types.PullResponse),
-                        "Acknowledge": (self._acknowledge, types.AcknowledgeRequest, None),
-                        "ModifyAckDeadline": (self._modify, types.ModifyAckDeadlineRequest, None),
-                    },
-                ),
-            )
+        self._handlers = (
+            self._service(
+                "google.pubsub.v1.Publisher",
+                {
+                    "CreateTopic": (self._create_topic, types.Topic, types.Topic),
+                    "Publish": (self._publish, types.PublishRequest, types.PublishResponse),
+                },
+            ),
+            self._service(
+                "google.pubsub.v1.Subscriber",
+                {
+                    "CreateSubscription": (
+                        self._create_subscription,
+                        types.Subscription,
+                        types.Subscription,
+                    ),
+                    "Pull": (self._pull, types.PullRequest, types.PullResponse),
+                    "Acknowledge": (self._acknowledge, types.AcknowledgeRequest, None),
+                    "ModifyAckDeadline": (self._modify, types.ModifyAckDeadlineRequest, None),
+                },
+            ),
         )
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.port = 0
+        self.server = self._serve()
         self.host = f"127.0.0.1:{self.port}"
-        self.server.start()
+
+    def _serve(self) -> grpc.Server:
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+        server.add_generic_rpc_handlers(self._handlers)
+        self.port = server.add_insecure_port(f"127.0.0.1:{self.port}")
+        server.start()
+        return server
 
     def _service(self, name: str, methods: dict[str, tuple[Handler, Any, Any]]) -> grpc.GenericRpcHandler:
         handlers = {}
@@ -149,6 +153,14 @@ class PubSubStandIn:
         """Every call answers ``code`` from now on (None: the service answers again)."""
         with self.lock:
             self.failing = code
+
+    def go_away(self) -> None:
+        """The endpoint goes away: connections are refused (the messages stay)."""
+        self.server.stop(grace=None).wait()
+
+    def come_back(self) -> None:
+        """Serve again on the same port."""
+        self.server = self._serve()
 
     def expire_leases(self) -> None:
         """End every lease now, as waiting out the ack deadline would."""

@@ -274,6 +274,41 @@ def test_an_outage_loses_nothing_and_the_tailer_backs_off(
     assert f'"kind":"{kind}"' in stderr.replace(" ", "")
 
 
+def test_the_endpoint_going_away_loses_nothing_and_the_tailer_backs_off(
+    tmp_path: Path, pubsub: PubSubStandIn, allowlist_file: Path, free_port: int
+) -> None:
+    """The port closes (connections refused) for 4 s: the tailer's own count of failed calls
+    shows it backed off; what was published meanwhile is read once the endpoint is back."""
+    entries = recorded_entries()
+    cut = len(entries) // 2
+    pubsub.publish(TOPIC, entries[:cut])
+    sink = tmp_path / "findings.jsonl"
+    tail = PubSubTail(
+        tmp_path,
+        pubsub,
+        [
+            *("--allowlist", str(allowlist_file), "--sink", f"file:{sink}"),
+            *("--metrics-port", str(free_port), "--poll-interval", "0.02"),
+        ],
+    )
+    tail.start()
+    wait_for(lambda: tail.read_all(cut), 60, "the waiting messages read")
+    errors = f'ua_sentinel_source_errors_total{{kind="unavailable",source="{LABEL}"}}'
+    pubsub.go_away()
+    pubsub.publish(TOPIC, entries[cut:])  # kept by the service while its endpoint is unreachable
+    began = time.monotonic()
+    wait_for(lambda: _scrape(free_port)[errors] >= 3, 60, "the tailer to meet the outage")
+    time.sleep(max(0.0, 4 - (time.monotonic() - began)))  # the outage lasts 4 s
+    failed = _scrape(free_port)[errors]
+    pubsub.come_back()
+    wait_for(lambda: tail.read_all(len(entries)), 180, "the messages of the outage read")
+    assert tail.stop() == 0, tail.stderr()
+    print(f"calls failed while the endpoint was away: {failed}")
+    assert failed <= 30, failed
+    _same_findings(findings_in(sink), _expected(tmp_path, entries, allowlist_file))
+    assert "Traceback" not in tail.stderr()
+
+
 def test_bad_messages_are_counted_skipped_and_acknowledged(
     tmp_path: Path, pubsub: PubSubStandIn, allowlist_file: Path
 ) -> None:
