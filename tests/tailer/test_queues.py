@@ -82,3 +82,21 @@ def test_remembered_ids_are_bounded_by_count_and_bytes(
     monkeypatch.setattr(queues, "MAX_REMEMBERED_BYTES", 16 * 5)  # the ids are 16 characters
     reader.restore({f"pubsub:{SUBSCRIPTION}": {"counted": [str(n).zfill(16) for n in range(10)]}})
     assert len(reader.positions()[f"pubsub:{SUBSCRIPTION}"]["counted"]) == 5
+
+
+def test_messages_published_by_the_library_are_read_with_their_ids(
+    follower: tuple[PubSubStandIn, QueueFollower],
+) -> None:
+    """The stand-in's Publisher service, reached by google-cloud-pubsub's own PublisherClient."""
+    from google.cloud import pubsub_v1
+
+    server, reader = follower
+    publisher = pubsub_v1.PublisherClient()
+    entries = recorded_entries()[:3]
+    ids = [publisher.publish(TOPIC, entry).result(timeout=30) for entry in entries]
+    publisher.stop()
+    batch = reader.read()
+    assert _ids(batch.lines) == [
+        json.loads(entry).get("insertId") or json.loads(entry)["operation"]["id"] for entry in entries
+    ]
+    assert sorted(server.deliveries) == sorted(ids)
