@@ -378,6 +378,8 @@ def test_without_credentials_one_line_says_how_to_give_them(tmp_path: Path) -> N
     [
         (["--source", "pubsub:my-subscription"], 2, "needs a subscription's full name"),
         (["--source", "pubsub:projects/p/topics/gke-audit"], 2, "needs a subscription's full name"),
+        (["--source", "pubsub:projects/p/subscriptions/s"], 2, "needs a subscription's full name"),
+        (["--source", f"{LABEL.rsplit('/', 1)[0]}/goog-audit"], 2, "needs a subscription's full name"),
         (["--source", LABEL, "--source", "cloudwatch:/aws/eks/c/cluster"], 1, "cannot be mixed"),
         (["--source", LABEL, "--format", "aks"], 1, "a pubsub source holds gke records, not --format aks"),
     ],

@@ -43,10 +43,12 @@ _SCHEME = re2.compile(r"^([a-z][a-z0-9]+):")
 _LOG_GROUP = re2.compile(r"^[A-Za-z0-9_\-/.#]{1,512}$")
 """CloudWatch's documented log group name characters and length."""
 _SUBSCRIPTION = re2.compile(
-    r"^projects/([a-z][a-z0-9.:-]{4,61}[a-z0-9])/subscriptions/([A-Za-z][A-Za-z0-9._~+%-]{2,254})$"
+    r"^projects/(?:[a-z][a-z0-9.-]*[a-z0-9]:)?[a-z][a-z0-9-]{4,28}[a-z0-9]"
+    r"/subscriptions/([A-Za-z][A-Za-z0-9._~+%-]{2,254})$"
 )
-"""Pub/Sub's documented names: a project id (domain-scoped ``example.com:proj`` too), a
-subscription of 3-255 characters starting with a letter."""
+"""Pub/Sub's documented names (the chart's schema has the same): a project id of 6-30 characters
+(domain-scoped ``example.com:proj`` too), a subscription of 3-255 starting with a letter (not
+``goog``, which Google reserves)."""
 _LATER = ("eventhub", "azblob")
 
 
@@ -100,7 +102,8 @@ def parse_source(text: str) -> SourceSpec:
             )
         return SourceSpec("cloudwatch", rest)
     if scheme == "pubsub":
-        if not _SUBSCRIPTION.match(rest):
+        match = _SUBSCRIPTION.match(rest)
+        if match is None or match.group(1).startswith("goog"):
             raise SourceSpecError(
                 "--source pubsub: needs a subscription's full name "
                 "(pubsub:projects/PROJECT/subscriptions/NAME)"
