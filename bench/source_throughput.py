@@ -9,6 +9,12 @@ the time is from its start until its checkpoint stands after the last event. mot
 (Flask) server on the same machine, so the CloudWatch figure is a floor for the client side, not
 a prediction of CloudWatch's own latency or of its API limits (GetLogEvents: 25 requests/s per
 account and region, 10,000 events or 1 MB per call).
+
+``--source pubsub``: the ResponseComplete events as GKE LogEntries (``tests/tailer/gke_entries``)
+published to a subscription of the tests' local Pub/Sub stand-in (real gRPC wire protocol, in
+this process), read by ``tail --source pubsub:...``; the baseline is ``tail --format gke`` on a
+file of the same entries in publish order. Pub/Sub allows 1,000 messages per Pull; the stand-in
+answers on loopback, so this too is a floor for the client side, not Pub/Sub's own latency.
 """
 
 from __future__ import annotations
@@ -202,6 +208,59 @@ def run_eventhub(
     }
 
 
+def run_pubsub(events: int = 50_000, seed: int = 7, page_size: int = 1000) -> dict[str, float]:
+    from tests.tailer.gke_entries import log_entry
+    from tests.tailer.pubsub_server import PubSubStandIn
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="source-throughput-pubsub-", dir=OUT))
+    generated = work / "generated.log"
+    generate(events, seed, generated)
+    entries = [log_entry(json.loads(line)) for line in generated.read_bytes().splitlines()]
+    published = [json.dumps(e, separators=(",", ":")).encode() for e in entries if e is not None]
+    ordered = work / "entries.jsonl"
+    ordered.write_bytes(b"".join(entry + b"\n" for entry in published))
+    topic, subscription = "projects/ua-bench/topics/gke-audit", "projects/ua-bench/subscriptions/bench"
+    server = PubSubStandIn()
+    try:
+        server.create(topic, subscription, ack_deadline=60)
+        for at in range(0, len(published), BATCH):
+            server.publish(topic, published[at : at + BATCH])
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+            "PUBSUB_EMULATOR_HOST": server.host,
+        }
+        cloud = _run_tail(
+            "pubsub",
+            ["--source", f"pubsub:{subscription}", "--source-page-size", str(min(page_size, 1000))],
+            env,
+            len(published),
+            work,
+        )
+    finally:
+        server.close()
+    file = _run_tail("file-gke", ["--format", "gke", str(ordered)], env, len(published), work)
+    ids = [
+        {json.loads(x)["event"]["id"] for x in (work / f"findings-{name}.jsonl").read_bytes().splitlines()}
+        for name in ("pubsub", "file-gke")
+    ]
+    count = len(published)
+    print(
+        f"{count:,} GKE entries, page size {min(page_size, 1000)}: pubsub (stand-in) "
+        f"{count / cloud:,.0f} events/s ({cloud:.1f} s), file tailer --format gke {count / file:,.0f} "
+        f"events/s ({file:.1f} s): the file tailer is {cloud / file:.1f}x faster; same finding ids: "
+        f"{ids[0] == ids[1]} ({len(ids[1])} ids)"
+    )
+    return {
+        "events": count,
+        "pubsub_events_per_s": count / cloud,
+        "file_events_per_s": count / file,
+        "ratio": file / cloud,
+        "same_findings": float(ids[0] == ids[1]),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -209,13 +268,15 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--page-size", type=int, default=1000)
-    parser.add_argument("--source", choices=["cloudwatch", "eventhub", "all"], default="all")
+    parser.add_argument("--source", choices=["cloudwatch", "eventhub", "pubsub", "all"], default="all")
     parser.add_argument("--records", type=int, default=50, help="audit records per Event Hubs event")
     args = parser.parse_args()
     if args.source in ("cloudwatch", "all"):
         run(args.events, args.seed, args.page_size)
     if args.source in ("eventhub", "all"):
         run_eventhub(args.events, args.seed, args.page_size, args.records)
+    if args.source in ("pubsub", "all"):
+        run_pubsub(args.events, args.seed, args.page_size)
 
 
 if __name__ == "__main__":

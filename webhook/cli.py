@@ -766,8 +766,13 @@ def _tail_sources(args: argparse.Namespace) -> tuple[str, list[SourceSpec]]:
     clouds = [spec for spec in specs if spec.kind != "file"]
     if len(files) > 1 or (files and clouds):
         raise CliError("tail: one file, or cloud sources; mixing them is not supported yet")
-    if clouds and args.format not in ("k8s", "eks"):
-        raise CliError(f"tail: a cloud source gives apiserver events, not --format {args.format}")
+    shapes = {"cloudwatch": "eks", "eventhub": "aks", "pubsub": "gke"}  # what each holds (it decodes)
+    for spec in clouds:
+        if args.format not in ("k8s", shapes.get(spec.kind)):
+            raise CliError(
+                f"tail: a {spec.kind} source holds {shapes.get(spec.kind, 'its own')} records, "
+                f"not --format {args.format}"
+            )
     return (files[0] if files else ""), clouds
 
 

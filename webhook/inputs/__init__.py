@@ -9,6 +9,18 @@
 - ``source``: ``--source`` texts and what a streamed cloud source offers (streams, pages).
 - ``cloudwatch``: EKS audit events in CloudWatch Logs (the only boto3 user).
 - ``eventhub``: AKS audit events in Event Hubs (the only azure.eventhub user).
+- ``pubsub``: GKE audit events from a Pub/Sub subscription (the only google-cloud-pubsub user).
 """
 
-__all__ = ["cloudwatch", "eventhub", "eventlist", "files", "formats", "lines", "longline", "scan", "source"]
+__all__ = [
+    "cloudwatch",
+    "eventhub",
+    "eventlist",
+    "files",
+    "formats",
+    "lines",
+    "longline",
+    "pubsub",
+    "scan",
+    "source",
+]

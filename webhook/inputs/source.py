@@ -8,6 +8,11 @@ streams in time order and the checkpoint belong to the tailer (``tail.streams``)
 gets the file tailer's guarantees from the same code. A record's ``message`` is one audit event
 as the apiserver wrote it: it goes through the one line decoder (:mod:`webhook.inputs.lines`),
 so the findings equal those of the same events read from a file.
+
+A *queued* source (GKE: a Pub/Sub subscription, :mod:`webhook.inputs.pubsub`) has no positions,
+only acknowledgements: it hands out messages (each one record in a cloud shape, ``fmt``) with an
+ack id, and the tailer's queue follower (``tail.queues``) acknowledges them once the checkpoint
+that counted them is saved.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from webhook.errors import InputError, SetupError
 __all__ = [
     "LogRecord",
     "Page",
+    "QueueMessage",
+    "QueueSource",
     "SourceError",
     "SourceSpec",
     "SourceSpecError",
@@ -30,7 +37,7 @@ __all__ = [
     "parse_source",
 ]
 
-SourceKind = Literal["file", "cloudwatch", "eventhub"]
+SourceKind = Literal["file", "cloudwatch", "eventhub", "pubsub"]
 
 _SCHEME = re2.compile(r"^([a-z][a-z0-9]+):")
 _LOG_GROUP = re2.compile(r"^[A-Za-z0-9_\-/.#]{1,512}$")
@@ -40,7 +47,14 @@ _EVENT_HUB = re2.compile(
 )
 """NAMESPACE (6-50 characters, or its fully qualified name) / HUB, as Azure names them (the
 chart's schema has the same pattern)."""
-_LATER = ("pubsub", "azblob")
+_SUBSCRIPTION = re2.compile(
+    r"^projects/(?:[a-z][a-z0-9.-]*[a-z0-9]:)?[a-z][a-z0-9-]{4,28}[a-z0-9]"
+    r"/subscriptions/([A-Za-z][A-Za-z0-9._~+%-]{2,254})$"
+)
+"""Pub/Sub's documented names (the chart's schema has the same): a project id of 6-30 characters
+(domain-scoped ``example.com:proj`` too), a subscription of 3-255 starting with a letter (not
+``goog``, which Google reserves)."""
+_LATER = ("azblob",)
 
 
 class SourceSpecError(SetupError, ValueError):
@@ -75,7 +89,8 @@ class SourceSpec:
 
 
 def parse_source(text: str) -> SourceSpec:
-    """``cloudwatch:LOG_GROUP``, ``eventhub:NAMESPACE/HUB``, ``file:PATH`` or a bare PATH."""
+    """``cloudwatch:LOG_GROUP``, ``eventhub:NAMESPACE/HUB``, ``pubsub:projects/P/subscriptions/S``,
+    ``file:PATH`` or a bare PATH."""
     match = _SCHEME.match(text)
     if match is None:
         if not text:
@@ -96,9 +111,22 @@ def parse_source(text: str) -> SourceSpec:
         if not _EVENT_HUB.match(rest):
             raise SourceSpecError("--source eventhub: needs NAMESPACE/HUB (eventhub:myns/aks-audit)")
         return SourceSpec("eventhub", rest)
+    if scheme == "pubsub":
+        match = _SUBSCRIPTION.match(rest)
+        if match is None or match.group(1).startswith("goog"):
+            raise SourceSpecError(
+                "--source pubsub: needs a subscription's full name "
+                "(pubsub:projects/PROJECT/subscriptions/NAME)"
+            )
+        return SourceSpec("pubsub", rest)
     if scheme in _LATER:
-        raise SourceSpecError(f"--source {scheme}: is not supported yet; cloudwatch:LOG_GROUP is")
-    raise SourceSpecError(f"--source {scheme}: unknown kind (cloudwatch:LOG_GROUP, file:PATH or PATH)")
+        raise SourceSpecError(
+            f"--source {scheme}: is not supported yet; cloudwatch:LOG_GROUP and pubsub:SUBSCRIPTION are"
+        )
+    raise SourceSpecError(
+        f"--source {scheme}: unknown kind (cloudwatch:LOG_GROUP, pubsub:projects/P/subscriptions/S, "
+        "file:PATH or PATH)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,3 +169,43 @@ class StreamSource(Protocol):
     def end(self, stream: str) -> str | None:
         """A token just after the stream's newest record (None when the stream is empty)."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class QueueMessage:
+    """One message of a queued source: ``data`` is one record in the source's ``fmt``."""
+
+    id: str
+    """The broker's id of the message: the same on every redelivery."""
+    ack_id: str
+    """This delivery's handle for acknowledging it (a redelivery has another)."""
+    data: bytes
+    publish_ms: int
+
+
+class QueueSource(Protocol):
+    """A broker's subscription: messages to pull, acknowledge, hold longer (one reader at a time or
+    many: the broker spreads messages over readers; no state of its own)."""
+
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def fmt(self) -> Literal["gke", "aks"]:
+        """The shape of a message's data (``inputs.formats``), decoded by the follower."""
+        ...
+
+    def pull(self, *, limit: int, wait: float) -> list[QueueMessage]:
+        """Up to ``limit`` messages, waiting up to ``wait`` seconds for the first (empty: none
+        came); raises :class:`SourceError`."""
+        ...
+
+    def acknowledge(self, ack_ids: list[str]) -> None:
+        """The messages are done with: the broker never delivers them again (best effort)."""
+        ...
+
+    def extend(self, ack_ids: list[str], seconds: int) -> None:
+        """Keep the messages from redelivery for ``seconds`` more (they are still held)."""
+        ...
+
+    def close(self) -> None: ...

@@ -17,7 +17,7 @@ from webhook.detect.baseline import Baseline
 from webhook.detect.config import DEFAULT_CONFIG, DetectorConfig
 from webhook.detect.detector import Detector
 from webhook.inputs.formats import Format
-from webhook.inputs.source import SourceSpec, StreamSource
+from webhook.inputs.source import QueueSource, SourceSpec, StreamSource
 from webhook.kube.lease import LeaderElectionConfig, LeaderElector, coordination_api
 from webhook.logs import fields
 from webhook.sinks.outbox import DEFAULT_MAX_BACKLOG
@@ -25,6 +25,7 @@ from webhook.sinks.table import OutputFormat
 from webhook.startup import AllowlistSource, SettingsError, allowlist_flags, open_allowlist, open_sinks
 from webhook.tail.checkpoint import CheckpointStore, StateLocked
 from webhook.tail.metrics import TailMetrics
+from webhook.tail.queues import QueueFollower
 from webhook.tail.streams import StreamFollower
 from webhook.tail.tailer import DEFAULT_GRACE, TailConfig, Tailer, make_stop_event
 
@@ -110,10 +111,18 @@ def _elect(config: LeaderElectionConfig) -> LeaderElector | None:
     return elector
 
 
-def _stream_follower(options: TailOptions) -> StreamFollower | None:
+def _stream_follower(options: TailOptions) -> StreamFollower | QueueFollower | None:
     """The follower of the cloud sources (None for a file); their clients are made here."""
     if not options.sources:
         return None
+    queued = [spec for spec in options.sources if spec.kind == "pubsub"]
+    if queued and len(queued) != len(options.sources):
+        raise SettingsError("tail: pubsub sources cannot be mixed with other cloud sources yet")
+    if queued:
+        from webhook.inputs.pubsub import PubSubSource
+
+        subscriptions: list[QueueSource] = [PubSubSource(spec.target) for spec in queued]
+        return QueueFollower(subscriptions, poll_interval=options.poll_interval, page_limit=options.page_size)
     sources: list[StreamSource] = []
     for spec in options.sources:
         if spec.kind == "eventhub":
