@@ -480,7 +480,7 @@ def test_without_a_region_one_line_says_to_set_it(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "status", "message"),
     [
-        (["--source", "eventhub:ns/hub"], 2, "not supported yet"),
+        (["--source", "kafka:audit"], 2, "unknown kind"),
         (["--source", "cloudwatch:"], 2, "needs a log group name"),
         ([], 1, "give PATH or --source"),
         (["--source", f"cloudwatch:{GROUP}", "audit.log"], 1, "mixing them is not supported yet"),
