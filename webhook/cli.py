@@ -281,17 +281,41 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _run_replay(args: argparse.Namespace) -> int:
-    from webhook.detect.detector import Detector
-    from webhook.sinks.base import Sink
-    from webhook.sinks.table import output_sink
-    from webhook.tools.replay import Progress, replay
-
     if args.report:
         from webhook.tools.report import require_jinja2
 
         require_jinja2()  # before reading, not after
     config = _detector_config(args)
     allowlist = load_allowlist(args.allowlist)
+    try:
+        _start_first_scan(args, config, allowlist)
+        return _replay(args, config, allowlist)
+    finally:
+        from webhook.inputs.scan import stop_started
+
+        stop_started()  # a scan started for a file not read (an error came first)
+
+
+def _start_first_scan(args: argparse.Namespace, config: DetectorConfig, allowlist: Allowlist) -> bool:
+    """Start the scan workers on the first log before importing what only this process needs
+    (the Detector, the audit and finding models, the sinks): they scan meanwhile. The
+    Detector's own prefilter is the one the scan must use; replay's scan takes these results
+    only if it is the same (:func:`webhook.inputs.scan.start_scan`)."""
+    if args.format != "k8s":
+        return False
+    from webhook.detect.prefilter import Prefilter
+    from webhook.inputs.scan import start_scan
+
+    prefilter = Prefilter(allowlist if config.known_bad else None)
+    return start_scan(args.logs[0], workers=args.workers, prefilter=prefilter)
+
+
+def _replay(args: argparse.Namespace, config: DetectorConfig, allowlist: Allowlist) -> int:
+    from webhook.detect.detector import Detector
+    from webhook.sinks.base import Sink
+    from webhook.sinks.table import output_sink
+    from webhook.tools.replay import Progress, replay
+
     baseline = None
     if args.baseline and args.baseline_days:
         from webhook.detect.baseline import Baseline

@@ -90,3 +90,53 @@ def test_replay_of_json_lines_loads_no_server_client_or_table(tmp_path: Path) ->
     modules = loaded(tmp_path, "replay", str(one_line))
     assert "webhook.detect.detector" in modules  # the command really ran
     assert packages(modules) & (NEVER | {"multiprocessing", "wcwidth"}) == set()
+
+
+_SPLIT = """
+import json, sys
+import webhook.inputs.scan as scan
+scan.PARALLEL_MIN_BYTES = 0
+scan.PIECE_BYTES = 64 * 1024
+split = scan._split
+def recorded(*args):
+    with open(sys.argv[1], "w") as out:
+        json.dump(sorted(sys.modules), out)
+    return split(*args)
+scan._split = recorded
+from webhook.cli import main
+main(sys.argv[2:])
+"""
+
+
+def test_replay_starts_the_scan_workers_before_importing_the_detector(tmp_path: Path) -> None:
+    """The workers scan a large file while the parent imports what only it needs; they fork
+    from a process without the Detector, the finding model, the sinks or replay's own loop."""
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"".join(path.read_bytes() for path in sorted((DATA / "audit").glob("*.log*"))))
+    report = tmp_path / "modules.json"
+    split = subprocess.run(
+        [sys.executable, "-c", _SPLIT, str(report), "replay", "-o", "json", "--workers", "2", str(log)],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert split.returncode == 0, split.stderr
+    at_fork = set(json.loads(report.read_text()))
+    assert "webhook.core.allowlist" in at_fork
+    assert (
+        at_fork
+        & {
+            "webhook.detect.detector",
+            "webhook.core.findings",
+            "webhook.tools.replay",
+            "webhook.sinks.base",
+        }
+        == set()
+    )
+    one = subprocess.run(
+        [sys.executable, "-m", "webhook", "replay", "-o", "json", "--workers", "1", str(log)],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert split.stdout == one.stdout and split.stdout.count(b"\n") == 15
