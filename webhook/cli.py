@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,11 +24,11 @@ from webhook.core.allowlist import MODES, Allowlist, default_allowlist
 from webhook.detect.config import DetectorConfig
 from webhook.errors import SetupError
 from webhook.inputs.formats import FORMATS
-from webhook.inputs.source import SourceSpec, SourceSpecError, parse_source
 from webhook.logs import LOG_LEVELS
 from webhook.tools.certs import MAX_DAYS
 
 if TYPE_CHECKING:
+    from webhook.inputs.source import SourceSpec
     from webhook.kube.lease import LeaderElectionConfig
     from webhook.tools.audit_policy import Policy
 
@@ -766,6 +765,8 @@ def _add_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _source(text: str) -> SourceSpec:
+    from webhook.inputs.source import SourceSpecError, parse_source  # tail's only: check and replay skip it
+
     try:
         return parse_source(text)
     except SourceSpecError as exc:
@@ -774,6 +775,8 @@ def _source(text: str) -> SourceSpec:
 
 def _tail_sources(args: argparse.Namespace) -> tuple[str, list[SourceSpec]]:
     """The file to follow ("" for none) and the cloud sources: one file, or cloud sources only."""
+    from webhook.inputs.source import parse_source
+
     specs: list[SourceSpec] = list(args.source or [])
     if args.path is not None:
         specs.insert(0, parse_source(f"file:{args.path}"))
@@ -910,6 +913,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_baseline_error(exc: Exception) -> bool:
+    """A failure of the new-agent-forbidden baseline's SQLite database (--baseline, tail's
+    --state). sqlite3 is loaded only by the commands that open one, so check and replay without
+    --baseline do not pay for its import."""
+    sqlite3 = sys.modules.get("sqlite3")
+    return sqlite3 is not None and isinstance(exc, sqlite3.Error)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run one command; ordinary failures end in one line on stderr, never a traceback."""
     parser = build_parser()
@@ -929,9 +940,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except OSError as exc:  # writing to stdout or stderr (a full disk), or a file no runner named
         print(f"ua-sentinel {args.command}: {_os_error(exc)}", file=sys.stderr)
         code = 1
-    except sqlite3.Error as exc:  # the new-agent-forbidden baseline (--baseline, tail's --state)
-        print(f"ua-sentinel {args.command}: baseline database: {exc}", file=sys.stderr)
-        code = 1
     except KeyboardInterrupt:
         code = 130
+    except Exception as exc:
+        if not _is_baseline_error(exc):
+            raise
+        print(f"ua-sentinel {args.command}: baseline database: {exc}", file=sys.stderr)
+        code = 1
     sys.exit(code)
