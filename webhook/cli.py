@@ -16,18 +16,15 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Final, NoReturn
 
 from webhook import __version__
 from webhook.core import useragent
 from webhook.core.allowlist import MODES, Allowlist, default_allowlist
-from webhook.detect.config import DetectorConfig
 from webhook.errors import SetupError
-from webhook.inputs.formats import FORMATS
-from webhook.logs import LOG_LEVELS
-from webhook.tools.certs import MAX_DAYS
 
 if TYPE_CHECKING:
+    from webhook.detect.config import DetectorConfig
     from webhook.inputs.source import SourceSpec
     from webhook.kube.lease import LeaderElectionConfig
     from webhook.tools.audit_policy import Policy
@@ -46,6 +43,18 @@ DEFAULT_LEASE = "ua-sentinel-tail"
 EXIT_BROKEN_PIPE = 141
 """128 + SIGPIPE: what a shell reports for a process a closed pipe stopped."""
 _DAY = 86400.0
+
+
+_HELP: Final = {
+    "replay": "find unusual-agent-forbidden in existing audit logs",
+    "check": "print the verdict for one agent",
+    "certs": "write a local CA and serving certificate",
+    "apiserver-config": "print the audit policy, audit webhook kubeconfig and flags for the kube-apiserver",
+    "serve": "run the admission webhook and audit webhook endpoint (HTTPS)",
+    "tail": "follow the apiserver's audit log across rotations and report findings",
+    "suggest": "list every agent in audit logs and propose an allowlist",
+}
+"""Each command's line in ``ua-sentinel --help`` (listed even when its arguments are not built)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -201,6 +210,9 @@ def _cluster_arg(parser: argparse.ArgumentParser) -> None:
 
 def _rule_args(parser: argparse.ArgumentParser) -> None:
     """Input shape and rule tuning shared by replay and tail (so both find the same)."""
+    from webhook.detect.config import DetectorConfig
+    from webhook.inputs.formats import FORMATS
+
     parser.add_argument(
         "--format",
         choices=FORMATS,
@@ -242,6 +254,8 @@ def _rule_args(parser: argparse.ArgumentParser) -> None:
 def _detector_config(args: argparse.Namespace) -> DetectorConfig:
     import datetime as dt
 
+    from webhook.detect.config import DetectorConfig
+
     return DetectorConfig(
         window=dt.timedelta(seconds=args.window),
         burst_threshold=args.burst_threshold,
@@ -252,7 +266,7 @@ def _detector_config(args: argparse.Namespace) -> DetectorConfig:
 def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "replay",
-        help="find unusual-agent-forbidden in existing audit logs",
+        help=_HELP["replay"],
         description="Read audit logs (JSON lines, plain or .gz, in the given order; - for stdin) and "
         "write one finding per line (JSON) to stdout; a summary goes to stderr.",
     )
@@ -368,7 +382,7 @@ def _write_report(path: str, page: str) -> None:
 def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "check",
-        help="print the verdict for one agent",
+        help=_HELP["check"],
         description="Print the verdict (listed / unlisted / denied) for AGENT and the entry that decided it.",
     )
     _allowlist_arg(parser)
@@ -394,9 +408,11 @@ def _run_check(args: argparse.Namespace) -> int:
 
 
 def _add_certs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from webhook.tools.certs import MAX_DAYS  # here: the other commands do not load it
+
     parser = sub.add_parser(
         "certs",
-        help="write a local CA and serving certificate",
+        help=_HELP["certs"],
         description="Write ca.crt, ca.key, tls.crt and tls.key (keys 0600) into DIR.",
     )
     parser.add_argument("--out", required=True, metavar="DIR")
@@ -429,7 +445,7 @@ def _run_certs(args: argparse.Namespace) -> int:
 def _add_apiserver_config(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "apiserver-config",
-        help="print the audit policy, audit webhook kubeconfig and flags for the kube-apiserver",
+        help=_HELP["apiserver-config"],
         description="Print (or write with --out-dir) the audit policy and the audit webhook kubeconfig "
         "to put next to the kube-apiserver, then the flags that use them. Certificates: --certs-dir DIR "
         "reads DIR/ca.crt (serving CA) and DIR/audit-client.crt/.key, issuing the client pair from "
@@ -590,10 +606,11 @@ def _run_apiserver_config(args: argparse.Namespace) -> int:
 
 
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from webhook.logs import LOG_LEVELS  # here: the other commands do not load it
 
     parser = sub.add_parser(
         "serve",
-        help="run the admission webhook and audit webhook endpoint (HTTPS)",
+        help=_HELP["serve"],
         description="Serve POST /validate (AdmissionReview), POST /audit (audit EventList, batch mode), "
         "/healthz, /readyz and /metrics over TLS. Findings go to stdout as JSON lines, logs to stderr. "
         "Certificate and allowlist files are re-read when they change.",
@@ -692,9 +709,11 @@ def _run_serve(args: argparse.Namespace) -> int:
 
 
 def _add_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from webhook.logs import LOG_LEVELS  # here: the other commands do not load it
+
     parser = sub.add_parser(
         "tail",
-        help="follow the apiserver's audit log across rotations and report findings",
+        help=_HELP["tail"],
         description="Follow PATH (and its rotations: rename, gzip, copy-truncate), or the cloud --source "
         "(EKS: cloudwatch:LOG_GROUP), with a durable checkpoint in --state; findings go to every --sink at "
         "least once (a repeat carries the same event.id and event.sequence). Without a checkpoint it "
@@ -824,9 +843,11 @@ def _run_tail(args: argparse.Namespace) -> int:
 
 
 def _add_suggest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from webhook.inputs.formats import FORMATS  # here: the other commands do not load it
+
     parser = sub.add_parser(
         "suggest",
-        help="list every agent in audit logs and propose an allowlist",
+        help=_HELP["suggest"],
         description="Count every agent in the audit logs (grouped by product: requests, users, allowed "
         "and forbidden) and propose an allowlist.yaml covering what is common and benign. Known-bad "
         "agents are never proposed. Agents are shown escaped.",
@@ -893,24 +914,39 @@ def _run_suggest(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+_ADDERS: Final = {
+    "replay": _add_replay,
+    "check": _add_check,
+    "certs": _add_certs,
+    "apiserver-config": _add_apiserver_config,
+    "serve": _add_serve,
+    "tail": _add_tail,
+    "suggest": _add_suggest,
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or with ``command`` given, of that one only: the others are
+    listed (``--help``, choices in errors) but their arguments are not built, since their
+    choices and defaults import modules the command never uses (check: logging, gzip, ...)."""
     parser: argparse.ArgumentParser = _Parser(
         prog="ua-sentinel",
         description="Flag Kubernetes API requests whose user agent is not on the cluster's allowlist.",
     )
     parser.add_argument("--version", action="version", version=f"ua-sentinel {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (
-        _add_replay,
-        _add_check,
-        _add_certs,
-        _add_apiserver_config,
-        _add_serve,
-        _add_tail,
-        _add_suggest,
-    ):
-        add(sub)
+    for name, add in _ADDERS.items():
+        if command is None or name == command:
+            add(sub)
+        else:
+            sub.add_parser(name, help=_HELP[name])
     return parser
+
+
+def _command(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` names (its first word; the top level has only flags), if a known one."""
+    first = next((arg for arg in argv if not arg.startswith("-")), None)
+    return first if first in _ADDERS else None
 
 
 def _is_baseline_error(exc: Exception) -> bool:
@@ -923,8 +959,8 @@ def _is_baseline_error(exc: Exception) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run one command; ordinary failures end in one line on stderr, never a traceback."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    args = build_parser(_command(words)).parse_args(words)
     run: Runner = args.run
     try:
         code = run(args)
