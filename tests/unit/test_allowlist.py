@@ -2,14 +2,17 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import sys
 import unicodedata
 from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from webhook.core import allowlist
 from webhook.core.allowlist import (
     VALIDATED_TEXTS,
     Allowlist,
@@ -176,6 +179,31 @@ def test_the_built_in_list_is_the_text_validated_before() -> None:
     assert [c.entry for c in cached.agents] == [c.entry for c in checked.agents]
     assert [c.entry for c in cached.denied] == [c.entry for c in checked.denied]
     assert cached.hash == checked.hash == default_allowlist().hash
+
+
+def test_the_shipped_parse_is_the_built_in_lists_yaml() -> None:
+    """Regenerate after an edit of the list (and put its SHA-256 in VALIDATED_TEXTS):
+    python -c "import hashlib,json,yaml; t=open('webhook/data/default-allowlist.yaml').read();
+    open('webhook/data/default-allowlist.json','w').write(json.dumps({'sha256':
+    hashlib.sha256(t.encode()).hexdigest(), **yaml.safe_load(t)}, indent=1, default=str,
+    ensure_ascii=False) + '\\n')"
+    """
+    text = default_allowlist_text()
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    shipped = json.loads((Path(allowlist.__file__).parent.parent / allowlist.SHIPPED_PARSE).read_text())
+    assert shipped.pop("sha256") == digest, "regenerate data/default-allowlist.json (see this test)"
+    assert allowlist._shipped_parse(digest) == yaml.safe_load(text)
+    assert allowlist._shipped_parse("0" * 64) is None  # only for the text it was read from
+
+
+def test_the_built_in_list_is_the_same_without_its_shipped_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    shipped = Allowlist.from_yaml(default_allowlist_text())
+    monkeypatch.setattr(allowlist, "_shipped", lambda: None)  # not installed: the YAML is read
+    parsed = Allowlist.from_yaml(default_allowlist_text())
+    assert [c.entry for c in shipped.agents + shipped.denied] == [
+        c.entry for c in parsed.agents + parsed.denied
+    ]
+    assert shipped.hash == parsed.hash
 
 
 def test_a_validated_text_changed_in_one_item_is_checked_by_the_schema() -> None:

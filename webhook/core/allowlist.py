@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any, Final, Literal, get_args
 
 import re2
-import yaml
 
 from webhook.core import useragent
 from webhook.core.cache import CacheStats, Memo, text_cost
@@ -358,6 +357,57 @@ def _validate(section: Section, index: int, item: dict[str, Any]) -> Entry:
     return Entry(**{name: getattr(model, name) for name in _FIELDS})
 
 
+def _load_yaml(text: str, source: str) -> Any:
+    """The YAML document of ``text``, or an :class:`AllowlistError` saying where it is broken."""
+    import yaml  # here: the built-in list is read from its shipped parse (_shipped_parse)
+
+    try:
+        # libyaml's parser (PyYAML's C loader, same safe constructors): 10x faster on the
+        # built-in list than the pure-Python one.
+        return yaml.load(text, Loader=yaml.CSafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise AllowlistError(f"{source}: not valid YAML{where}: {problem}") from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        # PyYAML's constructors raise these for values like 2026-02-31.
+        raise AllowlistError(f"{source}: not valid YAML: {exc}") from None
+
+
+SHIPPED_PARSE: Final = "data/default-allowlist.json"
+"""The built-in list's YAML document as JSON, with the SHA-256 of the text it was read from
+(``{"sha256": ..., "agents": [...], "denied": [...]}``): importing PyYAML cost a check of the
+built-in list more than a quarter of its start-up. ``test_allowlist`` checks it against the YAML."""
+
+
+@lru_cache(maxsize=1)
+def _shipped() -> bytes | None:
+    import pkgutil
+
+    try:
+        return pkgutil.get_data("webhook", SHIPPED_PARSE)
+    except OSError:  # not installed with the package: the YAML is read instead
+        return None
+
+
+def _shipped_parse(digest: str) -> Any:
+    """The shipped parse when it was read from the text whose SHA-256 is ``digest``, else None."""
+    import json
+
+    data = _shipped()
+    if data is None:
+        return None
+    shipped = json.loads(data)
+    if not isinstance(shipped, dict) or shipped.pop("sha256", None) != digest:
+        return None
+    for items in shipped.values():
+        for item in items or ():
+            if isinstance(item, dict) and isinstance(item.get("expires"), str):
+                item["expires"] = dt.date.fromisoformat(item["expires"])  # JSON has no dates
+    return shipped
+
+
 class Allowlist:
     """A compiled allowlist. Immutable; build a new one to change it."""
 
@@ -375,18 +425,10 @@ class Allowlist:
     @classmethod
     def from_yaml(cls, text: str, *, source: str = "allowlist.yaml") -> Allowlist:
         """Parse and compile; raise :class:`AllowlistError` with the entry index on any problem."""
-        try:
-            # libyaml's parser (PyYAML's C loader, same safe constructors): 10x faster on the
-            # built-in list, which every check, replay and start-up reads.
-            doc = yaml.load(text, Loader=yaml.CSafeLoader)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(exc, "problem", None) or str(exc)
-            raise AllowlistError(f"{source}: not valid YAML{where}: {problem}") from None
-        except (ValueError, TypeError, OverflowError, RecursionError) as exc:
-            # PyYAML's constructors raise these for values like 2026-02-31.
-            raise AllowlistError(f"{source}: not valid YAML: {exc}") from None
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+        validated = digest in VALIDATED_TEXTS
+        shipped = _shipped_parse(digest) if validated else None
+        doc = shipped if shipped is not None else _load_yaml(text, source)
         if doc is None:
             doc = {}
         if not isinstance(doc, dict):
@@ -395,7 +437,6 @@ class Allowlist:
         if unknown:
             raise AllowlistError(f"{source}: unknown key(s) {', '.join(unknown)}; expected agents, denied")
         try:
-            validated = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest() in VALIDATED_TEXTS
             return cls(
                 _parse_items("agents", doc.get("agents"), validated=validated),
                 _parse_items("denied", doc.get("denied"), validated=validated),
