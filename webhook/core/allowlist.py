@@ -40,6 +40,7 @@ from webhook.errors import SetupError
 
 __all__ = [
     "MODES",
+    "SHIPPED_PARSE",
     "VALIDATED_TEXTS",
     "VERDICT_RANK",
     "Allowlist",
