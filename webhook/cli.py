@@ -5,7 +5,9 @@ are not errors), 1 for an I/O or configuration error (one line on stderr), 2 for
 (one line on stderr: every numeric flag is range-checked when parsed), 141 when the reader of
 stdout went away (``... | head -1``; silent, as a process killed by SIGPIPE, which is what shells
 and ``set -o pipefail`` expect). Ordinary mistakes never print a traceback.
-Each subcommand is an ``_add_<name>`` function that registers its parser and a ``_run_<name>``.
+Each subcommand is an ``_add_<name>`` function that registers its parser and a ``_run_<name>``;
+its help line is in ``_HELP``. ``main`` builds only the named command's arguments (start-up:
+the others' defaults and choices import modules that command never uses).
 """
 
 from __future__ import annotations
