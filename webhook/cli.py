@@ -5,7 +5,9 @@ are not errors), 1 for an I/O or configuration error (one line on stderr), 2 for
 (one line on stderr: every numeric flag is range-checked when parsed), 141 when the reader of
 stdout went away (``... | head -1``; silent, as a process killed by SIGPIPE, which is what shells
 and ``set -o pipefail`` expect). Ordinary mistakes never print a traceback.
-Each subcommand is an ``_add_<name>`` function that registers its parser and a ``_run_<name>``.
+Each subcommand is an ``_add_<name>`` function that registers its parser and a ``_run_<name>``;
+its help line is in ``_HELP``. ``main`` builds only the named command's arguments (start-up:
+the others' defaults and choices import modules that command never uses).
 """
 
 from __future__ import annotations
@@ -13,23 +15,19 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Final, NoReturn
 
 from webhook import __version__
 from webhook.core import useragent
 from webhook.core.allowlist import MODES, Allowlist, default_allowlist
-from webhook.detect.config import DetectorConfig
 from webhook.errors import SetupError
-from webhook.inputs.formats import FORMATS
-from webhook.inputs.source import SourceSpec, SourceSpecError, parse_source
-from webhook.logs import LOG_LEVELS
-from webhook.tools.certs import MAX_DAYS
 
 if TYPE_CHECKING:
+    from webhook.detect.config import DetectorConfig
+    from webhook.inputs.source import SourceSpec
     from webhook.kube.lease import LeaderElectionConfig
     from webhook.tools.audit_policy import Policy
 
@@ -47,6 +45,18 @@ DEFAULT_LEASE = "ua-sentinel-tail"
 EXIT_BROKEN_PIPE = 141
 """128 + SIGPIPE: what a shell reports for a process a closed pipe stopped."""
 _DAY = 86400.0
+
+
+_HELP: Final = {
+    "replay": "find unusual-agent-forbidden in existing audit logs",
+    "check": "print the verdict for one agent",
+    "certs": "write a local CA and serving certificate",
+    "apiserver-config": "print the audit policy, audit webhook kubeconfig and flags for the kube-apiserver",
+    "serve": "run the admission webhook and audit webhook endpoint (HTTPS)",
+    "tail": "follow the apiserver's audit log across rotations and report findings",
+    "suggest": "list every agent in audit logs and propose an allowlist",
+}
+"""Each command's line in ``ua-sentinel --help`` (listed even when its arguments are not built)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -202,6 +212,9 @@ def _cluster_arg(parser: argparse.ArgumentParser) -> None:
 
 def _rule_args(parser: argparse.ArgumentParser) -> None:
     """Input shape and rule tuning shared by replay and tail (so both find the same)."""
+    from webhook.detect.config import DetectorConfig
+    from webhook.inputs.formats import FORMATS
+
     parser.add_argument(
         "--format",
         choices=FORMATS,
@@ -243,6 +256,8 @@ def _rule_args(parser: argparse.ArgumentParser) -> None:
 def _detector_config(args: argparse.Namespace) -> DetectorConfig:
     import datetime as dt
 
+    from webhook.detect.config import DetectorConfig
+
     return DetectorConfig(
         window=dt.timedelta(seconds=args.window),
         burst_threshold=args.burst_threshold,
@@ -253,7 +268,7 @@ def _detector_config(args: argparse.Namespace) -> DetectorConfig:
 def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "replay",
-        help="find unusual-agent-forbidden in existing audit logs",
+        help=_HELP["replay"],
         description="Read audit logs (JSON lines, plain or .gz, in the given order; - for stdin) and "
         "write one finding per line (JSON) to stdout; a summary goes to stderr.",
     )
@@ -281,17 +296,41 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _run_replay(args: argparse.Namespace) -> int:
-    from webhook.detect.detector import Detector
-    from webhook.sinks.base import Sink
-    from webhook.sinks.table import output_sink
-    from webhook.tools.replay import Progress, replay
-
     if args.report:
         from webhook.tools.report import require_jinja2
 
         require_jinja2()  # before reading, not after
     config = _detector_config(args)
     allowlist = load_allowlist(args.allowlist)
+    try:
+        _start_first_scan(args, config, allowlist)
+        return _replay(args, config, allowlist)
+    finally:
+        from webhook.inputs.scan import stop_started
+
+        stop_started()  # a scan started for a file not read (an error came first)
+
+
+def _start_first_scan(args: argparse.Namespace, config: DetectorConfig, allowlist: Allowlist) -> bool:
+    """Start the scan workers on the first log before importing what only this process needs
+    (the Detector, the audit and finding models, the sinks): they scan meanwhile. The
+    Detector's own prefilter is the one the scan must use; replay's scan takes these results
+    only if it is the same (:func:`webhook.inputs.scan.start_scan`)."""
+    if args.format != "k8s":
+        return False
+    from webhook.detect.prefilter import Prefilter
+    from webhook.inputs.scan import start_scan
+
+    prefilter = Prefilter(allowlist if config.known_bad else None)
+    return start_scan(args.logs[0], workers=args.workers, prefilter=prefilter)
+
+
+def _replay(args: argparse.Namespace, config: DetectorConfig, allowlist: Allowlist) -> int:
+    from webhook.detect.detector import Detector
+    from webhook.sinks.base import Sink
+    from webhook.sinks.table import output_sink
+    from webhook.tools.replay import Progress, replay
+
     baseline = None
     if args.baseline and args.baseline_days:
         from webhook.detect.baseline import Baseline
@@ -345,7 +384,7 @@ def _write_report(path: str, page: str) -> None:
 def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "check",
-        help="print the verdict for one agent",
+        help=_HELP["check"],
         description="Print the verdict (listed / unlisted / denied) for AGENT and the entry that decided it.",
     )
     _allowlist_arg(parser)
@@ -371,9 +410,11 @@ def _run_check(args: argparse.Namespace) -> int:
 
 
 def _add_certs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from webhook.tools.certs import MAX_DAYS  # here: the other commands do not load it
+
     parser = sub.add_parser(
         "certs",
-        help="write a local CA and serving certificate",
+        help=_HELP["certs"],
         description="Write ca.crt, ca.key, tls.crt and tls.key (keys 0600) into DIR.",
     )
     parser.add_argument("--out", required=True, metavar="DIR")
@@ -406,7 +447,7 @@ def _run_certs(args: argparse.Namespace) -> int:
 def _add_apiserver_config(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "apiserver-config",
-        help="print the audit policy, audit webhook kubeconfig and flags for the kube-apiserver",
+        help=_HELP["apiserver-config"],
         description="Print (or write with --out-dir) the audit policy and the audit webhook kubeconfig "
         "to put next to the kube-apiserver, then the flags that use them. Certificates: --certs-dir DIR "
         "reads DIR/ca.crt (serving CA) and DIR/audit-client.crt/.key, issuing the client pair from "
@@ -567,10 +608,11 @@ def _run_apiserver_config(args: argparse.Namespace) -> int:
 
 
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from webhook.logs import LOG_LEVELS  # here: the other commands do not load it
 
     parser = sub.add_parser(
         "serve",
-        help="run the admission webhook and audit webhook endpoint (HTTPS)",
+        help=_HELP["serve"],
         description="Serve POST /validate (AdmissionReview), POST /audit (audit EventList, batch mode), "
         "/healthz, /readyz and /metrics over TLS. Findings go to stdout as JSON lines, logs to stderr. "
         "Certificate and allowlist files are re-read when they change.",
@@ -669,9 +711,11 @@ def _run_serve(args: argparse.Namespace) -> int:
 
 
 def _add_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from webhook.logs import LOG_LEVELS  # here: the other commands do not load it
+
     parser = sub.add_parser(
         "tail",
-        help="follow the apiserver's audit log across rotations and report findings",
+        help=_HELP["tail"],
         description="Follow PATH (and its rotations: rename, gzip, copy-truncate), or the cloud --source "
         "(EKS: cloudwatch:LOG_GROUP; AKS: eventhub:NAMESPACE/HUB), with a durable checkpoint in --state; "
         "findings go to every --sink at "
@@ -749,6 +793,8 @@ def _add_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _source(text: str) -> SourceSpec:
+    from webhook.inputs.source import SourceSpecError, parse_source  # tail's only: check and replay skip it
+
     try:
         return parse_source(text)
     except SourceSpecError as exc:
@@ -757,6 +803,8 @@ def _source(text: str) -> SourceSpec:
 
 def _tail_sources(args: argparse.Namespace) -> tuple[str, list[SourceSpec]]:
     """The file to follow ("" for none) and the cloud sources: one file, or cloud sources only."""
+    from webhook.inputs.source import parse_source
+
     specs: list[SourceSpec] = list(args.source or [])
     if args.path is not None:
         specs.insert(0, parse_source(f"file:{args.path}"))
@@ -810,9 +858,11 @@ def _run_tail(args: argparse.Namespace) -> int:
 
 
 def _add_suggest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from webhook.inputs.formats import FORMATS  # here: the other commands do not load it
+
     parser = sub.add_parser(
         "suggest",
-        help="list every agent in audit logs and propose an allowlist",
+        help=_HELP["suggest"],
         description="Count every agent in the audit logs (grouped by product: requests, users, allowed "
         "and forbidden) and propose an allowlist.yaml covering what is common and benign. Known-bad "
         "agents are never proposed. Agents are shown escaped.",
@@ -879,30 +929,53 @@ def _run_suggest(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+_ADDERS: Final = {
+    "replay": _add_replay,
+    "check": _add_check,
+    "certs": _add_certs,
+    "apiserver-config": _add_apiserver_config,
+    "serve": _add_serve,
+    "tail": _add_tail,
+    "suggest": _add_suggest,
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or with ``command`` given, of that one only: the others are
+    listed (``--help``, choices in errors) but their arguments are not built, since their
+    choices and defaults import modules the command never uses (check: logging, gzip, ...)."""
     parser: argparse.ArgumentParser = _Parser(
         prog="ua-sentinel",
         description="Flag Kubernetes API requests whose user agent is not on the cluster's allowlist.",
     )
     parser.add_argument("--version", action="version", version=f"ua-sentinel {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (
-        _add_replay,
-        _add_check,
-        _add_certs,
-        _add_apiserver_config,
-        _add_serve,
-        _add_tail,
-        _add_suggest,
-    ):
-        add(sub)
+    for name, add in _ADDERS.items():
+        if command is None or name == command:
+            add(sub)
+        else:
+            sub.add_parser(name, help=_HELP[name])
     return parser
+
+
+def _command(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` names (its first word; the top level has only flags), if a known one."""
+    first = next((arg for arg in argv if not arg.startswith("-")), None)
+    return first if first in _ADDERS else None
+
+
+def _is_baseline_error(exc: Exception) -> bool:
+    """A failure of the new-agent-forbidden baseline's SQLite database (--baseline, tail's
+    --state). sqlite3 is loaded only by the commands that open one, so check and replay without
+    --baseline do not pay for its import."""
+    sqlite3 = sys.modules.get("sqlite3")
+    return sqlite3 is not None and isinstance(exc, sqlite3.Error)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run one command; ordinary failures end in one line on stderr, never a traceback."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    args = build_parser(_command(words)).parse_args(words)
     run: Runner = args.run
     try:
         code = run(args)
@@ -918,9 +991,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except OSError as exc:  # writing to stdout or stderr (a full disk), or a file no runner named
         print(f"ua-sentinel {args.command}: {_os_error(exc)}", file=sys.stderr)
         code = 1
-    except sqlite3.Error as exc:  # the new-agent-forbidden baseline (--baseline, tail's --state)
-        print(f"ua-sentinel {args.command}: baseline database: {exc}", file=sys.stderr)
-        code = 1
     except KeyboardInterrupt:
         code = 130
+    except Exception as exc:
+        if not _is_baseline_error(exc):
+            raise
+        print(f"ua-sentinel {args.command}: baseline database: {exc}", file=sys.stderr)
+        code = 1
     sys.exit(code)

@@ -96,7 +96,13 @@ def test_dockerignore_sends_only_what_the_build_copies() -> None:
     _, (build, _) = stages()
     sources = [word for copy in build.all("COPY") for word in copy.words()[:-1]]
     assert sources == ["pyproject.toml", "README.md", "webhook"]
-    for path in [*sources, "webhook/cli.py", "webhook/data/default-allowlist.yaml", "webhook/py.typed"]:
+    for path in [
+        *sources,
+        "webhook/cli.py",
+        "webhook/data/default-allowlist.yaml",
+        "webhook/data/default-allowlist.json",
+        "webhook/py.typed",
+    ]:
         assert not ignored(path, patterns), path
     for path in (".git/HEAD", ".venv/bin/python", "tests/conftest.py", "certs/tls.key", "charts/ua-sentinel"):
         assert ignored(path, patterns), path
@@ -112,7 +118,12 @@ def test_wheel_carries_the_package_data_and_the_console_script(image: Image) -> 
         names = set(whl.namelist())
         (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
         assert "ua-sentinel = webhook.cli:main" in whl.read(entry_points).decode()
-    assert {"webhook/cli.py", "webhook/data/default-allowlist.yaml", "webhook/py.typed"} <= names
+    assert {
+        "webhook/cli.py",
+        "webhook/data/default-allowlist.yaml",
+        "webhook/data/default-allowlist.json",
+        "webhook/py.typed",
+    } <= names
     assert not [n for n in names if n.startswith("tests/") or n.endswith(".pyc")]
 
 

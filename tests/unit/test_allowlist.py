@@ -1,15 +1,25 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import sys
 import unicodedata
 from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from webhook.core.allowlist import Allowlist, AllowlistError, default_allowlist
+from webhook.core import allowlist
+from webhook.core.allowlist import (
+    VALIDATED_TEXTS,
+    Allowlist,
+    AllowlistError,
+    default_allowlist,
+    default_allowlist_text,
+)
 
 KUBECTL = "kubectl/v1.32.4 (linux/amd64) kubernetes/4cb5f07"
 
@@ -146,6 +156,61 @@ def test_hash_changes_with_content_and_not_with_formatting() -> None:
     b = load('agents:\n  - "kubectl/*"   # same entry\n')
     c = load('agents: ["kubectl/*", "helm/*"]')
     assert a.hash == b.hash != c.hash
+
+
+def test_hash_is_the_one_findings_already_carry() -> None:
+    """``allowlist.hash`` is in every finding: how the entries are built must not move it
+    (the value is the one the pydantic model's repr gave)."""
+    text = (
+        'agents: ["kubectl/*", {product: helm, minVersion: v3.0.0, users: ["ci-*"], expires: 2027-01-31}]\n'
+        'denied: [{regex: "^evil", reason: scanner}]'
+    )
+    assert load(text).hash == "b1c29153c798"
+
+
+def test_the_built_in_list_is_the_text_validated_before() -> None:
+    """Its items are taken without pydantic only because this text passed the schema: an edit
+    of the file must be validated again and its SHA-256 put in VALIDATED_TEXTS."""
+    text = default_allowlist_text()
+    assert hashlib.sha256(text.encode()).hexdigest() in VALIDATED_TEXTS, "update VALIDATED_TEXTS"
+    cached = Allowlist.from_yaml(text)
+    # The same text with a comment added is not in VALIDATED_TEXTS: every item goes through pydantic.
+    checked = Allowlist.from_yaml(text + "\n# not validated before\n")
+    assert [c.entry for c in cached.agents] == [c.entry for c in checked.agents]
+    assert [c.entry for c in cached.denied] == [c.entry for c in checked.denied]
+    assert cached.hash == checked.hash == default_allowlist().hash
+
+
+def test_the_shipped_parse_is_the_built_in_lists_yaml() -> None:
+    """Regenerate after an edit of the list (and put its SHA-256 in VALIDATED_TEXTS):
+    python -c "import hashlib,json,yaml; t=open('webhook/data/default-allowlist.yaml').read();
+    open('webhook/data/default-allowlist.json','w').write(json.dumps({'sha256':
+    hashlib.sha256(t.encode()).hexdigest(), **yaml.safe_load(t)}, indent=1, default=str,
+    ensure_ascii=False) + '\\n')"
+    """
+    text = default_allowlist_text()
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    shipped = json.loads((Path(allowlist.__file__).parent.parent / allowlist.SHIPPED_PARSE).read_text())
+    assert shipped.pop("sha256") == digest, "regenerate data/default-allowlist.json (see this test)"
+    assert allowlist._shipped_parse(digest) == yaml.safe_load(text)
+    assert allowlist._shipped_parse("0" * 64) is None  # only for the text it was read from
+
+
+def test_the_built_in_list_is_the_same_without_its_shipped_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    shipped = Allowlist.from_yaml(default_allowlist_text())
+    monkeypatch.setattr(allowlist, "_shipped", lambda: None)  # not installed: the YAML is read
+    parsed = Allowlist.from_yaml(default_allowlist_text())
+    assert [c.entry for c in shipped.agents + shipped.denied] == [
+        c.entry for c in parsed.agents + parsed.denied
+    ]
+    assert shipped.hash == parsed.hash
+
+
+def test_a_validated_text_changed_in_one_item_is_checked_by_the_schema() -> None:
+    text = default_allowlist_text().replace("    product: peirates", "    prodcut: peirates", 1)
+    assert "prodcut" in text
+    with pytest.raises(AllowlistError, match="prodcut: Extra inputs are not permitted"):
+        Allowlist.from_yaml(text)
 
 
 def test_regex_on_hostile_agent_runs_in_linear_time() -> None:

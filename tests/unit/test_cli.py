@@ -385,3 +385,26 @@ def test_certs_into_something_that_is_not_a_directory_is_a_one_line_error(tmp_pa
     else:
         _bad_file(tmp_path, kind)
     assert str(out) in one_line_error(cli("certs", "--out", str(out)), 1)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["check", "--user", "u", "kubectl/v1.30.0"],
+        ["replay", "--workers", "2", "--window", "60", "--format", "eks", "a.log"],
+        ["certs", "--out", "d", "--days", "30"],
+        ["apiserver-config", "--service-ip", "10.0.0.9", "--port", "8443"],
+        ["serve", "--tls-cert", "c", "--tls-key", "k", "--log-level", "debug"],
+        ["tail", "--state", "s", "--source", "cloudwatch:/aws/eks/c/cluster", "--log-level", "warning"],
+        ["suggest", "--audit-log", "a.log", "--format", "gke"],
+    ],
+)
+def test_a_command_parses_alike_with_only_its_own_arguments_built(argv: list[str]) -> None:
+    """main builds only the named command's arguments (the others' defaults import modules it
+    never uses); what it parses and the top-level help are those of the whole parser."""
+    from webhook.cli import _command, build_parser
+
+    assert _command(argv) == argv[0]
+    whole, own = build_parser(), build_parser(argv[0])
+    assert vars(own.parse_args(argv)) == vars(whole.parse_args(argv))
+    assert own.format_help() == whole.format_help()

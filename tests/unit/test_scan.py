@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -180,3 +181,88 @@ def test_whatever_the_detector_flags_on_a_line_the_block_scanner_hands_over(
     scan.scan_block((block, 0, len(block)), result, Detector(DEFAULT).prefilter)
     assert before + 1 in [number for number, _ in result.hits]
     assert result.malformed == []
+
+
+def _results(results: list[scan.ScanResult]) -> list[tuple[int, int, list[tuple[int, bytes]]]]:
+    return [(r.lines, r.size, r.hits) for r in results]
+
+
+@pytest.fixture
+def split_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[object]]:
+    """A log that scan_file splits among workers, and the pools its scans started (in order)."""
+    data = b"".join(LINES[i % 5] + b"\n" for i in range(3000))
+    log = tmp_path / "audit.log"
+    log.write_bytes(data)
+    monkeypatch.setattr(scan, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(scan, "PIECE_BYTES", len(data) // 4)
+    pools: list[object] = []
+    split = scan._split
+
+    def counted(*args: object) -> object:
+        pool, results = split(*args)  # type: ignore[arg-type]
+        pools.append(pool)
+        return pool, results
+
+    monkeypatch.setattr(scan, "_split", counted)
+    return log, pools
+
+
+def _scan(log: Path, prefilter: Prefilter = PREFILTER) -> list[scan.ScanResult]:
+    with log.open("rb") as stream:
+        return list(scan.scan_file(str(log), stream, workers=2, prefilter=prefilter))
+
+
+def _alive(pool: object) -> bool:
+    return any(worker.is_alive() for worker in pool._pool)  # type: ignore[attr-defined]
+
+
+def test_a_started_scan_is_taken_by_the_scan_of_that_file(split_log: tuple[Path, list[object]]) -> None:
+    log, pools = split_log
+    assert scan.start_scan(str(log), workers=2, prefilter=PREFILTER)
+    assert len(pools) == 1  # the workers run before the reader asks
+    taken = _scan(log)
+    assert len(pools) == 1  # and the reader took their results instead of starting others
+    fresh = _scan(log)
+    assert len(pools) == 2
+    assert _results(taken) == _results(fresh)
+    assert sum(len(r.hits) for r in taken) > 0
+
+
+def test_a_started_scan_of_other_settings_is_stopped_and_the_file_scanned_anew(
+    split_log: tuple[Path, list[object]],
+) -> None:
+    log, pools = split_log
+    assert scan.start_scan(str(log), workers=2, prefilter=Prefilter())  # no allowlist: fewer hits
+    results = _scan(log, PREFILTER)
+    assert len(pools) == 2 and not _alive(pools[0])
+    assert _results(results) == _results(_scan(log, PREFILTER))
+
+
+def test_a_file_changed_since_its_scan_started_is_scanned_anew(split_log: tuple[Path, list[object]]) -> None:
+    log, pools = split_log
+    assert scan.start_scan(str(log), workers=2, prefilter=PREFILTER)
+    log.write_bytes(log.read_bytes() + LINES[1] + b"\n")  # a refusal more
+    results = _scan(log)
+    assert len(pools) == 2 and not _alive(pools[0])
+    assert results[-1].hits[-1][1] == LINES[1]
+
+
+def test_a_scan_no_one_took_is_stopped(split_log: tuple[Path, list[object]]) -> None:
+    log, pools = split_log
+    assert scan.start_scan(str(log), workers=2, prefilter=PREFILTER)
+    scan.stop_started()
+    assert not _alive(pools[0])
+    assert _results(_scan(log)) == _results(_scan(log))  # then read as usual
+
+
+def test_what_scan_file_reads_in_one_process_is_not_started(
+    split_log: tuple[Path, list[object]], tmp_path: Path
+) -> None:
+    log, pools = split_log
+    packed = tmp_path / "audit.log.gz"
+    packed.write_bytes(gzip.compress(log.read_bytes()))
+    assert not scan.start_scan(str(packed), workers=2, prefilter=PREFILTER)  # read through gzip
+    assert not scan.start_scan(str(log), workers=1, prefilter=PREFILTER)
+    assert not scan.start_scan("-", workers=2, prefilter=PREFILTER)
+    assert not scan.start_scan(str(tmp_path / "missing.log"), workers=2, prefilter=PREFILTER)
+    assert pools == []

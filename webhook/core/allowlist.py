@@ -27,15 +27,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Final, Literal, get_args
 
 import re2
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from webhook.core import useragent
 from webhook.core.cache import CacheStats, Memo, text_cost
@@ -43,6 +40,8 @@ from webhook.errors import SetupError
 
 __all__ = [
     "MODES",
+    "SHIPPED_PARSE",
+    "VALIDATED_TEXTS",
     "VERDICT_RANK",
     "Allowlist",
     "AllowlistError",
@@ -73,37 +72,25 @@ class AllowlistError(SetupError, ValueError):
     """The allowlist text cannot be used; the message names the entry and the problem."""
 
 
-class Entry(BaseModel):
-    """One mapping item of ``agents:`` or ``denied:``. Strict: a typo is an error, not silence."""
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One item of ``agents:`` or ``denied:``, as the schema (:func:`_schema`) validated it.
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    A plain record: the allowlist holds these, and only a mapping item of a text not validated
+    before (:data:`VALIDATED_TEXTS`) needs pydantic. Same fields, order and repr as the schema,
+    so :attr:`Allowlist.hash` (in every finding) does not depend on which path built it.
+    """
 
     glob: str | None = None
     regex: str | None = None
     product: str | None = None
-    min_version: str | None = Field(default=None, alias="minVersion")
-    max_version: str | None = Field(default=None, alias="maxVersion")
+    min_version: str | None = None
+    max_version: str | None = None
     users: list[str] | None = None
     groups: list[str] | None = None
     namespaces: list[str] | None = None
     reason: str | None = None
     expires: dt.date | None = None
-
-    @model_validator(mode="after")
-    def _one_matcher(self) -> Entry:
-        given = [k for k in ("glob", "regex", "product") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError("give exactly one of glob, regex or product")
-        if self.product is None and (self.min_version or self.max_version):
-            raise ValueError("minVersion/maxVersion need product")
-        for bound in (self.min_version, self.max_version):
-            if bound is not None and useragent.version_tuple(bound) is None:
-                raise ValueError(f"version bound {bound!r} has no release number")
-        for key in ("glob", "regex", "product"):
-            value = getattr(self, key)
-            if value is not None and not value:
-                raise ValueError(f"{key} must not be empty")
-        return self
 
     def describe(self) -> str:
         if self.glob is not None:
@@ -112,6 +99,66 @@ class Entry(BaseModel):
             return f"regex {self.regex!r}"
         bounds = "".join(f" {op}{v}" for op, v in ((">=", self.min_version), ("<=", self.max_version)) if v)
         return f"product {self.product!r}{bounds}"
+
+    def item(self) -> dict[str, Any]:
+        """The entry as a file item: file names (``minVersion``), unset fields left out, dates as
+        ISO text (what ``suggest`` writes back)."""
+        out: dict[str, Any] = {}
+        for name in _FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                out[_FILE_NAMES.get(name, name)] = value.isoformat() if name == "expires" else value
+        return out
+
+
+_FILE_NAMES: Final = {"min_version": "minVersion", "max_version": "maxVersion"}
+_FIELDS: Final = tuple(f.name for f in fields(Entry))
+
+
+@lru_cache(maxsize=1)
+def _schema() -> Any:
+    """The pydantic model of a mapping item, built on first use: its import and build cost more
+    than the rest of ``ua-sentinel check``, and a list of globs or the built-in list never needs
+    it. Strict: a typo is an error, not silence; its messages name the field."""
+    from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+    class EntrySchema(BaseModel):
+        model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+        glob: str | None = None
+        regex: str | None = None
+        product: str | None = None
+        min_version: str | None = Field(default=None, alias="minVersion")
+        max_version: str | None = Field(default=None, alias="maxVersion")
+        users: list[str] | None = None
+        groups: list[str] | None = None
+        namespaces: list[str] | None = None
+        reason: str | None = None
+        expires: dt.date | None = None
+
+        @model_validator(mode="after")
+        def _one_matcher(self) -> EntrySchema:
+            given = [k for k in ("glob", "regex", "product") if getattr(self, k) is not None]
+            if len(given) != 1:
+                raise ValueError("give exactly one of glob, regex or product")
+            if self.product is None and (self.min_version or self.max_version):
+                raise ValueError("minVersion/maxVersion need product")
+            for bound in (self.min_version, self.max_version):
+                if bound is not None and useragent.version_tuple(bound) is None:
+                    raise ValueError(f"version bound {bound!r} has no release number")
+            for key in ("glob", "regex", "product"):
+                value = getattr(self, key)
+                if value is not None and not value:
+                    raise ValueError(f"{key} must not be empty")
+            return self
+
+    return EntrySchema
+
+
+VALIDATED_TEXTS: Final = frozenset({"8818fe651fcbd1b228ae53107f00964cfeb80b07e758c8dfa14bac03bbd2a0a3"})
+"""SHA-256 of allowlist texts whose every item the schema accepted as it is (the built-in list):
+their mapping items become entries without pydantic. ``test_allowlist`` checks this against the
+shipped file and that both paths give equal entries; a text not here is validated as usual."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,7 +313,8 @@ def _compile_set(patterns: list[str]) -> Any:
     return compiled
 
 
-def _parse_items(section: Section, items: Any) -> list[Entry]:
+def _parse_items(section: Section, items: Any, *, validated: bool = False) -> list[Entry]:
+    """The entries of one section; ``validated``: the text is in :data:`VALIDATED_TEXTS`."""
     if items is None:
         return []
     if not isinstance(items, list):
@@ -282,18 +330,83 @@ def _parse_items(section: Section, items: Any) -> list[Entry]:
             raise AllowlistError(
                 f"{section}[{index}]: expected a glob string or a mapping, got {type(item).__name__}"
             )
-        try:
-            entries.append(Entry.model_validate(item))
-        except ValidationError as exc:
-            problems = "; ".join(
-                # A key the file chose (extra="forbid" names it): escaped, as the message reaches
-                # Events, /readyz and terminals.
-                (".".join(useragent.display(str(p), 120) for p in err["loc"]) + ": " if err["loc"] else "")
-                + err["msg"].removeprefix("Value error, ")
-                for err in exc.errors()
-            )
-            raise AllowlistError(f"{section}[{index}]: {problems}") from None
+        if validated:
+            entries.append(Entry(**{_PYTHON_NAMES.get(str(k), str(k)): v for k, v in item.items()}))
+            continue
+        entries.append(_validate(section, index, item))
     return entries
+
+
+_PYTHON_NAMES: Final = {file: name for name, file in _FILE_NAMES.items()}
+
+
+def _validate(section: Section, index: int, item: dict[str, Any]) -> Entry:
+    """One mapping item through the pydantic schema; its messages name the entry and the field."""
+    from pydantic import ValidationError
+
+    try:
+        model = _schema().model_validate(item)
+    except ValidationError as exc:
+        problems = "; ".join(
+            # A key the file chose (extra="forbid" names it): escaped, as the message reaches
+            # Events, /readyz and terminals.
+            (".".join(useragent.display(str(p), 120) for p in err["loc"]) + ": " if err["loc"] else "")
+            + err["msg"].removeprefix("Value error, ")
+            for err in exc.errors()
+        )
+        raise AllowlistError(f"{section}[{index}]: {problems}") from None
+    return Entry(**{name: getattr(model, name) for name in _FIELDS})
+
+
+def _load_yaml(text: str, source: str) -> Any:
+    """The YAML document of ``text``, or an :class:`AllowlistError` saying where it is broken."""
+    import yaml  # here: the built-in list is read from its shipped parse (_shipped_parse)
+
+    try:
+        # libyaml's parser (PyYAML's C loader, same safe constructors): 10x faster on the
+        # built-in list than the pure-Python one.
+        return yaml.load(text, Loader=yaml.CSafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise AllowlistError(f"{source}: not valid YAML{where}: {problem}") from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        # PyYAML's constructors raise these for values like 2026-02-31.
+        raise AllowlistError(f"{source}: not valid YAML: {exc}") from None
+
+
+SHIPPED_PARSE: Final = "data/default-allowlist.json"
+"""The built-in list's YAML document as JSON, with the SHA-256 of the text it was read from
+(``{"sha256": ..., "agents": [...], "denied": [...]}``): importing PyYAML cost a check of the
+built-in list more than a quarter of its start-up. ``test_allowlist`` checks it against the YAML."""
+
+
+@lru_cache(maxsize=1)
+def _shipped() -> bytes | None:
+    import pkgutil
+
+    try:
+        return pkgutil.get_data("webhook", SHIPPED_PARSE)
+    except OSError:  # not installed with the package: the YAML is read instead
+        return None
+
+
+def _shipped_parse(digest: str) -> Any:
+    """The shipped parse when it was read from the text whose SHA-256 is ``digest``, else None."""
+    import json
+
+    data = _shipped()
+    if data is None:
+        return None
+    shipped = json.loads(data)
+    if not isinstance(shipped, dict) or shipped.pop("sha256", None) != digest:
+        return None
+    for items in shipped.values():
+        for item in items or ():
+            if isinstance(item, dict) and isinstance(item.get("expires"), str):
+                item["expires"] = dt.date.fromisoformat(item["expires"])  # JSON has no dates
+    return shipped
 
 
 class Allowlist:
@@ -313,18 +426,10 @@ class Allowlist:
     @classmethod
     def from_yaml(cls, text: str, *, source: str = "allowlist.yaml") -> Allowlist:
         """Parse and compile; raise :class:`AllowlistError` with the entry index on any problem."""
-        try:
-            # libyaml's parser (PyYAML's C loader, same safe constructors): 10x faster on the
-            # built-in list, which every check, replay and start-up reads.
-            doc = yaml.load(text, Loader=yaml.CSafeLoader)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(exc, "problem", None) or str(exc)
-            raise AllowlistError(f"{source}: not valid YAML{where}: {problem}") from None
-        except (ValueError, TypeError, OverflowError, RecursionError) as exc:
-            # PyYAML's constructors raise these for values like 2026-02-31.
-            raise AllowlistError(f"{source}: not valid YAML: {exc}") from None
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+        validated = digest in VALIDATED_TEXTS
+        shipped = _shipped_parse(digest) if validated else None
+        doc = shipped if shipped is not None else _load_yaml(text, source)
         if doc is None:
             doc = {}
         if not isinstance(doc, dict):
@@ -334,8 +439,8 @@ class Allowlist:
             raise AllowlistError(f"{source}: unknown key(s) {', '.join(unknown)}; expected agents, denied")
         try:
             return cls(
-                _parse_items("agents", doc.get("agents")),
-                _parse_items("denied", doc.get("denied")),
+                _parse_items("agents", doc.get("agents"), validated=validated),
+                _parse_items("denied", doc.get("denied"), validated=validated),
                 source=source,
             )
         except AllowlistError as exc:
@@ -414,8 +519,17 @@ class Allowlist:
 
 
 def default_allowlist_text() -> str:
-    """The built-in allowlist shipped in the package (``webhook/data/default-allowlist.yaml``)."""
-    return resources.files("webhook").joinpath("data/default-allowlist.yaml").read_text(encoding="utf-8")
+    """The built-in allowlist shipped in the package (``webhook/data/default-allowlist.yaml``).
+
+    Read by the package's loader (``pkgutil.get_data``: a zip import too): ``importlib.resources``
+    costs every check and replay of the built-in list ~25 ms of imports (34 modules).
+    """
+    import pkgutil
+
+    data = pkgutil.get_data("webhook", "data/default-allowlist.yaml")
+    if data is None:  # a loader that cannot read package data: the package is broken
+        raise AllowlistError("built-in default allowlist: the package holds no data/default-allowlist.yaml")
+    return data.decode("utf-8")
 
 
 @lru_cache(maxsize=1)

@@ -19,6 +19,7 @@ from typing import IO, Any
 
 from webhook.core.audit import MAX_LINE_BYTES
 from webhook.detect.prefilter import Prefilter
+from webhook.inputs.files import is_gzip
 from webhook.inputs.longline import LongLine
 
 __all__ = [
@@ -30,6 +31,8 @@ __all__ = [
     "scan_block",
     "scan_file",
     "scan_stream",
+    "start_scan",
+    "stop_started",
 ]
 
 BLOCK_BYTES = 1024 * 1024
@@ -292,6 +295,104 @@ def _pieces(path: str, size: int, workers: int = 1) -> list[tuple[str, int, int]
     return [(path, a, b) for a, b in itertools.pairwise(bounds)]
 
 
+def _drain(pool: Any, results: Iterator[ScanResult]) -> Iterator[ScanResult]:
+    """The pool's results in order; the pool ends with them (or is stopped if the reader stops)."""
+    try:
+        yield from results
+    except BaseException:
+        pool.terminate()  # the reader stopped early or failed: no more pieces are wanted
+        raise
+    else:
+        pool.close()  # all pieces done: let workers exit on their own, no signals sent
+    finally:
+        pool.join()
+
+
+def _split(path: str, size: int, count: int, prefilter: Prefilter) -> tuple[Any, Iterator[ScanResult]]:
+    """Worker processes scanning ``path`` in pieces, started now (the pieces are handed out at
+    once; the results wait for the reader, in file order): the pool and its results."""
+    import multiprocessing  # only a file this large pays for it (a short replay starts faster)
+
+    pieces = [(*piece, prefilter) for piece in _pieces(path, size, count)]
+    pool = multiprocessing.get_context("fork").Pool(min(count, len(pieces)))
+    return pool, _drain(pool, pool.imap(_scan_piece, pieces))
+
+
+@dataclass(slots=True)
+class _Started:
+    """A scan :func:`start_scan` began: for which file (device, inode, size), workers and prefilter."""
+
+    identity: tuple[int, int, int]
+    workers: int
+    prefilter: dict[str, Any]
+    pool: Any
+    results: Iterator[ScanResult]
+
+    def stop(self) -> None:
+        self.pool.terminate()
+        self.pool.join()
+
+
+_STARTED: dict[str, _Started] = {}
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int, int]:
+    return stat.st_dev, stat.st_ino, stat.st_size
+
+
+def start_scan(path: str, *, workers: int | None = None, prefilter: Prefilter = _STATIC) -> bool:
+    """Start the worker processes on ``path`` now when :func:`scan_file` would split it; True if so.
+
+    For a reader that has more to import and build before it reads (replay: the Detector, the
+    audit and finding models, the sinks): the workers scan meanwhile, and fork from a smaller
+    process. The next :func:`scan_file` of ``path`` takes the results if the file (device, inode,
+    size), ``workers`` and ``prefilter`` are the same; otherwise it stops them and scans anew.
+    :func:`stop_started` stops a scan no one took.
+    """
+    count = workers if workers is not None else (os.cpu_count() or 1)
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return False  # the reader's own open reports it
+    if path == "-" or path in _STARTED or count < 2 or not os.path.isfile(path):
+        return False
+    if stat.st_size < PARALLEL_MIN_BYTES:
+        return False
+    try:
+        with open(path, "rb") as handle:
+            if is_gzip(handle.read(2)):
+                return False  # read through a decompressor: scan_file does not split it
+    except OSError:
+        return False
+    pool, results = _split(path, stat.st_size, count, prefilter)
+    _STARTED[path] = _Started(_identity(stat), count, prefilter.__getstate__(), pool, results)
+    return True
+
+
+def stop_started() -> None:
+    """Stop the scans :func:`start_scan` began that no :func:`scan_file` took."""
+    while _STARTED:
+        _STARTED.popitem()[1].stop()
+
+
+def _take_started(
+    path: str, stream: IO[bytes], count: int, prefilter: Prefilter
+) -> Iterator[ScanResult] | None:
+    """The results of the scan started for this very file and settings, if any (others stopped)."""
+    started = _STARTED.pop(path, None)
+    if started is None:
+        return None
+    same = started.workers == count and started.prefilter == prefilter.__getstate__()
+    try:
+        same = same and started.identity == _identity(os.fstat(stream.fileno()))
+    except (OSError, AttributeError, ValueError):
+        same = False
+    if same:
+        return started.results
+    started.stop()
+    return None
+
+
 def scan_file(
     path: str, stream: IO[bytes], *, workers: int | None = None, prefilter: Prefilter = _STATIC
 ) -> Iterator[ScanResult]:
@@ -300,23 +401,16 @@ def scan_file(
     ``stream`` is the caller's open handle (plain or decompressing); it is read directly unless
     the file is split. Results come in file order either way. ``prefilter`` (the Detector's)
     decides which lines are hits; the default knows no allowlist (no known-bad-agent lines).
+    A scan :func:`start_scan` began for the same file and settings is taken over.
     """
     count = workers if workers is not None else (os.cpu_count() or 1)
     plain = path != "-" and getattr(stream, "raw", None) is not None and os.path.isfile(path)
+    started = _take_started(path, stream, count, prefilter) if plain else None
+    if started is not None:
+        yield from started
+        return
     size = os.path.getsize(path) if plain else 0
     if count < 2 or size < PARALLEL_MIN_BYTES:
         yield from scan_stream(stream, prefilter=prefilter)
         return
-    import multiprocessing  # only a file this large pays for it (a short replay starts faster)
-
-    pieces = [(*piece, prefilter) for piece in _pieces(path, size, count)]
-    pool = multiprocessing.get_context("fork").Pool(min(count, len(pieces)))
-    try:
-        yield from pool.imap(_scan_piece, pieces)
-    except BaseException:
-        pool.terminate()  # the reader stopped early or failed: no more pieces are wanted
-        raise
-    else:
-        pool.close()  # all pieces done: let workers exit on their own, no signals sent
-    finally:
-        pool.join()
+    yield from _split(path, size, count, prefilter)[1]

@@ -251,7 +251,7 @@ def render_report(
 
 def render_yaml(proposal: Proposal, allowlist: Allowlist) -> str:
     """The proposed allowlist.yaml: the proposed ``agents:`` and the given ``denied:``."""
-    denied = [c.entry.model_dump(by_alias=True, exclude_none=True, mode="json") for c in allowlist.denied]
+    denied = [c.entry.item() for c in allowlist.denied]
     doc = {"agents": proposal.entries, "denied": denied}
     header = (
         "# Proposed by `ua-sentinel suggest` from your audit logs: review every entry before use.\n"
