@@ -271,13 +271,23 @@ def test_a_graceful_failover_between_replicas_with_their_own_state_repeats_nothi
     log.write_bytes(b"".join(lines[:SPLIT]))
     election = ["--leader-elect", "--leader-elect-lease", SOURCE, *FAST]
 
-    def replica(name: str) -> Sentinel:
+    def replica(name: str, *extra: str) -> Sentinel:
         state = tmp_path / f"{name}-state"  # each pod's own emptyDir
         return _tail(
-            sentinels, release, allowlist, log, state, *election, from_start=True, env={"POD_NAME": name}
+            sentinels,
+            release,
+            allowlist,
+            log,
+            state,
+            *election,
+            *extra,
+            from_start=True,
+            env={"POD_NAME": name},
         )
 
-    leader = replica("replica-a")
+    # The leader checkpoints when it starts and when it stops, never in between: what the standby
+    # resumes from is the final checkpoint, written before the Lease is handed back.
+    leader = replica("replica-a", "--checkpoint-interval", "3600")
     leader.wait_for_log(lambda r: r.get("msg") == "tailing", timeout=WAIT_S, what="replica-a to read")
     standby = replica("replica-b")
     standby.wait_for_log(
