@@ -17,6 +17,7 @@ import base64
 import logging
 import os
 import signal
+import subprocess
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from .charts import CHART, helm
 from .harness import ControlPlane
 from .procs import wait_until
 from .sentinel import Finding, Sentinel, SentinelLauncher, run_replay, write_allowlist
+from .webhooks import SENTINEL
 
 WAIT_S = 90.0
 SOURCE = "uas-ua-sentinel-source"
@@ -313,3 +315,34 @@ def test_a_graceful_failover_between_replicas_with_their_own_state_repeats_nothi
     assert sorted(counts) == sorted((f["event"]["id"], f["event"]["sequence"]) for f in expected)
     assert all(n == 1 for n in counts.values()), counts  # nothing twice
     assert "Traceback" not in leader.stderr + standby.stderr
+
+
+def test_a_checkpoint_configmap_it_may_not_read_stops_it_with_one_line(
+    control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    """Starting without the copy could skip events (a fresh pod would start at the end): exit 1."""
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"".join(_lines()[:10]))
+    env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}
+    env |= {"KUBECONFIG": str(control_plane.kubeconfig("mallory")), "POD_NAMESPACE": "default"}
+    done = subprocess.run(
+        [
+            str(SENTINEL),
+            "tail",
+            "--state",
+            str(tmp_path / "state"),
+            "--checkpoint-configmap",
+            STATE,
+            str(log),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if not x.startswith("{")]
+    assert f"--checkpoint-configmap default/{STATE}: cannot read it: 403" in line
+    assert "RBAC: the Role needs get on this ConfigMap" in line and "Traceback" not in done.stderr
+    assert not (tmp_path / "state" / "checkpoint.json").exists()  # nothing read, nothing written

@@ -385,3 +385,25 @@ def test_certs_into_something_that_is_not_a_directory_is_a_one_line_error(tmp_pa
     else:
         _bad_file(tmp_path, kind)
     assert str(out) in one_line_error(cli("certs", "--out", str(out)), 1)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--checkpoint-namespace", "ns"], "--checkpoint-namespace needs --checkpoint-configmap"),
+        (["--checkpoint-configmap", "Bad_Name"], "--checkpoint-configmap: 'Bad_Name' is not a Kubernetes"),
+        (
+            ["--checkpoint-configmap", "ok", "--checkpoint-namespace", "x."],
+            "--checkpoint-namespace: 'x.' is not",
+        ),
+    ],
+)
+def test_tail_checkpoint_configmap_mistakes_are_one_line(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"")
+    result = cli("tail", "--state", str(tmp_path / "state"), *args, str(log))
+    assert result.returncode == 1, result.stderr
+    assert message in result.stderr.decode() and result.stderr.decode().count("\n") == 1
+    assert not (tmp_path / "state").exists()
