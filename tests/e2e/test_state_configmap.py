@@ -268,6 +268,13 @@ def test_a_pod_rescheduled_without_its_state_directory_resumes_from_the_configma
         lambda: _copy_caught_up(release, log), timeout=WAIT_S, what="the new pod to catch up", interval=0.1
     )
     assert second.stop() == 0
+    # Another reschedule with nothing new to read: its first and last checkpoints are the same
+    # content, so the copy is not written again (resourceVersion unchanged).
+    version = release.configmap()["metadata"]["resourceVersion"]
+    third = _tail(sentinels, release, allowlist, log, tmp_path / "pod-3-state", from_start=False)
+    third.wait_for_log(lambda r: r.get("msg") == "tailing", timeout=WAIT_S, what="the third pod to read")
+    assert third.stop() == 0 and not third.findings()
+    assert release.configmap()["metadata"]["resourceVersion"] == version
 
     delivered: list[Finding] = first.findings() + second.findings()
     expected = run_replay(allowlist, [log])
