@@ -292,9 +292,12 @@ def test_a_pod_rescheduled_without_its_state_directory_resumes_from_the_configma
     assert "Traceback" not in first.stderr + second.stderr
 
 
+@pytest.mark.parametrize("edited", [False, True], ids=["plain", "configmap-edited-before-stop"])
 def test_a_graceful_failover_between_replicas_with_their_own_state_repeats_nothing(
-    release: Release, sentinels: SentinelLauncher, tmp_path: Path
+    release: Release, sentinels: SentinelLauncher, tmp_path: Path, edited: bool
 ) -> None:
+    """``edited``: someone else writes the ConfigMap just before the SIGTERM, so the leader's final
+    copy meets a resourceVersion conflict: it says so, reads the object again and retries."""
     allowlist = write_allowlist(tmp_path / "allowlist.yaml", LISTED)
     log = tmp_path / "logs" / "audit.log"
     log.parent.mkdir()
@@ -328,7 +331,20 @@ def test_a_graceful_failover_between_replicas_with_their_own_state_repeats_nothi
 
     with log.open("ab") as handle:  # more arrives; the leader is stopped (a rolling update, a drain)
         handle.write(b"".join(lines[SPLIT:]))
+    if edited:
+        response = release.cp.request(
+            "admin",
+            "PATCH",
+            f"/api/v1/namespaces/{release.namespace}/configmaps/{STATE}",
+            json={"metadata": {"annotations": {"ua-sentinel.io/checkpoint-writer": "someone-else"}}},
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+        response.raise_for_status()
     assert leader.stop() == 0  # SIGTERM: drain, final checkpoint (local + ConfigMap), hand back the Lease
+    conflicts = [r for r in leader.log_records() if "another writer" in r.get("msg", "")]
+    assert [(r["level"], r["otherWriter"]) for r in conflicts] == (
+        [("error", "someone-else")] if edited else []
+    )
 
     standby.wait_for_log(lambda r: r.get("msg") == "lease acquired", timeout=WAIT_S, what="replica-b to lead")
     chosen = _chosen(standby)
