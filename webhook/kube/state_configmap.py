@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import gzip
 import hashlib
 import logging
@@ -268,15 +269,13 @@ class StateConfigMap:
     def _conflict(self) -> None:
         """Another writer changed (or created) the object since this process read it."""
         self.conflicts += 1
-        self._known = False
-        with_holder = ((self._metadata or {}).get("annotations") or {}).get(WRITER_ANNOTATION)
-        try:
+        self._known = False  # read it again before the next write, even if this read fails
+        other = None
+        with contextlib.suppress(Exception):
             self._get()
-            now = ((self._metadata or {}).get("annotations") or {}).get(WRITER_ANNOTATION)
-        except Exception:
-            now = None
+            other = ((self._metadata or {}).get("annotations") or {}).get(WRITER_ANNOTATION)
         logger.error(
             "checkpoint ConfigMap changed by another writer; this process's checkpoint overwrites it "
             "at the next checkpoint (it holds the Lease, when leader election is on)",
-            **fields(configmap=self.label, writer=self.writer, previousWriter=with_holder, otherWriter=now),
+            **fields(configmap=self.label, writer=self.writer, otherWriter=other),
         )
