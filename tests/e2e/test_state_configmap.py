@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import subprocess
+import urllib.request
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from webhook.tail.checkpoint import Checkpoint
 
 from .charts import CHART, helm
 from .harness import ControlPlane
-from .procs import wait_until
+from .procs import free_port, wait_until
 from .sentinel import Finding, Sentinel, SentinelLauncher, run_replay, write_allowlist
 from .webhooks import SENTINEL
 
@@ -216,6 +217,14 @@ def _copy_caught_up(release: Release, log: Path) -> bool:
     return checkpoint.position.offset == log.stat().st_size and not any(checkpoint.backlog.values())
 
 
+def _metrics(port: int) -> dict[str, float]:
+    """Unlabelled samples of the tail's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples = (line.split(" ") for line in text.splitlines() if line and not line.startswith("#"))
+    return {parts[0]: float(parts[1]) for parts in samples if len(parts) == 2 and "{" not in parts[0]}
+
+
 def _chosen(tail: Sentinel) -> dict[str, Any]:
     return tail.wait_for_log(
         lambda r: r.get("msg") == "checkpoint chosen", timeout=WAIT_S, what="its checkpoint"
@@ -323,7 +332,8 @@ def test_a_graceful_failover_between_replicas_with_their_own_state_repeats_nothi
     # resumes from is the final checkpoint, written before the Lease is handed back.
     leader = replica("replica-a", "--checkpoint-interval", "3600")
     leader.wait_for_log(lambda r: r.get("msg") == "tailing", timeout=WAIT_S, what="replica-a to read")
-    standby = replica("replica-b")
+    port = free_port()
+    standby = replica("replica-b", "--metrics-port", str(port))
     standby.wait_for_log(
         lambda r: r.get("msg") == "lease held by another", timeout=WAIT_S, what="replica-b to stand by"
     )
@@ -352,6 +362,11 @@ def test_a_graceful_failover_between_replicas_with_their_own_state_repeats_nothi
     wait_until(
         lambda: _copy_caught_up(release, log), timeout=WAIT_S, what="replica-b to catch up", interval=0.1
     )
+    metrics = _metrics(port)
+    assert metrics["ua_sentinel_tail_checkpoint_configmap_writes_total"] >= 1
+    assert metrics["ua_sentinel_tail_checkpoint_configmap_oversize_total"] == 0
+    assert metrics["ua_sentinel_tail_checkpoint_configmap_conflicts_total"] == 0
+    assert 0 < metrics["ua_sentinel_tail_checkpoint_configmap_bytes"] < MAX_BYTES
     assert standby.stop() == 0
 
     delivered: list[Finding] = leader.findings() + standby.findings()
