@@ -45,6 +45,7 @@ DEFAULT_LEASE = "ua-sentinel-tail"
 EXIT_BROKEN_PIPE = 141
 """128 + SIGPIPE: what a shell reports for a process a closed pipe stopped."""
 _DAY = 86400.0
+_DNS_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-.")
 
 
 _HELP: Final = {
@@ -172,6 +173,39 @@ def _leader_election_args(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="between attempts to acquire or renew (default: %(default)s)",
     )
+
+
+def _checkpoint_configmap_args(parser: argparse.ArgumentParser) -> None:
+    """``--checkpoint-configmap``: the checkpoint survives a pod rescheduled without a volume."""
+    group = parser.add_argument_group("checkpoint copy (a pod rescheduled without a volume resumes)")
+    group.add_argument(
+        "--checkpoint-configmap",
+        metavar="NAME",
+        help="also keep the whole checkpoint (gzip) in this ConfigMap; at start resume from the newer "
+        "of it and --state",
+    )
+    group.add_argument(
+        "--checkpoint-namespace",
+        metavar="NS",
+        help="its namespace (default: $POD_NAMESPACE, else the service account's)",
+    )
+
+
+def _checkpoint_configmap(args: argparse.Namespace) -> tuple[str, str] | None:
+    """(namespace, name) of ``--checkpoint-configmap``; None without it."""
+    from webhook.kube.client import own_namespace
+
+    name, namespace = args.checkpoint_configmap, args.checkpoint_namespace
+    if name is None:
+        if namespace is not None:
+            raise CliError("--checkpoint-namespace needs --checkpoint-configmap")
+        return None
+    for flag, value in (("--checkpoint-configmap", name), ("--checkpoint-namespace", namespace)):
+        if value is not None and not (
+            0 < len(value) <= 253 and set(value) <= _DNS_CHARS and value[0].isalnum() and value[-1].isalnum()
+        ):
+            raise CliError(f"{flag}: {value!r} is not a Kubernetes object name (a-z, 0-9, '-', '.')")
+    return (namespace or own_namespace()), name
 
 
 def _leader_election(args: argparse.Namespace) -> LeaderElectionConfig | None:
@@ -786,6 +820,7 @@ def _add_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     _output_arg(parser)
     _leader_election_args(parser)
+    _checkpoint_configmap_args(parser)
     parser.add_argument(
         "path", metavar="PATH", nargs="?", help="the live audit log (/var/log/kubernetes/audit/audit.log)"
     )
@@ -853,6 +888,7 @@ def _run_tail(args: argparse.Namespace) -> int:
         max_backlog=args.max_backlog,
         output=args.output,
         leader_election=_leader_election(args),
+        checkpoint_configmap=_checkpoint_configmap(args),
     )
     return run_tail(options)
 

@@ -9,6 +9,7 @@
     │   ├── CertificateError      a TLS pair or CA that cannot be loaded (serve.tls)
     │   ├── SettingsError         serve/tail cannot start with these settings (startup)
     │   ├── StateLocked           another tailer holds the state directory (tail.checkpoint)
+    │   ├── StateReadError        the checkpoint ConfigMap cannot be read at start (kube.state_configmap)
     │   └── CliError              arguments that do not fit together (cli)
     ├── InputError                one piece of input is malformed: it is counted and skipped (or
     │   │                         answered 400), never the end of a run
@@ -18,7 +19,9 @@
     │   └── (serve.routes' private _TooLarge, _Gone, _Refused: a request answered 413/400/403
     │                             before a handler reads it)
     └── DeliveryError             a sink could not take a finding; the outbox retries it
-        └── SinkError             (sinks)
+        ├── SinkError             (sinks)
+        └── StateWriteError       the checkpoint's ConfigMap copy was not written; the tailer
+                                  retries it (an OSError too: its checkpoint-error path)
 
 The split is the one kopf draws between a bad webhook request and a denial: callers catch the
 kind they can act on (``except SetupError`` at the CLI, ``except InputError`` around one line)

@@ -370,9 +370,48 @@ def test_notes_say_when_the_admission_webhook_is_installed_anyway(notes: Notes) 
 
 
 def test_notes_say_an_empty_dir_checkpoint_does_not_follow_a_failover(notes: Notes) -> None:
-    assert "source.state is an emptyDir" in notes(EKS)
+    off = {"configMap": {"enabled": False}}
+    assert "source.state is an emptyDir" in notes(_with(state=off))
     pvc = {"persistentVolumeClaim": {"claimName": "ua-sentinel-state"}}
-    assert "source.state is an emptyDir" not in notes(_with(state=pvc))
+    assert "source.state is an emptyDir" not in notes(_with(state={**off, "volume": pvc}))
+    assert "source.state is an emptyDir" not in notes(EKS)  # the checkpoint ConfigMap follows it
+
+
+def test_the_checkpoint_configmap_is_on_by_default_created_empty_and_writable_by_name_only(
+    render: Render,
+) -> None:
+    rendered = render(EKS)
+    state = f"{SOURCE}-state"
+    configmap = rendered.one("ConfigMap", state)
+    assert "data" not in configmap and "binaryData" not in configmap  # helm upgrades never touch the copy
+    args = _container(render, EKS)["args"]
+    assert _pairs(args, "--checkpoint-configmap") == [state]
+    assert "--checkpoint-namespace" not in args  # the pod's own ($POD_NAMESPACE)
+    parsed = build_parser().parse_args(["tail", *args])
+    assert parsed.checkpoint_configmap == state
+    rules = [
+        (tuple(r.get("resourceNames", ())), set(r["verbs"])) for r in rendered.one("Role", SOURCE)["rules"]
+    ]
+    assert ((state,), {"get", "update", "patch"}) in rules
+    volumes = {
+        v["name"]: v for v in rendered.one("Deployment", SOURCE)["spec"]["template"]["spec"]["volumes"]
+    }
+    assert volumes["state"] == {"name": "state", "emptyDir": {"sizeLimit": "64Mi"}}
+
+
+def test_the_checkpoint_configmap_can_be_renamed_or_turned_off(render: Render) -> None:
+    pvc = {"persistentVolumeClaim": {"claimName": "ua-sentinel-state"}}
+    renamed = _with(state={"configMap": {"name": "my-state"}, "volume": pvc})
+    assert _pairs(_container(render, renamed)["args"], "--checkpoint-configmap") == ["my-state"]
+    assert render(renamed).one("ConfigMap", "my-state")
+    volumes = render(renamed).one("Deployment", SOURCE)["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "state", **pvc} in volumes
+    off = _with(state={"configMap": {"enabled": False}})
+    assert "--checkpoint-configmap" not in _container(render, off)["args"]
+    assert not [c for c in render(off).all("ConfigMap") if c["metadata"]["name"].endswith("-state")]
+    assert all(
+        r.get("resourceNames") != [f"{SOURCE}-state"] for r in render(off).one("Role", SOURCE)["rules"]
+    )
 
 
 def test_notes_without_a_source_are_unchanged(notes: Notes) -> None:

@@ -204,7 +204,14 @@ def test_source_objects_of_each_cloud_pass_the_real_apiserver(
     ).stdout
     docs = [d for d in yaml.safe_load_all(rendered) if d]
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == ["Deployment", "PodDisruptionBudget", "Role", "RoleBinding", "ServiceAccount"], kinds
+    assert kinds == [
+        "ConfigMap",
+        "Deployment",
+        "PodDisruptionBudget",
+        "Role",
+        "RoleBinding",
+        "ServiceAccount",
+    ], kinds
     control_plane.apply_yaml({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
 
     stored = _dry_run(control_plane, docs)

@@ -408,3 +408,25 @@ def test_a_command_parses_alike_with_only_its_own_arguments_built(argv: list[str
     whole, own = build_parser(), build_parser(argv[0])
     assert vars(own.parse_args(argv)) == vars(whole.parse_args(argv))
     assert own.format_help() == whole.format_help()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--checkpoint-namespace", "ns"], "--checkpoint-namespace needs --checkpoint-configmap"),
+        (["--checkpoint-configmap", "Bad_Name"], "--checkpoint-configmap: 'Bad_Name' is not a Kubernetes"),
+        (
+            ["--checkpoint-configmap", "ok", "--checkpoint-namespace", "x."],
+            "--checkpoint-namespace: 'x.' is not",
+        ),
+    ],
+)
+def test_tail_checkpoint_configmap_mistakes_are_one_line(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"")
+    result = cli("tail", "--state", str(tmp_path / "state"), *args, str(log))
+    assert result.returncode == 1, result.stderr
+    assert message in result.stderr.decode() and result.stderr.decode().count("\n") == 1
+    assert not (tmp_path / "state").exists()

@@ -4,6 +4,7 @@
 - ``configmap``: the allowlist ConfigMap watch (list, watch, relist, backoff).
 - ``events``: the one Event writer (allowlist Events and finding Events alike).
 - ``lease``: leader election on a Lease (client-go's protocol), for sources with one reader.
+- ``state_configmap``: the tailer's checkpoint copied into a ConfigMap (``--checkpoint-configmap``).
 """
 
-__all__ = ["client", "configmap", "events", "lease"]
+__all__ = ["client", "configmap", "events", "lease", "state_configmap"]

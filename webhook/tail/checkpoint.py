@@ -15,6 +15,15 @@ stored in it. The previous checkpoint is kept as ``checkpoint.prev.json``: when 
 is unusable the tailer resumes from the previous one, an *older* position, so lines are read
 again and findings repeat (same ids) but none is lost; when neither is usable it reads the log
 and its rotated backups from the beginning. Either way it logs an error saying what it did.
+
+With a ``remote`` copy (``tail --checkpoint-configmap``, :mod:`webhook.kube.state_configmap`),
+:meth:`CheckpointStore.save` also writes the whole checkpoint there, after the local file: when
+``save`` returns, the checkpoint is durable in both; when the copy fails, ``save`` raises
+``OSError`` (the tailer counts it and retries) and the older copy stays valid, which means lines
+read again, never lost. An unchanged checkpoint (the same content, only ``written_at`` newer) is
+not copied again. :meth:`CheckpointStore.load` takes the newer (``written_at``) of the local
+checkpoint and the copy, so a pod rescheduled with an empty state directory resumes where the
+last one stopped.
 """
 
 from __future__ import annotations
@@ -27,13 +36,16 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from webhook.errors import SetupError
 from webhook.logs import fields
 from webhook.tail.logfiles import Position
+
+if TYPE_CHECKING:
+    from webhook.kube.state_configmap import StateConfigMap
 
 __all__ = ["CHECKPOINT_FILE", "PREVIOUS_FILE", "Checkpoint", "CheckpointStore", "StateLocked"]
 
@@ -67,7 +79,7 @@ class Checkpoint:
     """Cloud sources instead of a file: per source, each stream's position (``tail.streams``), or
     the message ids this checkpoint counted that may come back (``tail.queues``)."""
 
-    def to_json(self) -> bytes:
+    def _payload(self) -> dict[str, Any]:
         payload = {
             "version": VERSION,
             "position": self.position.to_json() if self.position else None,
@@ -79,7 +91,15 @@ class Checkpoint:
         }
         if self.streams:
             payload["streams"] = self.streams  # absent for a file: older checkpoints stay valid
+        return payload
+
+    def to_json(self) -> bytes:
+        payload = self._payload()
         return orjson.dumps({**payload, "checksum": _checksum(payload)})
+
+    def content_digest(self) -> str:
+        """SHA-256 of everything but ``written_at``: equal digests = nothing new to copy."""
+        return _checksum({**self._payload(), "written_at": 0.0})
 
     @classmethod
     def from_json(cls, data: bytes) -> Checkpoint:
@@ -104,7 +124,11 @@ class Checkpoint:
 class CheckpointStore:
     """Loads and atomically replaces ``<state>/checkpoint.json``; holds the state lock."""
 
-    def __init__(self, state_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, state_dir: str | os.PathLike[str], *, remote: StateConfigMap | None = None) -> None:
+        """``remote``: the ConfigMap copy (``--checkpoint-configmap``), read by :meth:`load`,
+        written by :meth:`save`."""
+        self.remote = remote
+        self._remote_digest: str | None = None
         self.dir = Path(state_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / CHECKPOINT_FILE
@@ -147,7 +171,47 @@ class CheckpointStore:
             return None
 
     def load(self) -> Checkpoint | None:
-        """The last usable checkpoint, or None; see :attr:`lost` for why there is none."""
+        """The last usable checkpoint (the newer of the local one and the ConfigMap's), or None;
+        see :attr:`lost` for why there is none. Raises :class:`~webhook.kube.state_configmap.StateReadError`
+        when the ConfigMap cannot be read: starting without it could skip events."""
+        local = self._load_local()
+        if self.remote is None:
+            return local
+        local_lost = self.lost
+        remote = self._load_remote()
+        if remote is not None:
+            self._remote_digest = remote.content_digest()
+        newer_local = local is not None and (remote is None or local.written_at >= remote.written_at)
+        chosen = local if newer_local else remote
+        self.lost = chosen is None and (local_lost or self.lost)
+        if self.lost:
+            self._report_lost()
+        logger.info(
+            "checkpoint chosen",
+            **fields(
+                source="none" if chosen is None else "local" if chosen is local else "configmap",
+                localWrittenAt=local.written_at if local else None,
+                configmapWrittenAt=remote.written_at if remote else None,
+                configmap=self.remote.label,
+            ),
+        )
+        return chosen
+
+    def _load_remote(self) -> Checkpoint | None:
+        assert self.remote is not None
+        self.lost = False
+        try:
+            data = self.remote.load()
+            return Checkpoint.from_json(data) if data is not None else None
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            logger.error(
+                "checkpoint ConfigMap copy is corrupt; not using it",
+                **fields(configmap=self.remote.label, error=str(exc)[:300]),
+            )
+            self.lost = True
+            return None
+
+    def _load_local(self) -> Checkpoint | None:
         self.lost = False
         current = self._read(self.path)
         if current is not None:
@@ -167,22 +231,26 @@ class CheckpointStore:
                 )
             self.lost = False
             return previous
-        if self.lost:
-            logger.error(
-                "no usable checkpoint: reading the audit log and its rotated backups from the "
-                "beginning (findings may repeat, none is lost)",
-                **fields(state=str(self.dir)),
-            )
+        if self.lost and self.remote is None:
+            self._report_lost()
         return None
 
+    def _report_lost(self) -> None:
+        logger.error(
+            "no usable checkpoint: reading the audit log and its rotated backups from the "
+            "beginning (findings may repeat, none is lost)",
+            **fields(state=str(self.dir)),
+        )
+
     def save(self, checkpoint: Checkpoint) -> None:
-        """Write, fsync, rename over the old checkpoint, fsync the directory."""
+        """Write, fsync, rename over the old checkpoint, fsync the directory; then copy it to the
+        ConfigMap, when there is one (raises OSError when that copy fails: the local one stands)."""
         checkpoint.written_at = time.time()
         tmp = self.path.with_name(f".{CHECKPOINT_FILE}.tmp")
+        data = checkpoint.to_json()
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
-                data = checkpoint.to_json()
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
@@ -213,6 +281,10 @@ class CheckpointStore:
             os.close(dir_fd)
         self.last_written = checkpoint.written_at
         self.writes += 1
+        if self.remote is not None:
+            digest = checkpoint.content_digest()
+            if digest != self._remote_digest and self.remote.save(data):
+                self._remote_digest = digest
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

@@ -18,7 +18,8 @@ from webhook.detect.config import DEFAULT_CONFIG, DetectorConfig
 from webhook.detect.detector import Detector
 from webhook.inputs.formats import Format
 from webhook.inputs.source import QueueSource, SourceSpec, StreamSource
-from webhook.kube.lease import LeaderElectionConfig, LeaderElector, coordination_api
+from webhook.kube.lease import LeaderElectionConfig, LeaderElector, coordination_api, default_identity
+from webhook.kube.state_configmap import StateConfigMap
 from webhook.logs import fields
 from webhook.sinks.outbox import DEFAULT_MAX_BACKLOG
 from webhook.sinks.table import OutputFormat
@@ -70,6 +71,8 @@ class TailOptions:
     """How the ``stdout`` sink writes: ``None`` = a table on a terminal, JSON lines otherwise."""
     leader_election: LeaderElectionConfig | None = None
     """With ``--leader-elect``: read only while holding this Lease (one reader among replicas)."""
+    checkpoint_configmap: tuple[str, str] | None = None
+    """(namespace, name) with ``--checkpoint-configmap``: the checkpoint is copied there too."""
 
 
 def _allowlist_source(options: TailOptions) -> AllowlistSource:
@@ -146,16 +149,35 @@ def run_tail(options: TailOptions) -> int:
     if options.leader_election is not None and elector is None:
         return 0
     try:
-        return _run_tail(options)
+        return _run_tail(options, elector)
     finally:
         if elector is not None:
             elector.release()
 
 
-def _run_tail(options: TailOptions) -> int:
-    state = Path(options.state)
+def _state_configmap(options: TailOptions, elector: LeaderElector | None) -> StateConfigMap | None:
+    """The checkpoint's ConfigMap copy; with leader election, written only while the Lease is held."""
+    if options.checkpoint_configmap is None:
+        return None
+    namespace, name = options.checkpoint_configmap
+    remote = StateConfigMap(
+        namespace,
+        name,
+        writer=elector.config.identity if elector is not None else default_identity(),
+        may_write=(lambda: elector.is_leader) if elector is not None else None,
+    )
     try:
-        store = CheckpointStore(state)
+        remote.api  # noqa: B018 - the client is built here, so a missing kubeconfig is a one-line error
+    except Exception as exc:
+        raise SettingsError(f"--checkpoint-configmap: no Kubernetes API access: {exc}") from None
+    return remote
+
+
+def _run_tail(options: TailOptions, elector: LeaderElector | None = None) -> int:
+    state = Path(options.state)
+    remote = _state_configmap(options, elector)
+    try:
+        store = CheckpointStore(state, remote=remote)
     except StateLocked as exc:
         raise SettingsError(str(exc)) from None
     except OSError as exc:

@@ -82,6 +82,26 @@ class TailCollector(Collector):
             "Checkpoints that could not be written (full or failing disk under --state).",
             status.checkpoint_errors,
         )
+        remote = self.tailer.store.remote
+        if remote is not None:
+            yield counter(
+                "tail_checkpoint_configmap_writes", "Checkpoints copied to their ConfigMap.", remote.writes
+            )
+            yield counter(
+                "tail_checkpoint_configmap_oversize",
+                "Checkpoints not copied to the ConfigMap: gzip over its 1 MiB (the older copy kept).",
+                remote.oversize,
+            )
+            yield counter(
+                "tail_checkpoint_configmap_conflicts",
+                "Copies refused because another writer had changed the ConfigMap (resourceVersion conflict).",
+                remote.conflicts,
+            )
+            yield gauge(
+                "tail_checkpoint_configmap_bytes",
+                "Size of the last checkpoint's gzip (written to the ConfigMap or too big for it).",
+                remote.last_size,
+            )
         yield from findings_metrics(status.findings)
         yield from sink_metrics(self.tailer.outboxes)
         if self.allowlist is not None:

@@ -50,6 +50,8 @@ __all__ = ["DEFAULT_GRACE", "TailConfig", "TailStatus", "Tailer", "make_stop_eve
 logger = logging.getLogger(__name__)
 
 DEFAULT_GRACE = 30.0
+FINAL_COPY_RETRIES = (0.2, 1.0)
+"""Seconds before each retry of a last checkpoint whose ConfigMap copy failed (a conflict re-reads)."""
 MAX_LOGGED_MALFORMED = 20
 
 
@@ -233,6 +235,14 @@ class Tailer:
         if checkpoint:
             with contextlib.suppress(OSError):
                 self.checkpoint()
+            # A ConfigMap copy refused at the last moment (a conflict, a blip) would hand the next
+            # leader an older checkpoint (repeats): try again, briefly, before the Lease goes.
+            for wait in FINAL_COPY_RETRIES if self.store.remote is not None else ():
+                if self._checkpoint_error is None:
+                    break
+                time.sleep(wait)
+                with contextlib.suppress(OSError):
+                    self.checkpoint()
         else:
             logger.error(
                 "stopped by an error: the last checkpoint is kept, a restart reads on from it",

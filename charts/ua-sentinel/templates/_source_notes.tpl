@@ -168,9 +168,10 @@ WARNING: no Azure identity: source.serviceAccount.annotations has no azure.workl
 {{- end }}
 {{- end }}
 {{- end }}
-{{- if or (not .Values.source.state) (hasKey .Values.source.state "emptyDir") }}
+{{- $volume := .Values.source.state.volume }}
+{{- if and (not .Values.source.state.configMap.enabled) (or (not $volume) (hasKey $volume "emptyDir")) }}
 
-NOTE: source.state is an emptyDir: each pod keeps its own checkpoint, lost with the pod. After a
+NOTE: source.state is an emptyDir (and source.state.configMap is off): each pod keeps its own checkpoint, lost with the pod. After a
   failover the new leader starts from its own checkpoint (none on a fresh pod), not from where the
   old leader stopped: findings in between may be missed or repeated.
 {{- end }}
