@@ -8,6 +8,7 @@
 - ``eventlist``: the ``/audit`` webhook body (an EventList), bad items skipped.
 - ``source``: ``--source`` texts and what a streamed cloud source offers (streams, pages).
 - ``cloudwatch``: EKS audit events in CloudWatch Logs (the only boto3 user).
+- ``azblob``: AKS audit events archived to a Storage Account (the only Azure SDK user).
 """
 
-__all__ = ["cloudwatch", "eventlist", "files", "formats", "lines", "longline", "scan", "source"]
+__all__ = ["azblob", "cloudwatch", "eventlist", "files", "formats", "lines", "longline", "scan", "source"]

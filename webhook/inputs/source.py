@@ -30,12 +30,14 @@ __all__ = [
     "parse_source",
 ]
 
-SourceKind = Literal["file", "cloudwatch"]
+SourceKind = Literal["file", "cloudwatch", "azblob"]
 
 _SCHEME = re2.compile(r"^([a-z][a-z0-9]+):")
 _LOG_GROUP = re2.compile(r"^[A-Za-z0-9_\-/.#]{1,512}$")
 """CloudWatch's documented log group name characters and length."""
-_LATER = ("pubsub", "eventhub", "azblob")
+_AZBLOB = re2.compile(r"^[a-z0-9]{3,24}/[a-z0-9](?:[a-z0-9]|-[a-z0-9]){2,62}(?:/[^\x00-\x1f]{0,1000})?$")
+"""A storage account name, a container name (Azure's rules) and an optional blob name prefix."""
+_LATER = ("pubsub", "eventhub")
 
 
 class SourceSpecError(SetupError, ValueError):
@@ -70,7 +72,7 @@ class SourceSpec:
 
 
 def parse_source(text: str) -> SourceSpec:
-    """``cloudwatch:LOG_GROUP``, ``file:PATH`` or a bare PATH."""
+    """``cloudwatch:LOG_GROUP``, ``azblob:ACCOUNT/CONTAINER[/PREFIX]``, ``file:PATH`` or a bare PATH."""
     match = _SCHEME.match(text)
     if match is None:
         if not text:
@@ -87,6 +89,13 @@ def parse_source(text: str) -> SourceSpec:
                 "--source cloudwatch: needs a log group name (cloudwatch:/aws/eks/CLUSTER/cluster)"
             )
         return SourceSpec("cloudwatch", rest)
+    if scheme == "azblob":
+        if not _AZBLOB.match(rest):
+            raise SourceSpecError(
+                "--source azblob: needs a storage account and container"
+                " (azblob:ACCOUNT/insights-logs-kube-audit[/PREFIX])"
+            )
+        return SourceSpec("azblob", rest)
     if scheme in _LATER:
         raise SourceSpecError(f"--source {scheme}: is not supported yet; cloudwatch:LOG_GROUP is")
     raise SourceSpecError(f"--source {scheme}: unknown kind (cloudwatch:LOG_GROUP, file:PATH or PATH)")

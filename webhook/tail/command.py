@@ -108,13 +108,22 @@ def _elect(config: LeaderElectionConfig) -> LeaderElector | None:
     return elector
 
 
+def _cloud_source(spec: SourceSpec) -> StreamSource:
+    """The client of one ``--source`` (its SDK imported only when asked for)."""
+    if spec.kind == "azblob":
+        from webhook.inputs.azblob import AzureBlobSource
+
+        return AzureBlobSource(spec.target)
+    from webhook.inputs.cloudwatch import CloudWatchSource
+
+    return CloudWatchSource(spec.target)
+
+
 def _stream_follower(options: TailOptions) -> StreamFollower | None:
     """The follower of the cloud sources (None for a file); their clients are made here."""
     if not options.sources:
         return None
-    from webhook.inputs.cloudwatch import CloudWatchSource
-
-    sources: list[StreamSource] = [CloudWatchSource(spec.target) for spec in options.sources]
+    sources: list[StreamSource] = [_cloud_source(spec) for spec in options.sources]
     return StreamFollower(sources, poll_interval=options.poll_interval, page_limit=options.page_size)
 
 
