@@ -107,7 +107,8 @@ def _error(exc: Exception) -> SourceError:
         return SourceError("denied", f"{type(exc).__name__}: {text}")
     if isinstance(exc, HttpResponseError):
         status = int(exc.status_code or 0)
-        code = str(getattr(exc, "error_code", None) or status)
+        raw = getattr(exc, "error_code", None) or status  # a StorageErrorCode (a str enum) or None
+        code = str(getattr(raw, "value", raw))
         message = f"{code}: {text}"
         if status == 429 or (status == 503 and code in _BUSY):
             return SourceError("throttled", message)
