@@ -1,5 +1,6 @@
-"""Source throughput: `tail --source cloudwatch:...` against moto's server, and the file tailer on
-the same events as the baseline (events/s end to end: read, decode, detect, deliver, checkpoint).
+"""Source throughput: `tail --source cloudwatch:...` against moto's server, `tail --source
+azblob:...` against Azurite (``--source azblob``), and the file tailer on the same events as the
+baseline (events/s end to end: read, decode, detect, deliver, checkpoint).
 
 The generated events are put into one log group across three ``kube-apiserver-audit-*`` streams
 (as EKS writes them) on a local moto server, and written in the order the source presents them
@@ -8,6 +9,10 @@ the time is from its start until its checkpoint stands after the last event. mot
 (Flask) server on the same machine, so the CloudWatch figure is a floor for the client side, not
 a prediction of CloudWatch's own latency or of its API limits (GetLogEvents: 25 requests/s per
 account and region, 10,000 events or 1 MB per call).
+
+For azblob the events are written as an AKS diagnostic setting archives them (JSON Lines of
+``kube-audit`` records in three hour append blobs) into Azurite (Node.js, on the same machine);
+the tailer reads them with ranged GETs of up to 4 MiB. The baseline file holds the bare events.
 """
 
 from __future__ import annotations
@@ -142,6 +147,105 @@ def run(events: int = 50_000, seed: int = 7, page_size: int = 1000) -> dict[str,
     return result
 
 
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+"""Azurite's one built-in account and its published key: not a secret."""
+AKS_CONTAINER = "insights-logs-kube-audit"
+AKS_CLUSTER = (
+    "/SUBSCRIPTIONS/0/RESOURCEGROUPS/BENCH/PROVIDERS/MICROSOFT.CONTAINERSERVICE/MANAGEDCLUSTERS/BENCH"
+)
+
+
+def run_azblob(events: int = 50_000, seed: int = 7, page_size: int = 1000) -> dict[str, float]:
+    import datetime as dt
+
+    from azure.storage.blob import BlobServiceClient
+
+    from tests.e2e.tools import ensure_azurite
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="source-throughput-azblob-", dir=OUT))
+    generated = work / "generated.log"
+    generate(events, seed, generated)
+    lines = generated.read_bytes().splitlines()
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"
+    connection = (
+        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+        f"BlobEndpoint={endpoint};"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        "AZURE_STORAGE_CONNECTION_STRING": connection,
+    }
+    azurite = [str(ensure_azurite(sys.stderr)), "--blobHost", "127.0.0.1", "--blobPort", str(port)]
+    azurite += [
+        "--location",
+        str(work / "azurite"),
+        "--skipApiVersionCheck",
+        "--disableTelemetry",
+        "--silent",
+    ]
+    with Proc("source-throughput-azurite", azurite) as server:
+        service = BlobServiceClient.from_connection_string(connection)
+        wait_for(
+            lambda: bool(list(service.list_containers())) or True, timeout=60, what="azurite", alive=server
+        )
+        container = service.create_container(AKS_CONTAINER)
+        now = dt.datetime.now(dt.UTC)
+        thirds = [lines[i * len(lines) // 3 : (i + 1) * len(lines) // 3] for i in range(3)]
+        for hours_ago, part in zip((2, 1, 0), thirds, strict=True):
+            at = now - dt.timedelta(hours=hours_ago)
+            name = f"resourceId={AKS_CLUSTER}/y={at:%Y}/m={at:%m}/d={at:%d}/h={at:%H}/m=00/PT1H.json"
+            blob = container.get_blob_client(name)
+            blob.create_append_blob()
+            data = bytearray()
+            for line in part:
+                record = {
+                    "time": json.loads(line)["stageTimestamp"],
+                    "resourceId": AKS_CLUSTER,
+                    "category": "kube-audit",
+                    "operationName": "Microsoft.ContainerService/managedClusters/diagnosticLogs/Read",
+                    "properties": {"log": line.decode(), "stream": "stdout", "pod": "kube-apiserver-0"},
+                }
+                data += json.dumps(record, separators=(",", ":")).encode() + b"\n"
+            for at_byte in range(0, len(data), 4 * 1024 * 1024):
+                blob.append_block(bytes(data[at_byte : at_byte + 4 * 1024 * 1024]))
+        ordered = work / "ordered.log"
+        ordered.write_bytes(b"".join(line + b"\n" for line in lines))
+        cloud = _run_tail(
+            "azblob",
+            ["--source", f"azblob:{AZURITE_ACCOUNT}/{AKS_CONTAINER}", "--source-page-size", str(page_size)],
+            env,
+            events,
+            work,
+        )
+    file = _run_tail("file", [str(ordered)], env, events, work)
+    ids = {
+        name: {
+            json.loads(x)["event"]["id"] for x in (work / f"findings-{name}.jsonl").read_bytes().splitlines()
+        }
+        for name in ("azblob", "file")
+    }
+    same = ids["azblob"] == ids["file"]
+    print(
+        f"{events:,} events, page size {page_size}: azblob (Azurite) {events / cloud:,.0f} events/s "
+        f"({cloud:.1f} s), file tailer {events / file:,.0f} events/s ({file:.1f} s): the file tailer is "
+        f"{file and cloud / file:.1f}x faster; same finding ids: {same} ({len(ids['file'])} ids)"
+    )
+    return {
+        "events": events,
+        "azblob_events_per_s": events / cloud,
+        "file_events_per_s": events / file,
+        "azblob_seconds": cloud,
+        "file_seconds": file,
+        "ratio": file / cloud,
+        "same_findings": float(same),
+        "findings": len(ids["file"]),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -149,8 +253,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--page-size", type=int, default=1000)
+    parser.add_argument("--source", choices=["cloudwatch", "azblob"], default="cloudwatch")
     args = parser.parse_args()
-    run(args.events, args.seed, args.page_size)
+    {"cloudwatch": run, "azblob": run_azblob}[args.source](args.events, args.seed, args.page_size)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ decoder of :mod:`webhook.inputs.formats`, so findings equal ``replay --format ak
 A blob is a stream; its token is ``OFFSET:CREATED``: the byte offset after the last complete line
 handed out and the blob's creation time (ms). A blob deleted and written again under the same
 name has another creation time (or is shorter than the offset): it is read again from its start.
-A page is one ranged GET of at most :data:`PAGE_BYTES` from the offset, cut after its last
-newline (a line still being appended stays for the next poll). A line longer than a page is one
+A page is one ranged GET from the offset (about ``limit`` records' worth, at most
+:data:`PAGE_BYTES`; a second of :data:`PAGE_BYTES` when the first holds no whole line), cut
+after its last newline (a line still being appended stays for the next poll). A line longer than a page is one
 malformed record, and the token carries ``:skip`` until the rest of that line is passed.
 
 Only the newest :data:`LOOKBACK_HOURS` hours are listed: per cluster's folder (the folders that
@@ -50,7 +51,10 @@ ENDPOINT_ENV = "AZURE_STORAGE_BLOB_ENDPOINT"
 LOOKBACK_HOURS = 24
 """Hours of blobs listed (and so read): a tailer stopped for longer misses the hours before."""
 PAGE_BYTES = 4 * 1024 * 1024
-"""Bytes per ranged GET: the longest audit line the tailer accepts (``MAX_LINE_BYTES``)."""
+"""Most bytes per ranged GET: the longest audit line the tailer accepts (``MAX_LINE_BYTES``)."""
+_RECORD_BYTES = 2048
+"""About one diagnostic record of a Metadata-level event: a GET asks for ``limit`` of them."""
+_MIN_GET = 64 * 1024
 _HOUR_BLOB = re2.compile(r"/y=(\d{4})/m=(\d{2})/d=(\d{2})/h=(\d{2})/m=\d{2}/[^/]+\.json$")
 _YEAR_FOLDER = re2.compile(r"(?:^|/)y=\d{4}/$")
 _MAX_DEPTH = 12
@@ -300,6 +304,13 @@ class AzureBlobSource:
             raise _error(exc) from None
         return data, _millis(downloader.properties.creation_time)
 
+    def _read(self, stream: str, offset: int, length: int) -> tuple[bytes, int | None]:
+        """``length`` bytes, or :data:`PAGE_BYTES` when they hold no whole line (a longer line)."""
+        data, created = self._download(stream, offset, length)
+        if length < PAGE_BYTES and len(data) == length and b"\n" not in data:
+            data, created = self._download(stream, offset, PAGE_BYTES)
+        return data, created
+
     def _replaced(self, stream: str, token: _Token, created: int | None) -> bool:
         if token.created is None:
             return False
@@ -313,10 +324,11 @@ class AzureBlobSource:
     def page(self, stream: str, token: str | None, *, limit: int) -> Page:
         """Complete lines from the token's offset (at most :data:`PAGE_BYTES`, about ``limit`` events)."""
         at = _Token.parse(token)
-        data, created = self._download(stream, at.offset, PAGE_BYTES)
+        length = PAGE_BYTES if at.skipping else min(PAGE_BYTES, max(_MIN_GET, limit * _RECORD_BYTES))
+        data, created = self._read(stream, at.offset, length)
         if self._replaced(stream, at, created):
             at = _Token()
-            data, created = self._download(stream, 0, PAGE_BYTES)
+            data, created = self._read(stream, 0, length)
         if created is None:
             listed = self._listed.get(stream)
             created = at.created if at.created is not None else listed.created if listed else None
@@ -325,7 +337,7 @@ class AzureBlobSource:
         if at.skipping:
             newline = data.find(b"\n")
             if newline < 0:
-                return Page([], str(_Token(at.offset + len(data), created, skipping=bool(data))))
+                return Page([], str(_Token(at.offset + len(data), created, skipping=True)))
             pos = newline + 1
         stamp = 0
         while len(records) < limit:
