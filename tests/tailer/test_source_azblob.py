@@ -378,19 +378,28 @@ def test_bad_records_are_counted_and_skipped(tmp_path: Path, azurite: Azurite, a
     bad = [
         b'{"time":"2026-11-27T18:10:45.0000000Z","category":"kube-audit","properties":{"stream":"stdout"}}\n',
         b"this is not JSON\n",
-        b"{" + b"x" * (4 * 1024 * 1024 + 10) + b"}\n",  # longer than a page, and than the tailer's limit
     ]
-    other = b'{"time":"2026-11-27T18:10:45.0000000Z","category":"guard","properties":{"log":"x"}}\n'
-    archive.append(blob, b"".join(bad) + other)
-    archive.put({blob: lines[half:]})
-    tail = BlobTail(tmp_path, _env(azurite.endpoint), ["--allowlist", str(allowlist_file), "--from-start"])
+    # Longer than a page (and than the tailer's line limit), and still being appended when read.
+    long_head, long_rest = b"{" + b"x" * (4 * 1024 * 1024 + 10), b"x" * 1000 + b"}\n"
+    archive.append(blob, b"".join(bad) + long_head)
+    port = _free_port()
+    args = ["--allowlist", str(allowlist_file), "--from-start", "--metrics-port", str(port)]
+    tail = BlobTail(tmp_path, _env(azurite.endpoint), args)
     tail.start()
-    wait_for(lambda: tail.read_all(len(lines) + len(bad)), 60, "every record read")
+    wait_for(lambda: tail.read_all(half + len(bad) + 1), 60, "the records before the long line's end")
+    size = archive.container.get_blob_client(blob).get_blob_properties().size
+    wait_for(lambda: any(p["token"].startswith(f"{size}:") for p in tail.streams().values()), 60, "the end")
+    requests = f'ua_sentinel_source_requests_total{{source="{SOURCE}"}}'
+    polled = _scrape(port)[requests]
+    wait_for(lambda: _scrape(port)[requests] >= polled + 3, 60, "polls at the end of the long line")
+    other = b'{"time":"2026-11-27T18:10:45.0000000Z","category":"guard","properties":{"log":"x"}}\n'
+    archive.append(blob, long_rest + other)
+    archive.put({blob: lines[half:]})
+    wait_for(lambda: tail.read_all(len(lines) + len(bad) + 1), 60, "every record read")
     assert tail.stop() == 0, tail.stderr()
     stats = tail.checkpoint()["stats"]
-    assert stats["malformed"] == len(bad)  # the other category is skipped, not malformed
-    good = archive.presented
-    expected = _expected(tmp_path, good, allowlist_file)
+    assert stats["malformed"] == len(bad) + 1  # the other category is skipped, not malformed
+    expected = _expected(tmp_path, archive.presented, allowlist_file)
     assert {f["event"]["id"] for f in findings_in(*tail.stdout_files)} == {f["event"]["id"] for f in expected}
     stderr = tail.stderr()
     assert "malformed audit input skipped" in stderr and "Traceback" not in stderr
