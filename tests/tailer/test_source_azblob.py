@@ -411,15 +411,16 @@ def test_without_a_checkpoint_old_records_are_skipped_and_a_new_hour_is_read_who
     archive = Archive(azurite.endpoint)
     lines = _fixture_lines()
     third = len(lines) // 3
-    archive.put({hour_blob(1): lines[:third]})  # before the first start: history, not read
+    old, new = hour_blob(1), hour_blob(0)
+    archive.put({old: lines[:third]})  # before the first start: history, not read
     archive.presented.clear()
     tail = BlobTail(tmp_path, _env(azurite.endpoint), ["--allowlist", str(allowlist_file)])
     tail.start()
     wait_for(lambda: any(not p["at_end"] for p in tail.streams().values()), 60, "the blob positioned")
-    archive.put({hour_blob(1): lines[third : 2 * third]})
+    archive.put({old: lines[third : 2 * third]})
     wait_for(lambda: tail.read_all(third), 60, "the new records of an old blob")
     time.sleep(1.1)  # the next hour's blob is created after the first start (creation times are in s)
-    archive.put({hour_blob(0): lines[2 * third :]})
+    archive.put({new: lines[2 * third :]})
     wait_for(lambda: tail.read_all(len(lines) - third), 60, "the whole of the new hour")
     assert tail.stop() == 0, tail.stderr()
     expected = _expected(tmp_path, archive.presented, allowlist_file)
@@ -448,6 +449,37 @@ def test_a_replaced_blob_is_read_again_from_its_start(
     assert tail.checkpoint()["stats"].get("malformed", 0) == 0
     expected = _expected(tmp_path, archive.presented, allowlist_file)
     assert {f["event"]["id"] for f in findings_in(*tail.stdout_files)} == {f["event"]["id"] for f in expected}
+
+
+def test_every_cluster_in_the_container_is_read_and_a_prefix_selects_one(
+    tmp_path: Path, azurite: Azurite, allowlist_file: Path
+) -> None:
+    archive = Archive(azurite.endpoint)
+    lines = _fixture_lines()
+    other = CLUSTER.replace("PROD-AKS", "STAGING-AKS")
+    half = len(lines) // 2
+    mine, theirs = hour_blob(0), hour_blob(0, other)
+    archive.put({mine: lines[:half], theirs: lines[half:]})
+    (tmp_path / "both").mkdir()
+    args = ["--allowlist", str(allowlist_file), "--from-start"]
+    both = BlobTail(tmp_path / "both", _env(azurite.endpoint), args)
+    both.start()
+    wait_for(lambda: both.read_all(len(lines)), 60, "both clusters read")
+    assert both.stop() == 0, both.stderr()
+    assert sorted(both.streams()) == sorted([mine, theirs])
+    prefix = f"resourceId={other}/"
+    (tmp_path / "one").mkdir()
+    one = Tail(
+        tmp_path / "one",
+        None,
+        ["--source", f"{SOURCE}/{prefix}", "--allowlist", str(allowlist_file), "--from-start"],
+        _env(azurite.endpoint),
+    )
+    one.start()
+    wait_for(lambda: (one.checkpoint().get("stats") or {}).get("lines") == len(lines) - half, 60, "one read")
+    assert one.stop() == 0, one.stderr()
+    streams = one.checkpoint()["streams"][f"{SOURCE}/{prefix}"]["streams"]
+    assert sorted(streams) == [theirs]
 
 
 def _scrape(port: int) -> dict[str, float]:
