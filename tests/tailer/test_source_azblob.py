@@ -428,6 +428,32 @@ def test_without_a_checkpoint_old_records_are_skipped_and_a_new_hour_is_read_who
     assert "Traceback" not in tail.stderr()
 
 
+def test_a_container_that_fills_later_is_read_from_its_first_record(
+    tmp_path: Path, azurite: Azurite, allowlist_file: Path
+) -> None:
+    """The diagnostic setting creates the container, then the cluster's folders, on its first record."""
+    service = BlobServiceClient.from_connection_string(_connection(azurite.endpoint))
+    port = _free_port()
+    args = ["--allowlist", str(allowlist_file), "--metrics-port", str(port)]
+    tail = BlobTail(tmp_path, _env(azurite.endpoint), args)
+    tail.start()
+    requests = f'ua_sentinel_source_requests_total{{source="{SOURCE}"}}'
+    wait_for(lambda: _scrape(port)[requests] >= 1, 60, "the missing container listed")
+    service.create_container(CONTAINER)
+    listed = _scrape(port)[requests]
+    wait_for(lambda: _scrape(port)[requests] >= listed + 2, 60, "the empty container listed")
+    time.sleep(1.1)  # the first blob is created after the first start (creation times are in s)
+    archive = Archive(azurite.endpoint)
+    lines = _fixture_lines()
+    archive.put({hour_blob(0): lines})
+    wait_for(lambda: tail.read_all(len(lines)), 60, "the first records")
+    assert tail.stop() == 0, tail.stderr()
+    expected = _expected(tmp_path, archive.presented, allowlist_file)
+    assert {f["event"]["id"] for f in findings_in(*tail.stdout_files)} == {f["event"]["id"] for f in expected}
+    stderr = tail.stderr()
+    assert "cannot list the source's streams" in stderr and "Traceback" not in stderr
+
+
 def test_a_replaced_blob_is_read_again_from_its_start(
     tmp_path: Path, azurite: Azurite, allowlist_file: Path
 ) -> None:

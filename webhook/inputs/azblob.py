@@ -202,8 +202,8 @@ class AzureBlobSource:
         service = client if client is not None else _client(account)
         self.client = service.get_container_client(container)
         self._listed: dict[str, _Listed] = {}
-        self._resource_cache: tuple[float, list[str]] | None = None
         """The last listing's size and creation time per blob: how a replaced blob shows."""
+        self._resource_cache: tuple[float, list[str]] | None = None
 
     @property
     def label(self) -> str:
@@ -255,7 +255,8 @@ class AzureBlobSource:
                 break
             level = deeper
         resources = sorted(set(found))
-        self._resource_cache = (now, resources)
+        if resources:  # none yet (no record archived so far): look again at the next listing
+            self._resource_cache = (now, resources)
         return resources
 
     def streams(self) -> list[StreamInfo]:
