@@ -706,7 +706,9 @@ def _add_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="append",
         type=_source,
         metavar="SOURCE",
-        help="cloudwatch:LOG_GROUP (EKS audit streams, needs the aws extra) | file:PATH | PATH; repeatable",
+        help="cloudwatch:LOG_GROUP (EKS audit streams, needs the aws extra) | "
+        "azblob:ACCOUNT/CONTAINER[/PREFIX] (AKS's archive in a Storage Account, needs the azure extra) | "
+        "file:PATH | PATH; repeatable",
     )
     parser.add_argument(
         "--source-page-size", type=_int(1, 10_000), default=1000, metavar="N", help=argparse.SUPPRESS
