@@ -134,6 +134,7 @@ class Proxy:
         self.upstream = upstream.removeprefix("http://").split("/")[0]
         self.mode = "ok"
         self.refused = 0
+        self.refused_at: list[float] = []
         self.forwarded = 0
         proxy = self
 
@@ -147,6 +148,7 @@ class Proxy:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 if proxy.mode != "ok":
                     proxy.refused += 1
+                    proxy.refused_at.append(time.monotonic())
                     if proxy.mode == "busy":  # how Blob Storage throttles an account
                         status, code = 503, "ServerBusy"
                     else:
@@ -567,6 +569,8 @@ def test_an_outage_loses_nothing_and_the_tailer_backs_off(
     assert failed <= 30, failed
     if outage != "stopped":
         assert proxy.refused == metrics[errors]  # each refused call counted once, as its kind
+        gaps = [b - a for a, b in zip(proxy.refused_at, proxy.refused_at[1:], strict=False)]
+        assert min(gaps) >= 0.95, gaps  # the proxy's Retry-After: 1 is the least wait
     expected = _expected(tmp_path, archive.presented, allowlist_file)
     assert {f["event"]["id"] for f in findings_in(sink)} == {f["event"]["id"] for f in expected}
     assert metrics[f"ua_sentinel_source_events_total{{{label}}}"] == len(lines)

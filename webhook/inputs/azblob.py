@@ -110,24 +110,35 @@ def _error(exc: Exception) -> SourceError:
     if isinstance(exc, ClientAuthenticationError):
         return SourceError("denied", f"{type(exc).__name__}: {text}")
     if isinstance(exc, HttpResponseError):
+        after = _retry_after(exc)
         status = int(exc.status_code or 0)
         raw = getattr(exc, "error_code", None) or status  # a StorageErrorCode (a str enum) or None
         code = str(getattr(raw, "value", raw))
         message = f"{code}: {text}"
         if status == 429 or (status == 503 and code in _BUSY):
-            return SourceError("throttled", message)
+            return SourceError("throttled", message, retry_after=after)
         if status in (401, 403):
             return SourceError("denied", message)
         if status == 404:
             return SourceError("not-found", message)
         if status >= 500:
-            return SourceError("unavailable", message)
+            return SourceError("unavailable", message, retry_after=after)
         return SourceError("error", message)
     if isinstance(exc, ServiceRequestError | ServiceResponseError):
         return SourceError("unavailable", f"{type(exc).__name__}: {text}")
     if isinstance(exc, AzureError):
         return SourceError("error", f"{type(exc).__name__}: {text}")
     raise exc
+
+
+def _retry_after(exc: Any) -> float | None:
+    """The ``Retry-After`` seconds of a refusal (the HTTP-date form is not used by Azure Storage)."""
+    response = getattr(exc, "response", None)
+    value = response.headers.get("Retry-After") if response is not None else None
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
 
 
 def _millis(value: Any) -> int | None:

@@ -50,12 +50,14 @@ class SourceError(InputError):
     ``kind`` says why, for the metrics and the log: ``throttled`` (the service's rate limit),
     ``unavailable`` (5xx, connection refused or timed out), ``denied`` (credentials or
     permissions), ``not-found`` (the log group or stream does not exist), ``error`` (anything
-    else the service answered).
+    else the service answered). ``retry_after``: seconds the service asked to wait (its
+    ``Retry-After``), the least the reader backs off.
     """
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.kind = kind
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)
