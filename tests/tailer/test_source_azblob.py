@@ -414,17 +414,23 @@ def test_without_a_checkpoint_old_records_are_skipped_and_a_new_hour_is_read_who
     lines = _fixture_lines()
     third = len(lines) // 3
     old, new = hour_blob(1), hour_blob(0)
-    archive.put({old: lines[:third]})  # before the first start: history, not read
+    archive.put({old: lines[: third - 1]})  # before the first start: history, not read
+    partial = _record(lines[third - 1])
+    archive.append(old, partial[:100])  # ...but a record still being written is read when complete
     archive.presented.clear()
     tail = BlobTail(tmp_path, _env(azurite.endpoint), ["--allowlist", str(allowlist_file)])
     tail.start()
     wait_for(lambda: any(not p["at_end"] for p in tail.streams().values()), 60, "the blob positioned")
-    archive.put({old: lines[third : 2 * third]})
+    archive.append(old, partial[100:])
+    archive.presented.append(partial)
+    wait_for(lambda: tail.read_all(1), 60, "the completed record")
+    archive.put({old: lines[third : 2 * third - 1]})
     wait_for(lambda: tail.read_all(third), 60, "the new records of an old blob")
     time.sleep(1.1)  # the next hour's blob is created after the first start (creation times are in s)
     archive.put({new: lines[2 * third :]})
     wait_for(lambda: tail.read_all(len(lines) - third), 60, "the whole of the new hour")
     assert tail.stop() == 0, tail.stderr()
+    assert tail.checkpoint()["stats"].get("malformed", 0) == 0  # the record was read whole
     expected = _expected(tmp_path, archive.presented, allowlist_file)
     assert {f["event"]["id"] for f in findings_in(*tail.stdout_files)} == {f["event"]["id"] for f in expected}
     assert "Traceback" not in tail.stderr()
