@@ -333,6 +333,7 @@ def test_kill9_while_records_are_appended_gives_replays_findings(
         tail.kill9()
         killed_at.append((tail.checkpoint().get("stats") or {}).get("lines", 0))
         tail.start()
+    print(f"killed after {killed_at} of {cut - 1} stored records")
     assert any(0 < n < cut - 1 for n in killed_at), killed_at  # at least one kill fell mid-history
     wait_for(lambda: tail.read_all(cut - 1), 60, "the complete stored records read")
     archive.append(old, partial[100:])  # the partial line completed
