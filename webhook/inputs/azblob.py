@@ -165,7 +165,8 @@ class _Token:
             return cls()
         parts = text.split(":")
         try:
-            return cls(int(parts[0]), int(parts[1]) if len(parts) > 1 and parts[1] else None, "skip" in parts)
+            offset = max(0, int(parts[0]))
+            return cls(offset, int(parts[1]) if len(parts) > 1 and parts[1] else None, "skip" in parts)
         except ValueError:
             return cls()  # not ours (an older format): the blob from its start, at least once
 
