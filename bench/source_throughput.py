@@ -1,6 +1,6 @@
-"""Source throughput: `tail --source cloudwatch:...` against moto's server, `tail --source
-azblob:...` against Azurite (``--source azblob``), and the file tailer on the same events as the
-baseline (events/s end to end: read, decode, detect, deliver, checkpoint).
+"""Source throughput: `tail --source cloudwatch:...` against moto's server (``eventhub:...``
+against the tests' local Event Hubs endpoint: :func:`run_eventhub`), and the file tailer on
+the same events as the baseline (events/s end to end: read, decode, detect, deliver, checkpoint).
 
 The generated events are put into one log group across three ``kube-apiserver-audit-*`` streams
 (as EKS writes them) on a local moto server, and written in the order the source presents them
@@ -10,9 +10,15 @@ the time is from its start until its checkpoint stands after the last event. mot
 a prediction of CloudWatch's own latency or of its API limits (GetLogEvents: 25 requests/s per
 account and region, 10,000 events or 1 MB per call).
 
-For azblob the events are written as an AKS diagnostic setting archives them (JSON Lines of
-``kube-audit`` records in three hour append blobs) into Azurite (Node.js, on the same machine);
-the tailer reads them with ranged GETs of up to 4 MiB. The baseline file holds the bare events.
+``--source azblob``: the events as an AKS diagnostic setting archives them (JSON Lines of
+``kube-audit`` records in three hour append blobs) in Azurite (Node.js, on the same machine),
+read with ranged GETs; the baseline file holds the bare events.
+
+``--source pubsub``: the ResponseComplete events as GKE LogEntries (``tests/tailer/gke_entries``)
+published to a subscription of the tests' local Pub/Sub stand-in (real gRPC wire protocol, in
+this process), read by ``tail --source pubsub:...``; the baseline is ``tail --format gke`` on a
+file of the same entries in publish order. Pub/Sub allows 1,000 messages per Pull; the stand-in
+answers on loopback, so this too is a floor for the client side, not Pub/Sub's own latency.
 """
 
 from __future__ import annotations
@@ -147,6 +153,118 @@ def run(events: int = 50_000, seed: int = 7, page_size: int = 1000) -> dict[str,
     return result
 
 
+def run_eventhub(
+    events: int = 50_000, seed: int = 7, page_size: int = 1000, records: int = 50
+) -> dict[str, float]:
+    """`tail --source eventhub:...` against the tests' local Event Hubs endpoint (an AMQP 1.0
+    stand-in in this process: tests/tailer/eventhub_server.py), ``records`` audit records per
+    Event Hubs event as an AKS diagnostic setting batches them, over three partitions; the file
+    tailer on the same events. A floor for the client side (the stand-in is Python on the same
+    machine), not a prediction of Event Hubs' latency or of a namespace's throughput units."""
+    from tests.tailer.eventhub_server import EventHubServer
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="source-throughput-eventhub-", dir=OUT))
+    generated = work / "generated.log"
+    generate(events, seed, generated)
+    lines = generated.read_bytes().splitlines()
+    server = EventHubServer("bench", 3).start()
+    try:
+        base = int(time.time() * 1000) - events
+        for n, at in enumerate(range(0, len(lines), records)):
+            batch = [
+                {"category": "kube-audit", "properties": {"log": line.decode(), "stream": "stdout"}}
+                for line in lines[at : at + records]
+            ]
+            body = json.dumps({"records": batch}, separators=(",", ":")).encode()
+            server.append(str(n % 3), body, base + n)
+        ordered = work / "ordered.log"
+        ordered.write_bytes(b"".join(line + b"\n" for line in lines))
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+            "AZURE_EVENTHUB_CONNECTION_STRING": server.connection_string(),
+        }
+        source = ["--source", "eventhub:bench-ns/bench", "--source-page-size", str(page_size)]
+        cloud = _run_tail("eventhub", source, env, events, work)
+    finally:
+        server.stop()
+    file = _run_tail("file", [str(ordered)], env, events, work)
+    same, base_ids = (
+        {json.loads(x)["event"]["id"] for x in (work / f"findings-{name}.jsonl").read_bytes().splitlines()}
+        for name in ("eventhub", "file")
+    )
+    print(
+        f"{events:,} events, {records} records per Event Hubs event, page size {page_size}: eventhub "
+        f"(local AMQP stand-in) {events / cloud:,.0f} events/s ({cloud:.1f} s), file tailer "
+        f"{events / file:,.0f} events/s ({file:.1f} s): the file tailer is {file and cloud / file:.1f}x "
+        f"faster; same finding ids: {same == base_ids} ({len(base_ids)} ids)"
+    )
+    return {
+        "events": events,
+        "eventhub_events_per_s": events / cloud,
+        "file_events_per_s": events / file,
+        "eventhub_seconds": cloud,
+        "file_seconds": file,
+        "ratio": file / cloud,
+        "same_findings": float(same == base_ids),
+        "findings": len(base_ids),
+    }
+
+
+def run_pubsub(events: int = 50_000, seed: int = 7, page_size: int = 1000) -> dict[str, float]:
+    from tests.tailer.gke_entries import log_entry
+    from tests.tailer.pubsub_server import PubSubStandIn
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="source-throughput-pubsub-", dir=OUT))
+    generated = work / "generated.log"
+    generate(events, seed, generated)
+    entries = [log_entry(json.loads(line)) for line in generated.read_bytes().splitlines()]
+    published = [json.dumps(e, separators=(",", ":")).encode() for e in entries if e is not None]
+    ordered = work / "entries.jsonl"
+    ordered.write_bytes(b"".join(entry + b"\n" for entry in published))
+    topic, subscription = "projects/ua-bench/topics/gke-audit", "projects/ua-bench/subscriptions/bench"
+    server = PubSubStandIn()
+    try:
+        server.create(topic, subscription, ack_deadline=60)
+        for at in range(0, len(published), BATCH):
+            server.publish(topic, published[at : at + BATCH])
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+            "PUBSUB_EMULATOR_HOST": server.host,
+        }
+        cloud = _run_tail(
+            "pubsub",
+            ["--source", f"pubsub:{subscription}", "--source-page-size", str(min(page_size, 1000))],
+            env,
+            len(published),
+            work,
+        )
+    finally:
+        server.close()
+    file = _run_tail("file-gke", ["--format", "gke", str(ordered)], env, len(published), work)
+    ids = [
+        {json.loads(x)["event"]["id"] for x in (work / f"findings-{name}.jsonl").read_bytes().splitlines()}
+        for name in ("pubsub", "file-gke")
+    ]
+    count = len(published)
+    print(
+        f"{count:,} GKE entries, page size {min(page_size, 1000)}: pubsub (stand-in) "
+        f"{count / cloud:,.0f} events/s ({cloud:.1f} s), file tailer --format gke {count / file:,.0f} "
+        f"events/s ({file:.1f} s): the file tailer is {cloud / file:.1f}x faster; same finding ids: "
+        f"{ids[0] == ids[1]} ({len(ids[1])} ids)"
+    )
+    return {
+        "events": count,
+        "pubsub_events_per_s": count / cloud,
+        "file_events_per_s": count / file,
+        "ratio": file / cloud,
+        "same_findings": float(ids[0] == ids[1]),
+    }
+
+
 AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 """Azurite's one built-in account and its published key: not a secret."""
@@ -253,9 +371,19 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--page-size", type=int, default=1000)
-    parser.add_argument("--source", choices=["cloudwatch", "azblob"], default="cloudwatch")
+    parser.add_argument(
+        "--source", choices=["cloudwatch", "eventhub", "pubsub", "azblob", "all"], default="all"
+    )
+    parser.add_argument("--records", type=int, default=50, help="audit records per Event Hubs event")
     args = parser.parse_args()
-    {"cloudwatch": run, "azblob": run_azblob}[args.source](args.events, args.seed, args.page_size)
+    if args.source in ("cloudwatch", "all"):
+        run(args.events, args.seed, args.page_size)
+    if args.source in ("eventhub", "all"):
+        run_eventhub(args.events, args.seed, args.page_size, args.records)
+    if args.source in ("pubsub", "all"):
+        run_pubsub(args.events, args.seed, args.page_size)
+    if args.source in ("azblob", "all"):
+        run_azblob(args.events, args.seed, args.page_size)
 
 
 if __name__ == "__main__":

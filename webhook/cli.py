@@ -673,7 +673,8 @@ def _add_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "tail",
         help="follow the apiserver's audit log across rotations and report findings",
         description="Follow PATH (and its rotations: rename, gzip, copy-truncate), or the cloud --source "
-        "(EKS: cloudwatch:LOG_GROUP), with a durable checkpoint in --state; findings go to every --sink at "
+        "(EKS: cloudwatch:LOG_GROUP; AKS: eventhub:NAMESPACE/HUB), with a durable checkpoint in --state; "
+        "findings go to every --sink at "
         "least once (a repeat carries the same event.id and event.sequence). Without a checkpoint it "
         "starts at the end of PATH (of each stream).",
     )
@@ -706,9 +707,14 @@ def _add_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="append",
         type=_source,
         metavar="SOURCE",
-        help="cloudwatch:LOG_GROUP (EKS audit streams, needs the aws extra) | "
-        "azblob:ACCOUNT/CONTAINER[/PREFIX] (AKS's archive in a Storage Account, needs the azure extra) | "
-        "file:PATH | PATH; repeatable",
+        help="cloudwatch:LOG_GROUP (EKS audit streams, needs the aws extra) | eventhub:NAMESPACE/HUB (AKS "
+        "diagnostic setting, needs the azure extra) | azblob:ACCOUNT/CONTAINER[/PREFIX] (AKS's archive in a "
+        "Storage Account, needs the azure extra) | file:PATH | PATH; repeatable",
+    )
+    parser.add_argument(
+        "--eventhub-consumer-group",
+        metavar="NAME",
+        help="the Event Hub consumer group to read (default: $AZURE_EVENTHUB_CONSUMER_GROUP, else $Default)",
     )
     parser.add_argument(
         "--source-page-size", type=_int(1, 10_000), default=1000, metavar="N", help=argparse.SUPPRESS
@@ -761,8 +767,13 @@ def _tail_sources(args: argparse.Namespace) -> tuple[str, list[SourceSpec]]:
     clouds = [spec for spec in specs if spec.kind != "file"]
     if len(files) > 1 or (files and clouds):
         raise CliError("tail: one file, or cloud sources; mixing them is not supported yet")
-    if clouds and args.format not in ("k8s", "eks"):
-        raise CliError(f"tail: a cloudwatch source holds apiserver events, not --format {args.format}")
+    shapes = {"cloudwatch": "eks", "eventhub": "aks", "pubsub": "gke", "azblob": "aks"}  # what each holds
+    for spec in clouds:
+        if args.format not in ("k8s", shapes.get(spec.kind)):
+            raise CliError(
+                f"tail: a {spec.kind} source holds {shapes.get(spec.kind, 'its own')} records, "
+                f"not --format {args.format}"
+            )
     return (files[0] if files else ""), clouds
 
 
@@ -778,6 +789,7 @@ def _run_tail(args: argparse.Namespace) -> int:
         path=path,
         sources=sources,
         page_size=args.source_page_size,
+        eventhub_consumer_group=args.eventhub_consumer_group,
         state=args.state,
         allowlist=args.allowlist,
         allowlist_configmap=args.allowlist_configmap,

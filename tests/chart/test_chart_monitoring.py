@@ -3,22 +3,27 @@
 Checked with real things: the rules `helm template` renders go through Debian's `promtool check
 rules` and the unit tests in tests/chart/promtool/ (`promtool test rules`: each alert fires from
 sample series, and stays quiet where it should); every metric any dashboard query or alert names
-is one a running `serve` or `tail` exposes on /metrics, or one of the kube-apiserver's audit
-metrics (staging/src/k8s.io/apiserver/pkg/audit/metrics.go).
+is one a running `serve` or `tail` exposes on /metrics (a `tail` on a file and a `tail --source
+cloudwatch:` reading moto's CloudWatch Logs server, for the per-source metrics), or one of the
+kube-apiserver's audit metrics (staging/src/k8s.io/apiserver/pkg/audit/metrics.go).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -26,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.e2e.procs import free_port
 from tests.e2e.tools import ToolError, cache_root, ensure_promtool
 from tests.integration.server import ServeProcess, make_pki, wait_for
+from tests.tailer.moto import aws_env, moto_server
 
 from .conftest import CHART, NAMESPACE, PROMETHEUS, Render
 
@@ -39,6 +45,7 @@ ALERTS = {
     "UASentinelSinkDroppingFindings",
     "UASentinelAuditEventsDropped",
     "UASentinelSourceLagging",
+    "UASentinelSourceFailing",
     "UASentinelAPIServerAuditErrors",
 }
 ENABLED = {
@@ -210,7 +217,8 @@ def test_dashboard_queries_parse_as_promql(promtool: Path, tmp_path: Path) -> No
 
 def test_dashboard_shows_what_the_issue_asks_for() -> None:
     """Webhook latency and verdicts, join resolved/unknown, allowlist reloads and failures,
-    findings by rule, sink backlog and errors, tailer lag, the apiserver's audit errors."""
+    findings by rule, sink backlog and errors, tailer lag, each cloud source's lag, events/s and
+    errors by kind, the apiserver's audit errors."""
     used = set().union(*map(metric_names, dashboard_queries(dashboard())))
     assert {
         "ua_sentinel_request_duration_seconds_bucket",
@@ -224,6 +232,10 @@ def test_dashboard_shows_what_the_issue_asks_for() -> None:
         "ua_sentinel_sink_failures_total",
         "ua_sentinel_sink_dropped_total",
         "ua_sentinel_tail_event_lag_seconds",
+        "ua_sentinel_source_lag_seconds",
+        "ua_sentinel_source_events_total",
+        "ua_sentinel_source_errors_total",
+        "ua_sentinel_source_last_success_timestamp_seconds",
         "apiserver_audit_error_total",
     } <= used
 
@@ -300,7 +312,9 @@ def test_thresholds_and_alert_labels_are_settable(render: Render) -> None:
     found = alerts(render, values)
     assert all(r["labels"]["team"] == "security" and r["labels"]["severity"] for r in found.values())
     assert found["UASentinelJoinMostlyUnknown"]["expr"].split()[-2:] == [">", "0.9"]
-    assert found["UASentinelSourceLagging"]["expr"].split()[-2:] == [">", "60"]
+    lagging = found["UASentinelSourceLagging"]["expr"]
+    assert lagging.count("> 60") == 2 and "300" not in lagging, lagging
+    assert found["UASentinelSourceFailing"]["expr"].split()[-2:] == [">", "60"]
 
 
 @pytest.mark.parametrize(
@@ -342,47 +356,135 @@ def sample_names(text: str) -> set[str]:
     return {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
+CLOUD_GROUP = "/aws/eks/metrics/cluster"
+
+
+def _cloud_group(endpoint: str, env: dict[str, str]) -> None:
+    """A log group as EKS writes it: one stream, one audit event (recent, so the lag is small)."""
+    logs = boto3.client(
+        "logs",
+        endpoint_url=endpoint,
+        region_name=env["AWS_REGION"],
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    logs.create_log_group(logGroupName=CLOUD_GROUP)
+    logs.create_log_stream(logGroupName=CLOUD_GROUP, logStreamName="kube-apiserver-audit-0a1b2c")
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(now))
+    event = {
+        "kind": "Event",
+        "apiVersion": "audit.k8s.io/v1",
+        "level": "Metadata",
+        "auditID": "5d0c6f3e-0000-4000-8000-000000000001",
+        "stage": "ResponseComplete",
+        "requestURI": "/api/v1/namespaces/default/configmaps",
+        "verb": "list",
+        "user": {"username": "alice", "groups": ["system:authenticated"]},
+        "userAgent": "kubectl/v1.30.0 (linux/amd64) kubernetes/7c48c2b",
+        "objectRef": {"resource": "configmaps", "namespace": "default", "apiVersion": "v1"},
+        "responseStatus": {"code": 200},
+        "requestReceivedTimestamp": stamp,
+        "stageTimestamp": stamp,
+    }
+    logs.put_log_events(
+        logGroupName=CLOUD_GROUP,
+        logStreamName="kube-apiserver-audit-0a1b2c",
+        logEvents=[{"timestamp": int(now * 1000), "message": json.dumps(event)}],
+    )
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """/metrics of a real `serve` (TLS) and a real `tail`, each with sinks, after some traffic."""
+    """/metrics of a real `serve` (TLS), a real `tail` on a file and a real `tail --source
+    cloudwatch:` on moto's server (after reading one event), each with sinks, after some traffic."""
     work = tmp_path_factory.mktemp("monitoring")
     pki = make_pki(work / "pki")
     sinks = ["--sink", "stdout", "--sink", f"file:{work / 'findings.jsonl'}"]
     serve = ServeProcess(work / "serve", cert=pki.serving.cert, key=pki.serving.key, ca=pki.ca, args=sinks)
     log = work / "audit.log"
     log.write_text("")
-    port = free_port()
+    port, cloud_port = free_port(), free_port()
     tail_argv = [sys.executable, "-m", "webhook", "tail", "--state", str(work / "state"), *sinks]
     tail_argv += ["--metrics-port", str(port), str(log)]
-    with open(work / "tail.err", "wb") as err:
-        tail = subprocess.Popen(tail_argv, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
-    try:
-        serve.start()
-        with serve.client() as client:
-            client.post("/validate", content=b"{}")  # a bad request: one more labelled series
+    with contextlib.ExitStack() as stack:
+        endpoint = stack.enter_context(moto_server(work))
+        env = aws_env(work, endpoint)
+        _cloud_group(endpoint, env)
+        cloud_argv = [sys.executable, "-m", "webhook", "tail", "--state", str(work / "cloud-state"), *sinks]
+        cloud_argv += ["--source", f"cloudwatch:{CLOUD_GROUP}", "--from-start", "--poll-interval", "0.2"]
+        cloud_argv += ["--metrics-port", str(cloud_port)]
+        children = {}
+        for name, argv, extra in (("tail", tail_argv, {}), ("cloud", cloud_argv, env)):
+            with open(work / f"{name}.err", "wb") as err:
+                children[name] = subprocess.Popen(
+                    argv,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                    start_new_session=True,
+                    env={**os.environ, **extra},
+                )
+        try:
+            serve.start()
+            with serve.client() as client:
+                client.post("/validate", content=b"{}")  # a bad request: one more labelled series
 
-        def tail_metrics() -> str | None:
-            if tail.poll() is not None:
-                raise AssertionError(f"tail exited {tail.returncode}: {(work / 'tail.err').read_text()}")
-            try:
-                return scrape(f"http://127.0.0.1:{port}/metrics")
-            except OSError:
-                return None
+            def metrics(name: str, at: int, ready: str) -> str | None:
+                child = children[name]
+                if child.poll() is not None:
+                    raise AssertionError(
+                        f"{name} exited {child.returncode}: {(work / f'{name}.err').read_text()}"
+                    )
+                try:
+                    text = scrape(f"http://127.0.0.1:{at}/metrics")
+                except OSError:
+                    return None
+                return text if ready in text else None
 
-        tail_text: str = wait_for(tail_metrics, timeout=30, what="tail's /metrics")
-        with serve.client() as client:
-            serve_text = client.get("/metrics").text
-        return {"serve": serve_text, "tail": tail_text}
-    finally:
-        serve.stop()
-        tail.terminate()
-        tail.wait(timeout=60)
+            tail_text: str = wait_for(lambda: metrics("tail", port, ""), timeout=30, what="tail's /metrics")
+            cloud_ready = f'ua_sentinel_source_events_total{{source="cloudwatch:{CLOUD_GROUP}"}} 1.0'
+            cloud_text: str = wait_for(
+                lambda: metrics("cloud", cloud_port, cloud_ready),
+                timeout=60,
+                what="the cloud tail's first event",
+            )
+            with serve.client() as client:
+                serve_text = client.get("/metrics").text
+            return {"serve": serve_text, "tail": tail_text, "cloud": cloud_text}
+        finally:
+            serve.stop()
+            for child in children.values():
+                child.terminate()
+                child.wait(timeout=60)
+
+
+def test_a_cloud_tail_exports_every_source_metric_the_rules_and_dashboard_name(
+    render: Render, exported: dict[str, str]
+) -> None:
+    """The ua_sentinel_source_* names in the alerts and dashboard are the ones a `tail --source`
+    process really serves, with the source label they group by."""
+    queries = dashboard_queries(dashboard()) + [r["expr"] for r in alerts(render).values()]
+    used = {n for expr in queries for n in metric_names(expr) if n.startswith("ua_sentinel_source_")}
+    assert used >= {
+        "ua_sentinel_source_lag_seconds",
+        "ua_sentinel_source_events_total",
+        "ua_sentinel_source_errors_total",
+        "ua_sentinel_source_last_success_timestamp_seconds",
+    }
+    families = {s.name: s for f in text_string_to_metric_families(exported["cloud"]) for s in f.samples}
+    assert used <= set(families), sorted(used - set(families))
+    for name in used:
+        assert families[name].labels.get("source") == f"cloudwatch:{CLOUD_GROUP}", families[name]
+    assert families["ua_sentinel_source_last_success_timestamp_seconds"].value > 0
+    assert not any(n.startswith("ua_sentinel_source_") for n in sample_names(exported["tail"])), (
+        "a file tailer exports no per-source metrics: the lag alert falls back to its own"
+    )
 
 
 def test_every_metric_the_dashboard_and_alerts_name_is_exported(
     render: Render, exported: dict[str, str]
 ) -> None:
-    names = sample_names(exported["serve"]) | sample_names(exported["tail"])
+    names = sample_names(exported["serve"]) | sample_names(exported["tail"]) | sample_names(exported["cloud"])
     assert {"ua_sentinel_sink_backlog", "ua_sentinel_tail_lines_total"} <= names, (
         "both scraped, sinks present"
     )

@@ -12,7 +12,18 @@ import yaml
 
 from webhook.cli import build_parser
 
-from .conftest import CERT_MANAGER, CHART, NAMESPACE, PROMETHEUS, ROOT, SECRET_MODE, SERVING_CA, Helm, Render
+from .conftest import (
+    CERT_MANAGER,
+    CHART,
+    FULLNAME,
+    NAMESPACE,
+    PROMETHEUS,
+    ROOT,
+    SECRET_MODE,
+    SERVING_CA,
+    Helm,
+    Render,
+)
 
 # name -> (values, --api-versions, --kube-version)
 VARIANTS: dict[str, tuple[dict[str, Any], tuple[str, ...], str | None]] = {
@@ -23,6 +34,25 @@ VARIANTS: dict[str, tuple[dict[str, Any], tuple[str, ...], str | None]] = {
     "tailer": ({"tailer": {"enabled": True}}, (), None),
     "replicas-1": ({"replicas": 1}, (), None),
     "enforce": ({"mode": "enforce", "webhook": {"failurePolicy": "Fail"}}, (), None),
+    "managed-clouds": (
+        {
+            "source": {
+                "enabled": True,
+                "sources": [
+                    "cloudwatch:/aws/eks/prod/cluster",
+                    "pubsub:projects/prod-eu-4711/subscriptions/ua-sentinel-audit",
+                    "eventhub:aks-audit-ns/kube-audit",
+                    "azblob:aksaudit01/insights-logs-kube-audit-admin",
+                ],
+                "serviceAccount": {"annotations": {"azure.workload.identity/client-id": "0000"}},
+                "envFrom": [{"secretRef": {"name": "ua-sentinel-azure"}}],
+            },
+            "serviceMonitor": {"enabled": True},
+            "prometheusRule": {"enabled": True},
+        },
+        PROMETHEUS,
+        "1.20.2",
+    ),
     "everything": (
         {
             "tailer": {"enabled": True},
@@ -139,7 +169,7 @@ def test_workload_selectors_match_their_pods_and_the_service(render: Render, nam
     for o in rendered.all("Deployment") + rendered.all("DaemonSet"):
         selector = o["spec"]["selector"]["matchLabels"]
         assert selector.items() <= o["spec"]["template"]["metadata"]["labels"].items()
-    deployment = rendered.one("Deployment")
+    deployment = rendered.one("Deployment", FULLNAME)  # serve's (the source's has no Service)
     service = rendered.one("Service")
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
 

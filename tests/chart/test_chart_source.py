@@ -4,14 +4,18 @@ unless asked, and NOTES giving the cloud-side setup per source kind. Rendered by
 
 from __future__ import annotations
 
+import re
+import shlex
 from collections.abc import Callable
-from typing import Any
+from typing import Any, get_args
 
 import pytest
+import yaml
 
 from webhook.cli import build_parser
+from webhook.inputs.source import SourceKind, SourceSpecError, parse_source
 
-from .conftest import FULLNAME, NAMESPACE, Render
+from .conftest import CHART, FULLNAME, NAMESPACE, PROMETHEUS, ROOT, Helm, Render
 
 Notes = Callable[..., str]
 SOURCE = f"{FULLNAME}-source"
@@ -171,9 +175,8 @@ def test_managed_mode_leaves_the_admission_webhook_out_unless_asked(render: Rend
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        (_with(sources=["pubsub:projects/p/subscriptions/s"]), "/source/sources/0"),
-        (_with(sources=["eventhub:ns/hub"]), "/source/sources/0"),
         (_with(sources=["/var/log/audit.log"]), "/source/sources/0"),
+        (_with(sources=["kafka:audit"]), "/source/sources/0"),
         (_with(sources=[]), "/source/sources"),
         (_with(replicas=0), "/source/replicas"),
         (
@@ -183,6 +186,7 @@ def test_managed_mode_leaves_the_admission_webhook_out_unless_asked(render: Rend
         (_with(serviceAccount={"name": "x"}), "'name' not allowed"),
         (_with(sinks=["file:/tmp/x"]), "/source/sinks/0"),
         (_with(managed=True), "'managed' not allowed"),
+        (_with(envFrom=[{"secret": {"name": "x"}}]), "/source/envFrom/0"),
     ],
 )
 def test_schema_refuses_what_the_source_cannot_run(
@@ -191,6 +195,124 @@ def test_schema_refuses_what_the_source_cannot_run(
     error = render_error(values)
     assert "values don't meet the specifications of the schema" in error
     assert message in error, error
+
+
+# One valid name per kind, as each cloud spells it (see the chart README for the naming rules).
+PUBSUB = "pubsub:projects/prod-eu-4711/subscriptions/ua-sentinel-audit"
+EVENTHUB = "eventhub:aks-audit-ns/kube-audit"
+AZBLOB = "azblob:aksaudit01/insights-logs-kube-audit-admin"
+WI_CLIENT_ID = "00000000-0000-0000-0000-000000000000"
+
+
+ADMITTED = [
+    f"cloudwatch:{GROUP}",
+    PUBSUB,
+    "pubsub:projects/example.com:audit-prj/subscriptions/S~1+x%2.y_z",
+    EVENTHUB,
+    "eventhub:aks-audit-ns.servicebus.windows.net/kube.audit_1",
+    AZBLOB,
+    "azblob:abc/insights-logs-kube-audit",
+    "azblob:aksaudit01/insights-logs-kube-audit-admin/resourceId=/SUBSCRIPTIONS/0000/RESOURCEGROUPS/RG",
+]
+
+
+@pytest.mark.parametrize("source", ADMITTED)
+def test_schema_admits_each_cloud_source_and_the_deployment_reads_it(render: Render, source: str) -> None:
+    args = _container(render, _with(sources=[source]))["args"]
+    assert _pairs(args, "--source") == [source]
+
+
+def test_every_source_the_chart_admits_the_cli_reads_once_it_knows_the_kind() -> None:
+    """The schema and `tail --source` agree: each admitted example parses to itself with the real
+    parser for every kind the CLI reads (SourceKind); a kind it does not read yet is refused as
+    such, not as a bad name. Every kind the CLI reads has a form in the schema."""
+    known = set(get_args(SourceKind)) - {"file"}
+    assert known <= {"cloudwatch", "pubsub", "eventhub", "azblob"}, known
+    assert "cloudwatch" in known
+    for source in ADMITTED:
+        if source.split(":", 1)[0] in known:
+            assert parse_source(source).label == source
+        else:
+            with pytest.raises(SourceSpecError, match="not supported yet"):
+                parse_source(source)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "pubsub:projects/p/subscriptions/s",  # project ids are 6-30 characters
+        "pubsub:projects/prod-eu-4711/subscriptions/goog-audit",  # reserved by Google
+        "pubsub:projects/prod-eu-4711/subscriptions/1audit",  # must start with a letter
+        "pubsub:projects/prod-eu-4711/topics/audit",  # a topic cannot be pulled
+        "eventhub:ns/hub",  # namespaces are 6-50 characters
+        "eventhub:aks-audit-ns",  # no hub
+        "eventhub:aks-audit-ns/-hub",  # hubs start with a letter or digit
+        "azblob:AKSAudit/insights-logs-kube-audit",  # accounts are lowercase
+        "azblob:aksaudit01/insights--logs",  # no double hyphen in a container
+        "azblob:aksaudit01/ab",  # containers are 3-63 characters
+        "azblob:aksaudit01/insights-logs-kube-audit-admin/",  # an empty prefix
+        "cloudwatch:",
+    ],
+)
+def test_schema_refuses_names_the_cloud_would_refuse(render_error: Callable[..., str], source: str) -> None:
+    error = render_error(_with(sources=[source]))
+    assert "values don't meet the specifications of the schema" in error
+    assert "/source/sources/0" in error, error
+
+
+@pytest.mark.parametrize(
+    "name", ["AZURE_EVENTHUB_CONNECTION_STRING", "AZURE_STORAGE_CONNECTION_STRING", "AWS_SECRET_ACCESS_KEY"]
+)
+def test_a_secret_is_never_a_plain_value(render_error: Callable[..., str], name: str) -> None:
+    error = render_error(
+        _with(sources=[EVENTHUB], env=[{"name": name, "value": "Endpoint=sb://x/;SharedAccessKey=k"}])
+    )
+    assert "/source/env/0" in error, error
+
+
+def test_secrets_come_from_secret_refs_and_plain_settings_stay_plain(render: Render) -> None:
+    ref = {"secretKeyRef": {"name": "ua-sentinel-azure", "key": "connection-string"}}
+    env = [
+        {"name": "AZURE_EVENTHUB_CONNECTION_STRING", "valueFrom": ref},
+        {"name": "AWS_REGION", "value": "eu-west-1"},
+    ]
+    env_from = [{"secretRef": {"name": "ua-sentinel-azure"}}]
+    container = _container(render, _with(sources=[EVENTHUB], env=env, envFrom=env_from))
+    by_name = {e["name"]: e for e in container["env"]}
+    assert by_name["AZURE_EVENTHUB_CONNECTION_STRING"] == {
+        "name": "AZURE_EVENTHUB_CONNECTION_STRING",
+        "valueFrom": ref,
+    }
+    assert by_name["AWS_REGION"]["value"] == "eu-west-1"
+    assert {"POD_NAME", "POD_NAMESPACE"} <= set(by_name)
+    assert container["envFrom"] == env_from
+    assert "envFrom" not in _container(render, EKS)
+
+
+@pytest.mark.parametrize("source", [f"cloudwatch:{GROUP}", PUBSUB, EVENTHUB, AZBLOB])
+def test_every_source_kind_has_one_reader_on_the_lease(render: Render, source: str) -> None:
+    """Detector windows need all events of a user in one process: one reader whatever the kind."""
+    deployment = render(_with(sources=[source])).one("Deployment", SOURCE)
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert "--leader-elect" in container["args"]
+    assert _pairs(container["args"], "--leader-elect-lease") == [f"{NAMESPACE}/{SOURCE}"]
+
+
+def test_service_monitor_scrapes_the_source_pods_metrics_port(render: Render) -> None:
+    """Without it the source alerts would read nothing: the ua_sentinel_source_* series come from
+    the source Deployment's own plain-HTTP port."""
+    rendered = render(
+        {**_with(sources=[PUBSUB]), "serviceMonitor": {"enabled": True}}, api_versions=PROMETHEUS
+    )
+    monitor = rendered.one("PodMonitor", SOURCE)
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+    pod = rendered.one("Deployment", SOURCE)["spec"]["template"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    (container,) = pod["spec"]["containers"]
+    assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in container["ports"]
+    assert not render({"serviceMonitor": {"enabled": True}}, api_versions=PROMETHEUS).all("PodMonitor")
 
 
 def test_durations_client_go_refuses_fail_the_render_with_a_fix(render_error: Callable[..., str]) -> None:
@@ -257,3 +379,186 @@ def test_notes_without_a_source_are_unchanged(notes: Notes) -> None:
     text = notes()
     assert "--audit-webhook-mode=batch" in text
     assert "Managed cluster" not in text
+
+
+def test_notes_for_a_pubsub_source_give_the_sink_subscription_and_workload_identity(notes: Notes) -> None:
+    gsa = "audit-reader@prod-eu-4711.iam.gserviceaccount.com"
+    values = _with(sources=[PUBSUB], serviceAccount={"annotations": {"iam.gke.io/gcp-service-account": gsa}})
+    values["clusterName"] = "prod-eu"
+    text = notes(values)
+    project = "--project=prod-eu-4711"
+    assert f'gcloud pubsub topics create "$TOPIC" {project}' in text
+    assert (
+        "gcloud logging sinks create ua-sentinel-audit "
+        f"pubsub.googleapis.com/projects/prod-eu-4711/topics/$TOPIC {project}" in text
+    )
+    assert (
+        """--log-filter='resource.type="k8s_cluster" AND resource.labels.cluster_name="prod-eu" """
+        """AND protoPayload.serviceName="k8s.io"'"""
+    ) in text
+    assert "--role=roles/pubsub.publisher" in text and "--format='value(writerIdentity)'" in text
+    assert f'gcloud pubsub subscriptions create ua-sentinel-audit {project} --topic="$TOPIC"' in text
+    assert f"--role=roles/pubsub.subscriber --member=serviceAccount:{gsa}" in text
+    assert f"gcloud iam service-accounts add-iam-policy-binding {gsa} {project}" in text
+    assert (
+        "--role=roles/iam.workloadIdentityUser "
+        f'--member="serviceAccount:prod-eu-4711.svc.id.goog[{NAMESPACE}/{SOURCE}]"' in text
+    )
+    assert "gcloud iam service-accounts create audit-reader " in text
+    assert "no iam.gke.io/gcp-service-account" not in text
+    assert "aws eks" not in text and "az monitor" not in text
+    assert "--audit-webhook-mode" not in text
+
+
+def test_notes_for_a_pubsub_source_without_identity_name_a_default_account(notes: Notes) -> None:
+    text = notes(_with(sources=[PUBSUB], serviceAccount={"annotations": {}}))
+    assert "--member=serviceAccount:ua-sentinel-source@prod-eu-4711.iam.gserviceaccount.com" in text
+    assert 'resource.labels.cluster_name="CLUSTER"' in text
+    assert "NOTE: source.serviceAccount.annotations has no iam.gke.io/gcp-service-account" in text
+
+
+def test_notes_for_an_eventhub_source_give_the_diagnostic_setting_and_the_receiver_role(notes: Notes) -> None:
+    values = _with(
+        sources=[EVENTHUB],
+        serviceAccount={"annotations": {"azure.workload.identity/client-id": WI_CLIENT_ID}},
+    )
+    values["clusterName"] = "aks-prod"
+    text = notes(values)
+    assert "az monitor diagnostic-settings create --name ua-sentinel-audit" in text
+    assert (
+        '--resource "$(az aks show --resource-group RESOURCE_GROUP --name aks-prod --query id --output tsv)"'
+        in text
+    )
+    assert "--event-hub kube-audit" in text
+    assert "--namespace-name aks-audit-ns --name RootManageSharedAccessKey --query id" in text
+    assert """--logs '[{"category":"kube-audit-admin","enabled":true}]'""" in text
+    assert 'az role assignment create --role "Azure Event Hubs Data Receiver"' in text
+    assert (
+        "az eventhubs eventhub show --resource-group RESOURCE_GROUP "
+        "--namespace-name aks-audit-ns --name kube-audit" in text
+    )
+    assert (
+        f"--subject system:serviceaccount:{NAMESPACE}:{SOURCE} --audience api://AzureADTokenExchange" in text
+    )
+    assert "--query oidcIssuerProfile.issuerUrl" in text
+    assert "--enable-oidc-issuer --enable-workload-identity" in text
+    assert "--rights Listen" in text and "AZURE_EVENTHUB_CONNECTION_STRING=" in text
+    assert "az eventhubs eventhub consumer-group create --resource-group RESOURCE_GROUP" in text
+    assert "AZURE_EVENTHUB_CONSUMER_GROUP, value: ua-sentinel" in text
+    assert "WARNING: no Azure identity" not in text
+    assert "Storage Blob Data Reader" not in text
+
+
+def test_notes_for_an_azblob_source_give_the_archive_setting_and_the_blob_reader_role(notes: Notes) -> None:
+    text = notes(
+        _with(sources=["azblob:aksaudit01/insights-logs-kube-audit"], envFrom=[{"secretRef": {"name": "x"}}])
+    )
+    assert (
+        '--storage-account "$(az storage account show '
+        "--resource-group RESOURCE_GROUP --name aksaudit01 --query id" in text
+    )
+    # the container Azure Monitor writes category kube-audit to is insights-logs-kube-audit
+    assert """--logs '[{"category":"kube-audit","enabled":true}]'""" in text
+    assert 'az role assignment create --role "Storage Blob Data Reader"' in text
+    assert '/blobServices/default/containers/insights-logs-kube-audit"' in text
+    assert "--event-hub" not in text and "consumer-group" not in text
+    assert "WARNING: no Azure identity" not in text  # a connection string comes from envFrom
+    assert "is not one Azure Monitor writes" not in text
+
+
+def test_notes_warn_when_an_azure_source_has_no_identity_or_its_container_gets_nothing(notes: Notes) -> None:
+    region = [{"name": "AZURE_AUTHORITY_HOST", "value": "https://login.microsoftonline.com"}]
+    text = notes(
+        _with(
+            sources=[EVENTHUB, "azblob:aksaudit01/my-audit"], serviceAccount={"annotations": {}}, env=region
+        )
+    )
+    assert "refuses every read" in text and text.count("WARNING: no Azure identity") == 2
+    assert "source.env has no AZURE_EVENTHUB_CONNECTION_STRING" in text
+    assert "source.env has no AZURE_STORAGE_CONNECTION_STRING" in text
+    secret = [
+        {"name": "AZURE_EVENTHUB_CONNECTION_STRING", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}
+    ]
+    text = notes(
+        _with(
+            sources=[EVENTHUB, "azblob:aksaudit01/my-audit"], serviceAccount={"annotations": {}}, env=secret
+        )
+    )
+    assert text.count("WARNING: no Azure identity") == 1  # the Event Hub has its connection string
+    assert "WARNING: container my-audit is not one Azure Monitor writes the audit log to" in text
+
+
+def test_notes_give_each_configured_source_its_own_setup(notes: Notes, installed_notes: Notes) -> None:
+    values = _with(sources=[f"cloudwatch:{GROUP}", PUBSUB, EVENTHUB, AZBLOB])
+    text = notes(values)
+    assert text.index("EKS: CloudWatch Logs group") < text.index("GKE: Pub/Sub subscription")
+    assert text.index("GKE: Pub/Sub subscription") < text.index(
+        "AKS: Event Hub kube-audit in namespace aks-audit-ns"
+    )
+    assert "AKS: Storage Account aksaudit01, container insights-logs-kube-audit-admin" in text
+    assert text.strip() == installed_notes(values).strip()
+
+
+# --- the README's copy-paste paths --------------------------------------------------------------
+
+
+def _expand(text: str, variables: dict[str, str]) -> str:
+    return re.sub(r"\$(\w+)", lambda m: variables[m.group(1)], text)
+
+
+def _readme_helm_installs() -> dict[str, list[str]]:
+    """Each `### <cloud>` path of the README's "Managed clusters" section: its `helm install`
+    command, shell variables and command substitutions filled in as a shell would."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## Managed clusters\n", 1)[1].split("\n## ", 1)[0]
+    found = {}
+    for part in section.split("\n### ")[1:]:
+        title = part.split("\n", 1)[0]
+        blocks = re.findall(r"```sh\n(.*?)```", part, re.S)
+        script = "\n".join(blocks).replace("\\\n", " ")
+        variables: dict[str, str] = {}
+        for line in script.splitlines():
+            if re.fullmatch(r"(\w+=\S+\s*)+", line.strip()):
+                for name, value in re.findall(r"(\w+)=(\S+)", line):
+                    variables[name] = _expand(value, variables)
+        for line in script.splitlines():
+            if line.strip().startswith("helm install"):
+                line = re.sub(r"\$\((?:[^()]|\([^()]*\))*\)", "00000000-0000-0000-0000-000000000000", line)
+                found[title] = shlex.split(_expand(line, variables))
+    return found
+
+
+def test_readme_has_one_copy_paste_path_per_cloud() -> None:
+    titles = list(_readme_helm_installs())
+    assert [t.split(":")[0] for t in titles] == ["EKS", "GKE", "AKS", "AKS"], titles
+
+
+@pytest.mark.parametrize("title", sorted(_readme_helm_installs()))
+def test_readme_helm_install_renders_a_source_with_its_cloud_identity(helm: Helm, title: str) -> None:
+    """The README's command, as `helm template` (same flags): the schema accepts it, and the
+    identity it sets lands on the source's ServiceAccount (or the pods, for Azure)."""
+    argv = _readme_helm_installs()[title]
+    assert argv[:4] == ["helm", "install", "ua-sentinel", "charts/ua-sentinel"], argv
+    flags = [a for a in argv[4:] if a != "--create-namespace"]
+    out = helm.run("template", "ua-sentinel", str(CHART), *flags).stdout
+    objects = [d for d in yaml.safe_load_all(out) if d]
+    (account,) = [
+        o for o in objects if o["kind"] == "ServiceAccount" and o["metadata"]["name"] == "ua-sentinel-source"
+    ]
+    (deployment,) = [
+        o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "ua-sentinel-source"
+    ]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    (source,) = [container["args"][i + 1] for i, a in enumerate(container["args"]) if a == "--source"]
+    annotations = account["metadata"]["annotations"]
+    kind = source.split(":", 1)[0]
+    identity = {
+        "cloudwatch": "eks.amazonaws.com/role-arn",
+        "pubsub": "iam.gke.io/gcp-service-account",
+        "eventhub": "azure.workload.identity/client-id",
+        "azblob": "azure.workload.identity/client-id",
+    }[kind]
+    assert identity in annotations and "$" not in annotations[identity], annotations
+    if kind in ("eventhub", "azblob"):
+        assert deployment["spec"]["template"]["metadata"]["labels"]["azure.workload.identity/use"] == "true"
+    assert not [o for o in objects if o["kind"] == "ValidatingWebhookConfiguration"]

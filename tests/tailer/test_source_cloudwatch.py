@@ -33,6 +33,7 @@ import pytest
 from tests.conftest import AUDIT_LOGS
 
 from .conftest import ACCEPTANCE_ALLOWLIST, ROOT, Tail, findings_in, keys, replay_findings, wait_for
+from .moto import aws_env, moto_server
 
 GROUP = "/aws/eks/test/cluster"
 STREAMS = [f"kube-apiserver-audit-{h}" for h in ("2f9c81d4a1", "7be03c55e2", "c41d9a0f63")]
@@ -45,50 +46,11 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _aws_env(tmp: Path, endpoint: str) -> dict[str, str]:
-    """Fake credentials and a region, nothing from the developer's ~/.aws."""
-    return {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_REGION": "us-east-1",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_CONFIG_FILE": str(tmp / "no-aws-config"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp / "no-aws-credentials"),
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
-
-
 @pytest.fixture
 def moto(tmp_path: Path) -> Iterator[str]:
     """moto's server on a free port; its URL."""
-    port = _free_port()
-    log = open(tmp_path / "moto.log", "wb")  # noqa: SIM115 - the child owns it
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        # moto runs on the venv's botocore, whatever boto3 the tailer is tested with (PYTHONPATH)
-        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
-    )
-    log.close()
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/moto-api/")
-            conn.getresponse().read()
-            return True
-        except OSError:
-            assert proc.poll() is None, (tmp_path / "moto.log").read_text()
-            return False
-
-    wait_for(up, 60, "moto's server")
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    with moto_server(tmp_path) as url:
+        yield url
 
 
 class Proxy:
@@ -231,7 +193,7 @@ def test_kill9_mid_stream_while_events_arrive_gives_replays_findings(
     tmp_path: Path, moto: str, allowlist_file: Path
 ) -> None:
     rng = random.Random(SEED)
-    env = _aws_env(tmp_path, moto)
+    env = aws_env(tmp_path, moto)
     group = Group(moto, env)
     lines = _fixture_lines()
     cut = len(lines) * 3 // 5
@@ -313,7 +275,7 @@ def test_streams_are_merged_in_time_order_across_pages(
 ) -> None:
     """One stream's page must not run ahead of another stream's older records: with a 5 s window,
     reading 15.5 before 7..15 would close the window early and give other finding ids."""
-    env = _aws_env(tmp_path, moto)
+    env = aws_env(tmp_path, moto)
     group = Group(moto, env)
     base = time.time() - 3600
     group.put([_refusal(base + i, i) for i in range(20)], [STREAMS[0]])
@@ -335,7 +297,7 @@ def test_streams_are_merged_in_time_order_across_pages(
 def test_without_a_checkpoint_old_events_are_skipped_and_a_new_stream_is_read_whole(
     tmp_path: Path, moto: str, allowlist_file: Path
 ) -> None:
-    env = _aws_env(tmp_path, moto)
+    env = aws_env(tmp_path, moto)
     group = Group(moto, env)
     lines = _fixture_lines()
     third = len(lines) // 3
@@ -364,7 +326,7 @@ def test_without_a_checkpoint_old_events_are_skipped_and_a_new_stream_is_read_wh
 def test_a_missing_log_group_does_not_stop_the_others(
     tmp_path: Path, moto: str, allowlist_file: Path
 ) -> None:
-    env = _aws_env(tmp_path, moto)
+    env = aws_env(tmp_path, moto)
     group = Group(moto, env)
     lines = _fixture_lines()
     group.put(lines)
@@ -394,7 +356,7 @@ def test_an_outage_loses_nothing_and_the_tailer_backs_off(
     kind = {"throttle": "throttled", "unavailable": "unavailable"}[outage]
     proxy = Proxy(moto)
     try:
-        env = _aws_env(tmp_path, proxy.url)
+        env = aws_env(tmp_path, proxy.url)
         group = Group(moto, env)
         lines = _fixture_lines()
         cut = len(lines) // 2
@@ -518,7 +480,7 @@ def test_without_a_region_one_line_says_to_set_it(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "status", "message"),
     [
-        (["--source", "pubsub:projects/p/subscriptions/s"], 2, "not supported yet"),
+        (["--source", "kafka:audit"], 2, "unknown kind"),
         (["--source", "cloudwatch:"], 2, "needs a log group name"),
         ([], 1, "give PATH or --source"),
         (["--source", f"cloudwatch:{GROUP}", "audit.log"], 1, "mixing them is not supported yet"),

@@ -8,7 +8,21 @@
 - ``eventlist``: the ``/audit`` webhook body (an EventList), bad items skipped.
 - ``source``: ``--source`` texts and what a streamed cloud source offers (streams, pages).
 - ``cloudwatch``: EKS audit events in CloudWatch Logs (the only boto3 user).
-- ``azblob``: AKS audit events archived to a Storage Account (the only Azure SDK user).
+- ``eventhub``: AKS audit events in Event Hubs (the only azure.eventhub user).
+- ``pubsub``: GKE audit events from a Pub/Sub subscription (the only google-cloud-pubsub user).
+- ``azblob``: AKS audit events archived to a Storage Account (the only azure.storage.blob user).
 """
 
-__all__ = ["azblob", "cloudwatch", "eventlist", "files", "formats", "lines", "longline", "scan", "source"]
+__all__ = [
+    "azblob",
+    "cloudwatch",
+    "eventhub",
+    "eventlist",
+    "files",
+    "formats",
+    "lines",
+    "longline",
+    "pubsub",
+    "scan",
+    "source",
+]

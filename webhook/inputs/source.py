@@ -8,6 +8,11 @@ streams in time order and the checkpoint belong to the tailer (``tail.streams``)
 gets the file tailer's guarantees from the same code. A record's ``message`` is one audit event
 as the apiserver wrote it: it goes through the one line decoder (:mod:`webhook.inputs.lines`),
 so the findings equal those of the same events read from a file.
+
+A *queued* source (GKE: a Pub/Sub subscription, :mod:`webhook.inputs.pubsub`) has no positions,
+only acknowledgements: it hands out messages (each one record in a cloud shape, ``fmt``) with an
+ack id, and the tailer's queue follower (``tail.queues``) acknowledges them once the checkpoint
+that counted them is saved.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from webhook.errors import InputError, SetupError
 __all__ = [
     "LogRecord",
     "Page",
+    "QueueMessage",
+    "QueueSource",
     "SourceError",
     "SourceSpec",
     "SourceSpecError",
@@ -30,14 +37,26 @@ __all__ = [
     "parse_source",
 ]
 
-SourceKind = Literal["file", "cloudwatch", "azblob"]
+SourceKind = Literal["file", "cloudwatch", "eventhub", "pubsub", "azblob"]
 
 _SCHEME = re2.compile(r"^([a-z][a-z0-9]+):")
 _LOG_GROUP = re2.compile(r"^[A-Za-z0-9_\-/.#]{1,512}$")
 """CloudWatch's documented log group name characters and length."""
-_AZBLOB = re2.compile(r"^[a-z0-9]{3,24}/[a-z0-9](?:[a-z0-9]|-[a-z0-9]){2,62}(?:/[^\x00-\x1f]{0,1000})?$")
-"""A storage account name, a container name (Azure's rules) and an optional blob name prefix."""
-_LATER = ("pubsub", "eventhub")
+_EVENT_HUB = re2.compile(
+    r"^[A-Za-z][A-Za-z0-9-]{4,48}[A-Za-z0-9](\.[a-z0-9-]+)*/[A-Za-z0-9]([A-Za-z0-9._-]{0,254}[A-Za-z0-9])?$"
+)
+"""NAMESPACE (6-50 characters, or its fully qualified name) / HUB, as Azure names them (the
+chart's schema has the same pattern)."""
+_SUBSCRIPTION = re2.compile(
+    r"^projects/(?:[a-z][a-z0-9.-]*[a-z0-9]:)?[a-z][a-z0-9-]{4,28}[a-z0-9]"
+    r"/subscriptions/([A-Za-z][A-Za-z0-9._~+%-]{2,254})$"
+)
+"""Pub/Sub's documented names (the chart's schema has the same): a project id of 6-30 characters
+(domain-scoped ``example.com:proj`` too), a subscription of 3-255 starting with a letter (not
+``goog``, which Google reserves)."""
+_AZBLOB = re2.compile(r"^[a-z0-9]{3,24}/[a-z0-9](-?[a-z0-9]){2,62}(/[^\x00-\x1f]{1,1000})?$")
+"""ACCOUNT (3-24 lowercase letters and digits) / CONTAINER (3-63, hyphens between) [/ a blob name
+prefix], as Azure names them (the chart's schema has the same pattern)."""
 
 
 class SourceSpecError(SetupError, ValueError):
@@ -74,7 +93,8 @@ class SourceSpec:
 
 
 def parse_source(text: str) -> SourceSpec:
-    """``cloudwatch:LOG_GROUP``, ``azblob:ACCOUNT/CONTAINER[/PREFIX]``, ``file:PATH`` or a bare PATH."""
+    """``cloudwatch:LOG_GROUP``, ``eventhub:NAMESPACE/HUB``, ``pubsub:projects/P/subscriptions/S``,
+    ``azblob:ACCOUNT/CONTAINER[/PREFIX]``, ``file:PATH`` or a bare PATH."""
     match = _SCHEME.match(text)
     if match is None:
         if not text:
@@ -91,6 +111,18 @@ def parse_source(text: str) -> SourceSpec:
                 "--source cloudwatch: needs a log group name (cloudwatch:/aws/eks/CLUSTER/cluster)"
             )
         return SourceSpec("cloudwatch", rest)
+    if scheme == "eventhub":
+        if not _EVENT_HUB.match(rest):
+            raise SourceSpecError("--source eventhub: needs NAMESPACE/HUB (eventhub:myns/aks-audit)")
+        return SourceSpec("eventhub", rest)
+    if scheme == "pubsub":
+        match = _SUBSCRIPTION.match(rest)
+        if match is None or match.group(1).startswith("goog"):
+            raise SourceSpecError(
+                "--source pubsub: needs a subscription's full name "
+                "(pubsub:projects/PROJECT/subscriptions/NAME)"
+            )
+        return SourceSpec("pubsub", rest)
     if scheme == "azblob":
         if not _AZBLOB.match(rest):
             raise SourceSpecError(
@@ -98,9 +130,10 @@ def parse_source(text: str) -> SourceSpec:
                 " (azblob:ACCOUNT/insights-logs-kube-audit[/PREFIX])"
             )
         return SourceSpec("azblob", rest)
-    if scheme in _LATER:
-        raise SourceSpecError(f"--source {scheme}: is not supported yet; cloudwatch:LOG_GROUP is")
-    raise SourceSpecError(f"--source {scheme}: unknown kind (cloudwatch:LOG_GROUP, file:PATH or PATH)")
+    raise SourceSpecError(
+        f"--source {scheme}: unknown kind (cloudwatch:LOG_GROUP, pubsub:projects/P/subscriptions/S, "
+        "eventhub:NAMESPACE/HUB, azblob:ACCOUNT/CONTAINER, file:PATH or PATH)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,3 +176,43 @@ class StreamSource(Protocol):
     def end(self, stream: str) -> str | None:
         """A token just after the stream's newest record (None when the stream is empty)."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class QueueMessage:
+    """One message of a queued source: ``data`` is one record in the source's ``fmt``."""
+
+    id: str
+    """The broker's id of the message: the same on every redelivery."""
+    ack_id: str
+    """This delivery's handle for acknowledging it (a redelivery has another)."""
+    data: bytes
+    publish_ms: int
+
+
+class QueueSource(Protocol):
+    """A broker's subscription: messages to pull, acknowledge, hold longer (one reader at a time or
+    many: the broker spreads messages over readers; no state of its own)."""
+
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def fmt(self) -> Literal["gke", "aks"]:
+        """The shape of a message's data (``inputs.formats``), decoded by the follower."""
+        ...
+
+    def pull(self, *, limit: int, wait: float) -> list[QueueMessage]:
+        """Up to ``limit`` messages, waiting up to ``wait`` seconds for the first (empty: none
+        came); raises :class:`SourceError`."""
+        ...
+
+    def acknowledge(self, ack_ids: list[str]) -> None:
+        """The messages are done with: the broker never delivers them again (best effort)."""
+        ...
+
+    def extend(self, ack_ids: list[str], seconds: int) -> None:
+        """Keep the messages from redelivery for ``seconds`` more (they are still held)."""
+        ...
+
+    def close(self) -> None: ...

@@ -6,8 +6,10 @@
   file (identity, backups, reading forward), ``follow`` strings files across rotations.
 - ``streams``: the stream follower: a cloud source's streams merged in time order, exact
   positions per stream, backoff (the follower of ``--source cloudwatch:...``).
+- ``queues``: the queue follower: a queued source's messages (Pub/Sub), acknowledged only after
+  the checkpoint that counted them is saved (the follower of ``--source pubsub:...``).
 - ``checkpoint``: the durable, atomic, checksummed checkpoint.
 - ``metrics``: tail's Prometheus metrics.
 """
 
-__all__ = ["checkpoint", "command", "follow", "logfiles", "metrics", "streams", "tailer"]
+__all__ = ["checkpoint", "command", "follow", "logfiles", "metrics", "queues", "streams", "tailer"]

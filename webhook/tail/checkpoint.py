@@ -64,7 +64,8 @@ class Checkpoint:
     """Baseline sightings not yet committed to its SQLite file when this was written."""
     written_at: float = 0.0
     streams: dict[str, Any] = field(default_factory=dict)
-    """Cloud sources instead of a file: per source, each stream's position (``tail.streams``)."""
+    """Cloud sources instead of a file: per source, each stream's position (``tail.streams``), or
+    the message ids this checkpoint counted that may come back (``tail.queues``)."""
 
     def to_json(self) -> bytes:
         payload = {

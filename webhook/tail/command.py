@@ -17,7 +17,7 @@ from webhook.detect.baseline import Baseline
 from webhook.detect.config import DEFAULT_CONFIG, DetectorConfig
 from webhook.detect.detector import Detector
 from webhook.inputs.formats import Format
-from webhook.inputs.source import SourceSpec, StreamSource
+from webhook.inputs.source import QueueSource, SourceSpec, StreamSource
 from webhook.kube.lease import LeaderElectionConfig, LeaderElector, coordination_api
 from webhook.logs import fields
 from webhook.sinks.outbox import DEFAULT_MAX_BACKLOG
@@ -25,6 +25,7 @@ from webhook.sinks.table import OutputFormat
 from webhook.startup import AllowlistSource, SettingsError, allowlist_flags, open_allowlist, open_sinks
 from webhook.tail.checkpoint import CheckpointStore, StateLocked
 from webhook.tail.metrics import TailMetrics
+from webhook.tail.queues import QueueFollower
 from webhook.tail.streams import StreamFollower
 from webhook.tail.tailer import DEFAULT_GRACE, TailConfig, Tailer, make_stop_event
 
@@ -45,6 +46,8 @@ class TailOptions:
     sources: list[SourceSpec] = field(default_factory=list)
     """Cloud sources (``--source cloudwatch:...``), read instead of ``path``."""
     page_size: int = 1000
+    eventhub_consumer_group: str | None = None
+    """``--eventhub-consumer-group`` (None: the environment's, else ``$Default``)."""
     """Records per call to a cloud source (CloudWatch allows up to 10,000)."""
     allowlist: str | None = None
     allowlist_configmap: str | None = None
@@ -108,22 +111,32 @@ def _elect(config: LeaderElectionConfig) -> LeaderElector | None:
     return elector
 
 
-def _cloud_source(spec: SourceSpec) -> StreamSource:
-    """The client of one ``--source`` (its SDK imported only when asked for)."""
-    if spec.kind == "azblob":
-        from webhook.inputs.azblob import AzureBlobSource
-
-        return AzureBlobSource(spec.target)
-    from webhook.inputs.cloudwatch import CloudWatchSource
-
-    return CloudWatchSource(spec.target)
-
-
-def _stream_follower(options: TailOptions) -> StreamFollower | None:
+def _stream_follower(options: TailOptions) -> StreamFollower | QueueFollower | None:
     """The follower of the cloud sources (None for a file); their clients are made here."""
     if not options.sources:
         return None
-    sources: list[StreamSource] = [_cloud_source(spec) for spec in options.sources]
+    queued = [spec for spec in options.sources if spec.kind == "pubsub"]
+    if queued and len(queued) != len(options.sources):
+        raise SettingsError("tail: pubsub sources cannot be mixed with other cloud sources yet")
+    if queued:
+        from webhook.inputs.pubsub import PubSubSource
+
+        subscriptions: list[QueueSource] = [PubSubSource(spec.target) for spec in queued]
+        return QueueFollower(subscriptions, poll_interval=options.poll_interval, page_limit=options.page_size)
+    sources: list[StreamSource] = []
+    for spec in options.sources:
+        if spec.kind == "eventhub":
+            from webhook.inputs.eventhub import EventHubSource
+
+            sources.append(EventHubSource(spec.target, group=options.eventhub_consumer_group))
+        elif spec.kind == "azblob":
+            from webhook.inputs.azblob import AzureBlobSource
+
+            sources.append(AzureBlobSource(spec.target))
+        else:
+            from webhook.inputs.cloudwatch import CloudWatchSource
+
+            sources.append(CloudWatchSource(spec.target))
     return StreamFollower(sources, poll_interval=options.poll_interval, page_limit=options.page_size)
 
 

@@ -78,6 +78,10 @@ class Batch:
     overlong: int = 0
     """Lines over ``MAX_LINE_BYTES`` that could not be read down to their audit fields (or whose
     start was read before a restart): skipped."""
+    malformed: list[str] = field(default_factory=list)
+    """Records a queued source could not read as audit events, one reason each (skipped)."""
+    skipped: int = 0
+    """Well-formed records of a queued source that are not Kubernetes audit events."""
 
 
 def fingerprint(head: bytes) -> str:

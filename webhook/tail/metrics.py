@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from webhook.core.live_allowlist import AllowlistStatus
 from webhook.sinks.metrics import PREFIX, allowlist_metrics, counter, findings_metrics, gauge, sink_metrics
+from webhook.tail.queues import QueueFollower
 from webhook.tail.streams import SourceStats
 from webhook.tail.tailer import Tailer
 
@@ -103,6 +104,15 @@ class TailCollector(Collector):
         yield gauge("open_windows", "Open aggregation windows.", status.open_windows)
         if self.tailer.streams is not None:
             yield from source_metrics(self.tailer.streams.stats, time.time())
+        if isinstance(self.tailer.streams, QueueFollower):
+            redelivered = CounterMetricFamily(
+                f"{PREFIX}_source_redelivered",
+                "Messages delivered again after they were read (skipped and acknowledged).",
+                labels=["source"],
+            )
+            for label, count in dict(self.tailer.streams.redelivered).items():
+                redelivered.add_metric([label], count)
+            yield redelivered
 
 
 class TailMetrics:

@@ -42,6 +42,7 @@ from webhook.sinks.spec import SinkSpec
 from webhook.tail.checkpoint import Checkpoint, CheckpointStore
 from webhook.tail.follow import Follower
 from webhook.tail.logfiles import Batch
+from webhook.tail.queues import QueueFollower
 from webhook.tail.streams import StreamFollower
 
 __all__ = ["DEFAULT_GRACE", "TailConfig", "TailStatus", "Tailer", "make_stop_event"]
@@ -109,7 +110,7 @@ class Tailer:
         *,
         store: CheckpointStore,
         baseline: Baseline | None = None,
-        streams: StreamFollower | None = None,
+        streams: StreamFollower | QueueFollower | None = None,
     ) -> None:
         """``streams``: read cloud sources instead of ``config.path`` (positions restored here)."""
         self.config = config
@@ -191,7 +192,7 @@ class Tailer:
         )
 
     @property
-    def reader(self) -> Follower | StreamFollower:
+    def reader(self) -> Follower | StreamFollower | QueueFollower:
         """What the loop reads: the file follower or the stream follower."""
         reader = self.streams if self.streams is not None else self.follower
         assert reader is not None
@@ -259,6 +260,9 @@ class Tailer:
         self.totals.add("bytes", batch.consumed)
         for _ in range(batch.overlong):
             self._malformed("line longer than the 4 MiB limit and not readable as an audit event, skipped")
+        for reason in batch.malformed:
+            self._malformed(reason)
+        self.totals.add("skipped_records", batch.skipped)
         findings: list[Finding] = []
         skipped = self._decoder.skipped
         for event in self._decoder.lines_of(batch.lines, self.detector.prefilter):
@@ -366,6 +370,8 @@ class Tailer:
             baseline=self.baseline.pending() if self.baseline is not None else [],
         )
         self.store.save(checkpoint)
+        if isinstance(self.streams, QueueFollower):
+            self.streams.committed()  # durable now: the messages it counted may be acknowledged
         if self.baseline is not None:
             self.baseline.flush()  # after the checkpoint, which holds the same rows (never ahead)
         self._saved_key = key
