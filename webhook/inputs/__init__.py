@@ -10,9 +10,11 @@
 - ``cloudwatch``: EKS audit events in CloudWatch Logs (the only boto3 user).
 - ``eventhub``: AKS audit events in Event Hubs (the only azure.eventhub user).
 - ``pubsub``: GKE audit events from a Pub/Sub subscription (the only google-cloud-pubsub user).
+- ``azblob``: AKS audit events archived to a Storage Account (the only azure.storage.blob user).
 """
 
 __all__ = [
+    "azblob",
     "cloudwatch",
     "eventhub",
     "eventlist",

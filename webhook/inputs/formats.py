@@ -39,7 +39,7 @@ import orjson
 
 from webhook.inputs.files import READ_ERRORS, is_gzip
 
-__all__ = ["FORMATS", "AuditInput", "Decoded", "Format", "decode", "gke_event"]
+__all__ = ["FORMATS", "AuditInput", "Decoded", "Format", "aks_record", "decode", "gke_event"]
 
 Format = Literal["k8s", "eks", "gke", "aks"]
 FORMATS: tuple[Format, ...] = get_args(Format)
@@ -261,7 +261,9 @@ def _gke(line: bytes, out: Decoded) -> None:
 
 
 # -- AKS ----------------------------------------------------------------------------------
-def _aks_record(record: Any, out: Decoded) -> None:
+def aks_record(record: Any, out: Decoded) -> None:
+    """The audit events of one AKS diagnostic record (a line of a storage blob, an item of an
+    Event Hubs ``records`` array) into ``out``; other categories are counted skipped."""
     if not isinstance(record, dict):
         out.errors.append("diagnostic record is not an object")
         return
@@ -282,9 +284,9 @@ def _aks(line: bytes, out: Decoded) -> None:
     doc = _loads(line)
     if isinstance(doc, dict) and isinstance(doc.get("records"), list):
         for record in doc["records"]:
-            _aks_record(record, out)
+            aks_record(record, out)
     elif isinstance(doc, dict) and "category" in doc:
-        _aks_record(doc, out)
+        aks_record(doc, out)
     else:
         raise ValueError('neither {"records": [...]} nor a diagnostic record')
 

@@ -37,7 +37,7 @@ __all__ = [
     "parse_source",
 ]
 
-SourceKind = Literal["file", "cloudwatch", "eventhub", "pubsub"]
+SourceKind = Literal["file", "cloudwatch", "eventhub", "pubsub", "azblob"]
 
 _SCHEME = re2.compile(r"^([a-z][a-z0-9]+):")
 _LOG_GROUP = re2.compile(r"^[A-Za-z0-9_\-/.#]{1,512}$")
@@ -54,7 +54,9 @@ _SUBSCRIPTION = re2.compile(
 """Pub/Sub's documented names (the chart's schema has the same): a project id of 6-30 characters
 (domain-scoped ``example.com:proj`` too), a subscription of 3-255 starting with a letter (not
 ``goog``, which Google reserves)."""
-_LATER = ("azblob",)
+_AZBLOB = re2.compile(r"^[a-z0-9]{3,24}/[a-z0-9](-?[a-z0-9]){2,62}(/[^\x00-\x1f]{1,1000})?$")
+"""ACCOUNT (3-24 lowercase letters and digits) / CONTAINER (3-63, hyphens between) [/ a blob name
+prefix], as Azure names them (the chart's schema has the same pattern)."""
 
 
 class SourceSpecError(SetupError, ValueError):
@@ -67,12 +69,14 @@ class SourceError(InputError):
     ``kind`` says why, for the metrics and the log: ``throttled`` (the service's rate limit),
     ``unavailable`` (5xx, connection refused or timed out), ``denied`` (credentials or
     permissions), ``not-found`` (the log group or stream does not exist), ``error`` (anything
-    else the service answered).
+    else the service answered). ``retry_after``: seconds the service asked to wait (its
+    ``Retry-After``), the least the reader backs off.
     """
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.kind = kind
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +94,7 @@ class SourceSpec:
 
 def parse_source(text: str) -> SourceSpec:
     """``cloudwatch:LOG_GROUP``, ``eventhub:NAMESPACE/HUB``, ``pubsub:projects/P/subscriptions/S``,
-    ``file:PATH`` or a bare PATH."""
+    ``azblob:ACCOUNT/CONTAINER[/PREFIX]``, ``file:PATH`` or a bare PATH."""
     match = _SCHEME.match(text)
     if match is None:
         if not text:
@@ -119,13 +123,16 @@ def parse_source(text: str) -> SourceSpec:
                 "(pubsub:projects/PROJECT/subscriptions/NAME)"
             )
         return SourceSpec("pubsub", rest)
-    if scheme in _LATER:
-        raise SourceSpecError(
-            f"--source {scheme}: is not supported yet; cloudwatch:LOG_GROUP and pubsub:SUBSCRIPTION are"
-        )
+    if scheme == "azblob":
+        if not _AZBLOB.match(rest):
+            raise SourceSpecError(
+                "--source azblob: needs a storage account and container"
+                " (azblob:ACCOUNT/insights-logs-kube-audit[/PREFIX])"
+            )
+        return SourceSpec("azblob", rest)
     raise SourceSpecError(
         f"--source {scheme}: unknown kind (cloudwatch:LOG_GROUP, pubsub:projects/P/subscriptions/S, "
-        "file:PATH or PATH)"
+        "eventhub:NAMESPACE/HUB, azblob:ACCOUNT/CONTAINER, file:PATH or PATH)"
     )
 
 

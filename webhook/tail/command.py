@@ -132,6 +132,10 @@ def _stream_follower(options: TailOptions) -> StreamFollower | QueueFollower | N
             from webhook.inputs.eventhub import EventHubSource
 
             sources.append(EventHubSource(spec.target, group=options.eventhub_consumer_group))
+        elif spec.kind == "azblob":
+            from webhook.inputs.azblob import AzureBlobSource
+
+            sources.append(AzureBlobSource(spec.target))
         else:
             from webhook.inputs.cloudwatch import CloudWatchSource
 

@@ -18,8 +18,9 @@ the tailer checkpoints after the lines returned so far are handled, so the taile
 - **Bounded**: at most ``page_limit`` buffered records per stream and :data:`MAX_STREAMS` streams
   per source.
 - **Backoff**: any failed call (throttling, 5xx, connection errors, denied) stops all calls for a
-  random time in ``[0, min(MAX_BACKOFF, poll_interval × 2^failures)]`` (full jitter): a rate
-  limit is per account, so one stream's throttling is every stream's.
+  random time in ``[0, min(MAX_BACKOFF, poll_interval × 2^failures)]`` (full jitter), and at
+  least the service's ``Retry-After`` when it sent one: a rate limit is per account, so one
+  stream's throttling is every stream's.
 - **Where a new stream starts**: without a checkpoint at its end (``from_start``: its start);
   a stream created after the first start (kept in the checkpoint as ``since``) from its start.
 """
@@ -172,6 +173,7 @@ class StreamFollower:
     def _failed(self, exc: SourceError) -> None:
         self._failures += 1
         delay = random.uniform(0, min(MAX_BACKOFF, self.poll_interval * 2**self._failures))
+        delay = max(delay, min(MAX_BACKOFF, exc.retry_after or 0.0))  # the service's Retry-After
         self._resume_at = time.monotonic() + delay
         self.idle = False
         text = f"{exc.kind}: {exc}"
