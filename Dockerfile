@@ -24,11 +24,12 @@ COPY webhook ./webhook
 # pip byte-compiles what it installs; at run time nothing can (read-only root).
 # [otlp]: the chart offers the otlp: sink, which needs opentelemetry-proto.
 # [aws]: `tail --source cloudwatch:LOG_GROUP` (EKS audit logs), which needs boto3.
+# [gcp]: `tail --source pubsub:` (GKE audit logs routed to Pub/Sub), google-cloud-pubsub.
 # [azure]: `tail --source eventhub:` / `azblob:` (AKS), azure-eventhub, azure-storage-blob, azure-identity.
 RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
     && python -m venv /opt/venv \
     && wheel="$(echo /wheels/ua_sentinel-*.whl)" \
-    && /opt/venv/bin/python -m pip install --only-binary=:all: "${wheel}[otlp,aws,azure]"
+    && /opt/venv/bin/python -m pip install --only-binary=:all: "${wheel}[otlp,aws,gcp,azure]"
 
 # ---- runtime ------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}
