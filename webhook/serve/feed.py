@@ -32,7 +32,7 @@ DEFAULT_QUEUE_BYTES: Final = 256 * 1024 * 1024
 """Bytes (:func:`event_bytes`) waiting for the Detector before new batches are dropped: a real
 apiserver writes request URIs of up to ~1 MB (Go's header limit), so a count alone allows GBs."""
 _EVENT_OVERHEAD: Final = 2048
-"""What a parsed Event costs besides its strings (the objects pydantic builds), about."""
+"""What a parsed Event costs besides its strings (its Structs, lists and dict), about."""
 
 
 def event_bytes(event: Event) -> int:
