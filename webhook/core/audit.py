@@ -143,8 +143,8 @@ class Event(
     def forbidden_by_authorization(self) -> bool:
         """Refused by the authorizer (see :func:`forbidden_by_authorization`)."""
         status = self.response_status
-        if status is None or self.stage != "ResponseComplete":
-            return False
+        if status is None or status.code != 403:
+            return False  # most events: one look, no call
         return forbidden_by_authorization(
             stage=self.stage, code=status.code, decision=self.decision, reason=status.reason
         )

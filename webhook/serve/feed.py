@@ -133,7 +133,8 @@ class DetectorFeed:
                         "audit event skipped by the detector",
                         **fields(auditID=event.audit_id, reason=self.detector.last_rejection),
                     )
-                self._deliver(found)
+                if found:
+                    self._deliver(found)
             with self._lock:
                 self._pending -= len(batch)
                 self._pending_bytes -= item[1]
