@@ -89,3 +89,13 @@ def test_the_queue_is_bounded_by_bytes_as_well_as_events() -> None:
     feed.start()
     feed.close()
     assert feed.pending == 0 and feed.pending_bytes == 0
+
+
+def test_a_batch_from_a_body_counts_the_bodys_bytes() -> None:
+    """/audit knows the body its events came from: its length bounds their strings."""
+    feed = DetectorFeed(Detector(ALLOWLIST), SlowSink(), max_events=1000, max_bytes=5 * 1024 * 1024)
+    events = all_events()[:3]
+    assert feed.submit(events, 4 * 1024 * 1024)
+    assert feed.pending_bytes == 4 * 1024 * 1024 + 3 * 2048
+    assert not feed.submit(events, 1024 * 1024)  # over 5 MiB by the body's bytes
+    assert feed.stats.dropped == 3 and feed.pending == 3

@@ -31,6 +31,8 @@ class AuditBodyError(InputError):
 @dataclass(slots=True)
 class AuditBatch:
     events: list[Event]
+    size: int
+    """The body's length in bytes: more than its events' strings hold (a bound for queues)."""
     skipped: int = 0
     reasons: list[str] = field(default_factory=list)
 
@@ -42,10 +44,10 @@ def parse_event_list(body: bytes) -> AuditBatch:
     batch refused for one odd event would be refused on every retry, losing the good ones.
     """
     try:
-        return AuditBatch(events=_LIST.decode(body).items)
+        return AuditBatch(events=_LIST.decode(body).items, size=len(body))
     except msgspec.DecodeError:
         pass
-    batch = AuditBatch(events=[])
+    batch = AuditBatch(events=[], size=len(body))
     for number, item in enumerate(_items(body)):
         try:
             if not isinstance(item, dict):

@@ -98,12 +98,19 @@ class DetectorFeed:
             self._thread = threading.Thread(target=self._run, name="detector", daemon=True)
             self._thread.start()
 
-    def submit(self, events: Sequence[Event]) -> bool:
+    def submit(self, events: Sequence[Event], body_bytes: int | None = None) -> bool:
         """Queue ``events`` for the Detector; False (and counted as dropped) when the queue is full,
-        by events or by bytes."""
+        by events or by bytes.
+
+        ``body_bytes``: the length of the JSON the events were decoded from, which bounds their
+        strings; with the fixed cost per event it stands for their size without looking at each
+        one (:func:`event_bytes` cost ~0.8 us an event on /audit, half the decode)."""
         if not events:
             return True
-        size = sum(event_bytes(event) for event in events)
+        if body_bytes is None:
+            size = sum(event_bytes(event) for event in events)
+        else:
+            size = body_bytes + _EVENT_OVERHEAD * len(events)
         with self._lock:
             if self._pending + len(events) > self.max_events or self._pending_bytes + size > self.max_bytes:
                 self.stats.dropped += len(events)

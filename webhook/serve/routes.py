@@ -353,7 +353,7 @@ async def audit(request: Request) -> Response:
     metrics = state.metrics
     batch = await _accepted(request, state._audit)
     state.index.observe_all(batch.events)
-    queued = state.feed.submit(batch.events)
+    queued = state.feed.submit(batch.events, batch.size)
     metrics.audit_events.inc(len(batch.events))
     if batch.skipped:
         metrics.audit_malformed.inc(batch.skipped)
