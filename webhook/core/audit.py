@@ -7,8 +7,9 @@ ignored so newer apiservers keep working; the fields we rely on are typed.
 
 The models are msgspec Structs, the one model of this wire format: every reader on a hot path
 (``/audit``, the tailer, replay) decodes JSON bytes straight into them in C, without building the
-dicts first (pydantic took ~5 us an event, more than twice the JSON parse). Numbers are read as
-pydantic's lax mode read them (``strict=False``: ``"403"`` and ``403.0`` are 403).
+dicts first (pydantic took ~5 us an event, more than twice the JSON parse). Numbers are read
+leniently, as the pydantic model read them (``strict=False``: ``"403"`` and ``403.0`` are 403;
+``true`` is no number).
 """
 
 from __future__ import annotations
