@@ -5,8 +5,10 @@ import json
 from typing import Any
 
 import orjson
+from hypothesis import given
+from hypothesis import strategies as st
 
-from webhook.core.allowlist import Allowlist
+from webhook.core.allowlist import Allowlist, Decision, default_allowlist
 from webhook.core.audit import parse_event
 from webhook.core.findings import Finding
 from webhook.detect.config import DetectorConfig
@@ -234,3 +236,59 @@ def test_an_event_the_detector_cannot_take_is_counted_and_skipped(audit_lines: l
         assert (detector.last_rejection is None) == (agent in {"curl/1", "curl/4"})
     assert [agent for agent, _, _ in _unusual(seen)] == ["curl/1", "curl/4"]
     assert detector.stats.rejected == 2
+
+
+class _CountingAllowlist(Allowlist):
+    """The built-in list, counting the verdicts asked of it."""
+
+    def __init__(self) -> None:
+        base = default_allowlist()
+        super().__init__([c.entry for c in base.agents], [c.entry for c in base.denied])
+        self.decided = 0
+
+    def decide(self, agent: str | None, **scope: Any) -> Decision:
+        self.decided += 1
+        return super().decide(agent, **scope)
+
+
+def _success(agent: str, audit_id: str) -> bytes:
+    return orjson.dumps(
+        {
+            "auditID": audit_id,
+            "stage": "ResponseComplete",
+            "verb": "list",
+            "requestURI": "/api/v1/pods",
+            "user": {"username": "alice"},
+            "userAgent": agent,
+            "responseStatus": {"code": 200},
+            "stageTimestamp": "2026-11-27T10:00:00.000001Z",
+            "annotations": {"authorization.k8s.io/decision": "allow"},
+        }
+    )
+
+
+def test_a_success_from_an_agent_no_denied_entry_matches_asks_no_verdict() -> None:
+    """Per-event work proportional to what the event can change: a 200 can only be a
+    known-bad-agent finding, so without a denied pattern matching its agent nothing is decided."""
+    allowlist = _CountingAllowlist()
+    detector = Detector(allowlist)
+    for n in range(50):
+        assert detector.process(parse_event(_success("kubectl/v1.30.0 (linux/amd64)", f"ok-{n}"))) == []
+    assert allowlist.decided == 0
+    (finding,) = detector.process(parse_event(_success("peirates/v1.1.0", "bad-1")))
+    assert finding.rule.name == "known-bad-agent" and allowlist.decided == 1
+
+
+@given(
+    st.datetimes(min_value=dt.datetime(1970, 1, 2), max_value=dt.datetime(9999, 12, 30)),
+    st.integers(0, 3),
+)
+def test_the_clock_reads_the_apiservers_timestamps_as_datetime_does(when: dt.datetime, repeat: int) -> None:
+    """The whole second parsed once and the microseconds added give fromisoformat's float."""
+    text = when.strftime("%Y-%m-%dT%H:%M:%S.%f") + "Z"
+    expected = dt.datetime.fromisoformat(text).timestamp()
+    detector = Detector(ACCEPTANCE_ALLOWLIST)
+    for n in range(repeat + 1):
+        event = parse_event({"auditID": f"a{n}", "stage": "RequestReceived", "stageTimestamp": text})
+        detector.process(event)
+        assert detector.watermark == expected

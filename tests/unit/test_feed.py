@@ -5,11 +5,15 @@ from __future__ import annotations
 import threading
 import time
 
+import msgspec
+import pytest
+
 from tests.integration.traffic import recorded
 from webhook.core.allowlist import Allowlist
 from webhook.core.audit import Event, EventList
 from webhook.core.findings import Finding
 from webhook.detect.detector import Detector
+from webhook.serve import feed as feed_module
 from webhook.serve.feed import DetectorFeed
 
 ALLOWLIST = Allowlist.from_yaml('agents: ["kubectl/*", "kubectl-dispatcher/*", "kube-apiserver/*"]')
@@ -34,7 +38,7 @@ def all_events() -> list[Event]:
         event
         for item in recorded()
         if item.route == "/audit"
-        for event in EventList.model_validate(item.body).items
+        for event in msgspec.convert(item.body, EventList).items
     ]
 
 
@@ -74,7 +78,7 @@ def test_a_failing_sink_is_counted_and_the_feed_goes_on() -> None:
 
 def test_the_queue_is_bounded_by_bytes_as_well_as_events() -> None:
     event = all_events()[0]
-    padded = event.model_copy(update={"request_uri": "/api/v1/secrets?" + "&" * 1_000_000})  # ~1 MB
+    padded = msgspec.structs.replace(event, request_uri="/api/v1/secrets?" + "&" * 1_000_000)  # ~1 MB
     sink = SlowSink()
     feed = DetectorFeed(Detector(ALLOWLIST), sink, max_events=1000, max_bytes=5 * 1024 * 1024)
     # not started: nothing drains, so what is queued stays queued
@@ -87,3 +91,32 @@ def test_the_queue_is_bounded_by_bytes_as_well_as_events() -> None:
     feed.start()
     feed.close()
     assert feed.pending == 0 and feed.pending_bytes == 0
+
+
+def test_a_batch_from_a_body_counts_the_bodys_bytes() -> None:
+    """/audit knows the body its events came from: its length bounds their strings."""
+    feed = DetectorFeed(Detector(ALLOWLIST), SlowSink(), max_events=1000, max_bytes=5 * 1024 * 1024)
+    events = all_events()[:3]
+    assert feed.submit(events, 4 * 1024 * 1024)
+    assert feed.pending_bytes == 4 * 1024 * 1024 + 3 * 2048
+    assert not feed.submit(events, 1024 * 1024)  # over 5 MiB by the body's bytes
+    assert feed.stats.dropped == 3 and feed.pending == 3
+
+
+def test_the_detector_thread_offers_the_gil_to_the_loop_while_it_judges_a_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """It runs off the event loop but shares its GIL: it gives it up every few events, so /validate
+    never waits a whole switch interval (5 ms) per I/O while a 400-event batch is judged."""
+    offers: list[int] = []
+    sink = SlowSink()
+    feed = DetectorFeed(Detector(ALLOWLIST), sink)
+    monkeypatch.setattr(feed_module, "offer_gil", lambda: offers.append(feed.detector.stats.events))
+    events = (all_events() * 400)[:400]
+    feed.submit(events)
+    sink.release.set()
+    feed.start()
+    feed.close()
+    assert feed.stats.events == 400
+    assert len(offers) >= 400 // 32
+    assert max(b - a for a, b in zip([0, *offers], [*offers, 400], strict=True)) <= 32

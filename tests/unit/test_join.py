@@ -6,6 +6,7 @@ import asyncio
 import copy
 from typing import Any
 
+import msgspec
 import pytest
 
 from tests.integration.traffic import admission, audit_batch, recorded
@@ -31,7 +32,7 @@ class FakeClock:
 
 
 def events(seq: int) -> list[Event]:
-    return list(EventList.model_validate(audit_batch(seq)).items)
+    return list(msgspec.convert(audit_batch(seq), EventList).items)
 
 
 def lookup(seq: int) -> Lookup:
@@ -131,7 +132,7 @@ def test_consumed_entry_is_gone_and_a_retried_batch_cannot_bring_it_back() -> No
 
 
 def _as_new_request(event: Event, audit_id: str, agent: str | None) -> Event:
-    data: dict[str, Any] = event.model_dump(by_alias=True)
+    data: dict[str, Any] = msgspec.to_builtins(event)
     data["auditID"] = audit_id
     data["userAgent"] = agent
     return parse_event(data)
@@ -190,7 +191,7 @@ def test_entry_count_is_capped_oldest_evicted() -> None:
 
 def test_deletecollection_serves_every_item_and_leaves_on_completion() -> None:
     (rr,) = events(1449)  # delete configmaps team/py-cm
-    data = rr.model_dump(by_alias=True)
+    data = msgspec.to_builtins(rr)
     data["verb"] = "deletecollection"
     data["objectRef"].pop("name")
     collection = parse_event(data)
@@ -208,7 +209,7 @@ def test_deletecollection_serves_every_item_and_leaves_on_completion() -> None:
 
 def test_patch_joins_update_and_namespaces_join_without_namespace() -> None:
     (rr,) = events(1454)  # update configmaps team/alice-cm
-    patch = parse_event({**rr.model_dump(by_alias=True), "verb": "patch"})
+    patch = parse_event({**msgspec.to_builtins(rr), "verb": "patch"})
     assert event_key(patch) in candidate_keys(lookup(1455))
     ns_event = parse_event(
         {
@@ -225,7 +226,7 @@ def test_patch_joins_update_and_namespaces_join_without_namespace() -> None:
 
 def test_hand_made_impersonated_event_joins_on_the_effective_user_but_keeps_the_authenticated_one() -> None:
     (rr,) = events(1404)
-    data = rr.model_dump(by_alias=True)
+    data = msgspec.to_builtins(rr)
     data["user"] = {"username": "admin", "uid": "1001", "groups": ["system:masters"]}
     data["impersonatedUser"] = {"username": "dev-alice", "uid": "1003", "groups": ["devs"]}
     key = event_key(parse_event(data))
@@ -267,7 +268,7 @@ def test_panic_removes_the_request() -> None:
     (rr,) = events(1404)
     index = RequestIndex()
     index.observe(rr)
-    index.observe(parse_event({**rr.model_dump(by_alias=True), "stage": "Panic"}))
+    index.observe(parse_event({**msgspec.to_builtins(rr), "stage": "Panic"}))
     assert len(index) == 0 and index.lookup(lookup(1405)) is None
 
 
@@ -277,7 +278,7 @@ def test_panic_removes_the_request() -> None:
 def _rr(verb: str, name: str, **changes: Any) -> Event:
     """A RequestReceived of dev-alice on configmap team/NAME, as recorded (01404) but for ``verb``."""
     (rr,) = events(1404)
-    data: dict[str, Any] = rr.model_dump(by_alias=True)
+    data: dict[str, Any] = msgspec.to_builtins(rr)
     data["verb"] = verb
     data["objectRef"] = {**data["objectRef"], "name": name}
     data.update(changes)

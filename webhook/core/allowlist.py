@@ -512,6 +512,12 @@ class Allowlist:
             return Decision("listed", hit.label, "matched", tuple(expired))
         return Decision("unlisted", None, "no entry matched", tuple(expired))
 
+    def may_deny(self, agent: str | None) -> bool:
+        """Whether a ``denied:`` pattern matches ``agent``, scopes and expiry aside (memoized with
+        :meth:`decide`): when not, :meth:`decide` cannot answer ``denied``, so a caller asking only
+        that (the Detector, for a request that succeeded) stops here."""
+        return bool(agent and self._candidates(agent)[0])
+
     def expired_entries(self, today: dt.date | None = None) -> list[str]:
         """Entries past their ``expires`` date, for start-up and reload reports."""
         day = today or dt.date.today()

@@ -89,6 +89,9 @@ class Correlation:
         """Remember ``event`` if the webhook flagged it; True when it did."""
         if event.stage != "ResponseComplete":
             return False
+        said = event.annotations.values()
+        if "unlisted" not in said and "denied" not in said:
+            return False  # no annotation says it (most events: one C-speed look, no loop)
         verdict = webhook_verdict(event.annotations)
         if verdict not in ("unlisted", "denied"):
             return False

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from webhook.core import useragent
-from webhook.core.audit import Event
+from webhook.core.audit import Event, UserInfo
 from webhook.core.findings import (
     RISK_SCORE,
     RULES,
@@ -101,7 +101,7 @@ def audit_fields(event: Event) -> dict[str, Any]:
         "stage": event.stage,
         "verb": event.verb,
         "requestURI": event.request_uri,
-        "user": event.user.model_dump(),
+        "user": _user(event.user),
         "sourceIPs": list(event.source_ips),
         "responseStatus": {"code": event.code, "reason": event.response_status.reason}
         if event.response_status
@@ -111,10 +111,26 @@ def audit_fields(event: Event) -> dict[str, Any]:
         "stageTimestamp": event.stage_timestamp,
     }
     if event.object_ref is not None:
-        out["objectRef"] = event.object_ref.model_dump(by_alias=True, exclude_defaults=True)
+        ref = event.object_ref
+        out["objectRef"] = {
+            k: v
+            for k, v in (
+                ("resource", ref.resource),
+                ("namespace", ref.namespace),
+                ("name", ref.name),
+                ("apiGroup", ref.api_group),
+                ("apiVersion", ref.api_version),
+                ("subresource", ref.subresource),
+            )
+            if v
+        }
     if event.impersonated_user is not None:
-        out["impersonatedUser"] = event.impersonated_user.model_dump()
+        out["impersonatedUser"] = _user(event.impersonated_user)
     return out
+
+
+def _user(user: UserInfo) -> dict[str, Any]:
+    return {"username": user.username, "uid": user.uid, "groups": list(user.groups)}
 
 
 def finding_id(rule: str, key: list[Any] | tuple[Any, ...], first_audit_id: str) -> str:

@@ -1,7 +1,9 @@
-"""The audit webhook's body: an ``audit.k8s.io/v1`` EventList, parsed into :class:`Event` models.
+"""The audit webhook's body: an ``audit.k8s.io/v1`` EventList, decoded into :class:`Event` Structs.
 
 kube-apiserver's webhook backend POSTs batches of events to ``/audit``; the events are the same
-as the log backend's lines, so they reuse :mod:`webhook.core.audit`'s models.
+as the log backend's lines, so they reuse :mod:`webhook.core.audit`'s models. A good body is
+decoded in one msgspec call, from bytes straight to the Structs; only a body it refuses is read
+again, the slow way, to say why or to skip its bad items.
 """
 
 from __future__ import annotations
@@ -9,17 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import msgspec
 import orjson
-from pydantic import TypeAdapter, ValidationError
 
-from webhook.core.audit import Event, MalformedEvent, parse_event
+from webhook.core.audit import Event, EventList, MalformedEvent, event_of_object
 from webhook.errors import InputError
 
 __all__ = ["MAX_REASONS", "AuditBatch", "AuditBodyError", "parse_event_list"]
 
 MAX_REASONS: Final = 5
 """Reasons kept per batch for skipped items (the count covers them all)."""
-_EVENTS: Final = TypeAdapter(list[Event])
+_LIST: Final = msgspec.json.Decoder(EventList, strict=False)
 
 
 class AuditBodyError(InputError):
@@ -29,6 +31,8 @@ class AuditBodyError(InputError):
 @dataclass(slots=True)
 class AuditBatch:
     events: list[Event]
+    size: int
+    """The body's length in bytes: more than its events' strings hold (a bound for queues)."""
     skipped: int = 0
     reasons: list[str] = field(default_factory=list)
 
@@ -39,6 +43,25 @@ def parse_event_list(body: bytes) -> AuditBatch:
     Skipping items (and answering 2xx) matters: the apiserver retries a non-2xx batch, and a
     batch refused for one odd event would be refused on every retry, losing the good ones.
     """
+    try:
+        return AuditBatch(events=_LIST.decode(body).items, size=len(body))
+    except msgspec.DecodeError:
+        pass
+    batch = AuditBatch(events=[], size=len(body))
+    for number, item in enumerate(_items(body)):
+        try:
+            if not isinstance(item, dict):
+                raise MalformedEvent(f"not a JSON object but {type(item).__name__}")
+            batch.events.append(event_of_object(item))
+        except MalformedEvent as exc:
+            batch.skipped += 1
+            if len(batch.reasons) < MAX_REASONS:
+                batch.reasons.append(f"items[{number}]: {exc}")
+    return batch
+
+
+def _items(body: bytes) -> list[Any]:
+    """The items of an EventList, not validated; :class:`AuditBodyError` for any other body."""
     try:
         data: Any = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -52,18 +75,4 @@ def parse_event_list(body: bytes) -> AuditBatch:
     items = data.get("items") or []
     if not isinstance(items, list):
         raise AuditBodyError(f"items is not a list but {type(items).__name__}")
-    try:  # one validator call for the whole list (~20% faster); any bad item: one by one below
-        return AuditBatch(events=_EVENTS.validate_python(items))
-    except ValidationError:
-        pass
-    batch = AuditBatch(events=[])
-    for number, item in enumerate(items):
-        try:
-            if not isinstance(item, dict):
-                raise MalformedEvent(f"not a JSON object but {type(item).__name__}")
-            batch.events.append(parse_event(item))
-        except MalformedEvent as exc:
-            batch.skipped += 1
-            if len(batch.reasons) < MAX_REASONS:
-                batch.reasons.append(f"items[{number}]: {exc}")
-    return batch
+    return items

@@ -27,6 +27,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final, Generic, Literal, TypeVar
 
+import msgspec
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -175,9 +176,16 @@ def _inline(schema: Any, defs: dict[str, Any]) -> Any:
     return schema
 
 
-def _json_schema(model: type[BaseModel]) -> dict[str, Any]:
+_Schema = type[BaseModel] | type[msgspec.Struct]
+"""A body's model: pydantic (AdmissionReview) or a msgspec Struct (EventList)."""
+
+
+def _json_schema(model: _Schema) -> dict[str, Any]:
     """``model``'s JSON schema (wire names) with its ``$defs`` inlined, for an OpenAPI document."""
-    schema = model.model_json_schema(by_alias=True)
+    if issubclass(model, msgspec.Struct):
+        schema: dict[str, Any] = msgspec.json.schema(model)
+    else:
+        schema = model.model_json_schema(by_alias=True)
     inlined: dict[str, Any] = _inline(schema, schema.get("$defs", {}))
     return inlined
 
@@ -196,7 +204,7 @@ _STATUS_SCHEMA: Final = {
 }
 
 
-def _openapi(model: type[BaseModel], ok: str, errors: dict[int, str]) -> dict[str, Any]:
+def _openapi(model: _Schema, ok: str, errors: dict[int, str]) -> dict[str, Any]:
     """Route documentation: the request body schema (the routes read raw bodies, so FastAPI cannot
     infer it) and every answer; ``/openapi.json`` is not served, ``app.openapi()`` builds it."""
     status = {"application/json": {"schema": _STATUS_SCHEMA}}
@@ -345,7 +353,7 @@ async def audit(request: Request) -> Response:
     metrics = state.metrics
     batch = await _accepted(request, state._audit)
     state.index.observe_all(batch.events)
-    queued = state.feed.submit(batch.events)
+    queued = state.feed.submit(batch.events, batch.size)
     metrics.audit_events.inc(len(batch.events))
     if batch.skipped:
         metrics.audit_malformed.inc(batch.skipped)
