@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from webhook.core import useragent
+from webhook.core.allowlist import Verdict
 from webhook.core.audit import Event
 from webhook.core.findings import (
     RISK_SCORE,
@@ -64,7 +65,7 @@ class Window:
     rule: str
     key: list[Any]
     finding_id: str
-    verdict: str
+    verdict: Verdict
     entry: str | None
     reason: str
     allowlist_hash: str
@@ -159,13 +160,13 @@ def build_finding(window: Window, *, sequence: int, related: Flagged | None) -> 
             entry=window.entry,
             reason=window.reason,
             allowlist_hash=window.allowlist_hash,
-        ).model_dump(),
+        ).as_dict(),
         "aggregate": Aggregate(
             verbs=list(window.verbs),
             resources=list(window.resources),
             audit_ids=list(window.audit_ids),
             truncated=window.truncated,
-        ).model_dump(),
+        ).as_dict(),
         **window.extra,
     }
     if window.rule == FORBIDDEN_BURST:
