@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from webhook.core import useragent
-from webhook.core.allowlist import Verdict
 from webhook.core.audit import Event
 from webhook.core.findings import (
     RISK_SCORE,
@@ -33,6 +32,9 @@ from webhook.core.findings import (
     VerdictDetail,
 )
 from webhook.detect.flagged import Flagged
+
+if TYPE_CHECKING:
+    from webhook.core.allowlist import Verdict  # an annotation of Window only
 
 __all__ = [
     "FORBIDDEN_BURST",
