@@ -149,6 +149,7 @@ def test_the_ecs_document_keeps_its_field_order_and_leaves_out_what_is_none() ->
     ]
     assert doc["source"] == {} and "effective" not in doc["user"] and "original" not in doc["user_agent"]
     assert doc["ua_sentinel"]["verdict"]["entry"] is None  # a null inside ua_sentinel stays
+    assert _nulls({k: v for k, v in doc.items() if k not in {"kubernetes", "ua_sentinel"}}) == []
     assert json.loads(dumps(plain)) == doc
 
     acting = finding_for(impersonatedUser={"username": "admin", "uid": "9", "groups": ["system:masters"]})
@@ -158,6 +159,14 @@ def test_the_ecs_document_keeps_its_field_order_and_leaves_out_what_is_none() ->
         "group": {"name": ["system:authenticated"]},
         "effective": {"name": "admin", "id": "9"},
     }
+
+
+def _nulls(doc: Any, path: str = "$") -> list[str]:
+    if isinstance(doc, dict):
+        return [p for k, v in doc.items() for p in _nulls(v, f"{path}.{k}")]
+    if isinstance(doc, list):
+        return [p for i, v in enumerate(doc) for p in _nulls(v, f"{path}[{i}]")]
+    return [path] if doc is None else []
 
 
 def test_what_a_caller_does_to_the_document_leaves_the_finding_alone() -> None:

@@ -280,30 +280,30 @@ def _capped(shown: str, limit: int) -> str:
     return shown if len(shown) <= limit else shown[: limit - 3] + "..."
 
 
-def _plain(part: _Out, *, copy: bool = True) -> dict[str, Any]:
-    """``part`` as dicts, new all the way down when ``copy`` (a caller may change what it gets;
-    the finding is shared); :func:`dumps` only reads it."""
-    out: dict[str, Any] = {}
-    for name, key in zip(part.__struct_fields__, part.__struct_encode_fields__, strict=True):
-        value = getattr(part, name)
-        if value is None:
-            continue
-        if isinstance(value, _Out):
-            value = _plain(value, copy=copy)
-        elif copy:
-            value = _copy(value)
-        out[key] = value
-    return out
+_NONE_LEFT_OUT: tuple[tuple[str, ...], ...] = (
+    ("orchestrator",),
+    ("user", "effective"),
+    ("user_agent", "original"),
+    ("user_agent", "name"),
+    ("user_agent", "version"),
+    ("source", "ip"),
+)
+"""The fields that may be ``None`` (their default), by wire path: the document leaves them out."""
 
 
-def _copy(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_copy(v) for v in value]
-    return value
+def _plain(finding: Finding) -> dict[str, Any]:
+    """New dicts and lists all the way down (msgspec's C walk, wire names, field order), less the
+    fields that are ``None``; a ``null`` inside ``kubernetes`` or ``ua_sentinel`` stays."""
+    doc: dict[str, Any] = msgspec.to_builtins(finding)
+    for *parents, key in _NONE_LEFT_OUT:
+        part = doc
+        for parent in parents:
+            part = part[parent]
+        if key in part and part[key] is None:
+            del part[key]
+    return doc
 
 
 def dumps(finding: Finding) -> bytes:
     """One JSON line (no trailing newline)."""
-    return orjson.dumps(_plain(finding, copy=False))
+    return orjson.dumps(_plain(finding))
