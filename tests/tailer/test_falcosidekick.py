@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from msgspec.structs import replace
 
 from webhook.core.allowlist import Allowlist
 from webhook.core.audit import parse_event
@@ -86,7 +87,7 @@ def test_policy_report_subjects_come_from_k8saudit_fields(findings: list[Finding
     finding = next(f for f in findings if f.kubernetes["audit"].get("objectRef"))
     ref = {"resource": "secrets", "namespace": "kube-system", "name": "admin-token"}
     audit = {**finding.kubernetes["audit"], "objectRef": ref}
-    named = finding.model_copy(update={"kubernetes": {"audit": audit}})
+    named = replace(finding, kubernetes={"audit": audit})
     fields = falco_payload(named)["output_fields"]
     assert fields["ka.target.resource"] == "secrets" and fields["ka.target.name"] == "admin-token"
     assert fields["ka.target.namespace"] == "kube-system"
@@ -108,7 +109,7 @@ def test_each_severity_is_a_priority_falcosidekick_accepts(
 ) -> None:
     """PolicyReports map Notice/Warning/Error/Critical back to low/medium/high/critical."""
     extra = {**findings[0].ua_sentinel, "severity": severity}
-    finding = findings[0].model_copy(update={"ua_sentinel": extra})
+    finding = replace(findings[0], ua_sentinel=extra)
     payload = falco_payload(finding)
     assert payload["priority"] == priority
     assert falco_payload_errors(json.dumps(payload).encode()) == []

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
+from msgspec.structs import replace
 
 from tests.conftest import log_records
 from webhook.core.allowlist import Allowlist
@@ -106,7 +107,7 @@ def test_file_sink_cuts_a_torn_last_line_and_rotates_by_size(tmp_path: Path, fin
 
 def _as(finding: Finding, n: int) -> Finding:
     """``finding`` as the n-th of a flood: same principal, its own id."""
-    return finding.model_copy(update={"event": finding.event.model_copy(update={"id": f"flood-{n}"})})
+    return replace(finding, event=replace(finding.event, id=f"flood-{n}"))
 
 
 def test_one_principals_flood_cannot_rotate_the_others_findings_out(
@@ -146,10 +147,8 @@ def test_the_share_survives_a_restart_and_renews_when_the_file_rotates(
     for n in range(1000):  # many other users fill the file: it rotates
         if Path(f"{path}.1").exists():
             break
-        user = other.user.model_copy(update={"name": f"user-{n}"})
-        again.deliver(
-            other.model_copy(update={"user": user, "event": other.event.model_copy(update={"id": f"o{n}"})})
-        )
+        user = replace(other.user, name=f"user-{n}")
+        again.deliver(replace(other, user=user, event=replace(other.event, id=f"o{n}")))
     assert Path(f"{path}.1").exists()
     again.deliver(_as(probe, 101))  # a new file: mallory has a share again
     again.close()
@@ -292,7 +291,7 @@ def test_k8s_events_go_to_the_refused_namespace_and_a_repeat_is_already_there(
 def test_findings_survive_the_checkpoint_backlog_round_trip(findings: list[Finding]) -> None:
     from webhook.sinks.outbox import restore_findings
 
-    saved = json.loads(json.dumps([f.model_dump(by_alias=True, mode="json") for f in findings]))
+    saved = json.loads(json.dumps([f.to_dict() for f in findings]))
     assert restore_findings(saved) == findings
 
 

@@ -4,6 +4,7 @@ sentence people read (identifiers first, attacker-shaped fields escaped and capp
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from tests.conftest import AUDIT_LOGS
 from webhook.core.allowlist import Allowlist
 from webhook.core.audit import parse_event
-from webhook.core.findings import DATASET, Finding
+from webhook.core.findings import DATASET, Finding, dumps
 from webhook.core.useragent import has_unsafe_chars
 from webhook.detect.detector import Detector
 from webhook.kube.events import MAX_MESSAGE
@@ -90,8 +91,9 @@ REFUSAL: dict[str, Any] = {
 
 
 def finding_for(**changes: Any) -> Finding:
-    """The unusual-agent-forbidden finding of one refusal, with ``changes`` to the audit event."""
-    event = {**REFUSAL, **changes}
+    """The unusual-agent-forbidden finding of one refusal, with ``changes`` to the audit event
+    (a field changed to ``None`` is left out)."""
+    event = {k: v for k, v in {**REFUSAL, **changes}.items() if v is not None}
     detector = Detector(Allowlist.from_yaml('agents: ["kubectl/*"]'))
     (finding, *_) = [*detector.process(parse_event(json.dumps(event))), *detector.flush()]
     return finding
@@ -131,3 +133,82 @@ def test_any_audit_text_gives_a_short_inert_line_that_starts_with_the_identifier
     assert f"finding {finding.id} unusual-agent-forbidden (" in line[:200]
     assert " from 203.0.113.7 at " in line
     assert line.endswith('"')  # nothing was cut: every field fits on its own cap
+
+
+def test_the_ecs_document_keeps_its_field_order_and_leaves_out_what_is_none() -> None:
+    plain = finding_for(sourceIPs=[], userAgent=None)
+    doc = plain.to_dict()
+    assert list(doc) == [
+        "@timestamp",
+        *("event", "rule", "user", "user_agent", "source", "kubernetes", "threat", "data_stream"),
+        "ua_sentinel",
+    ]
+    assert list(doc["event"]) == [
+        *("kind", "category", "type", "outcome", "module", "dataset", "id", "severity", "risk_score"),
+        *("count", "start", "end", "sequence"),
+    ]
+    assert doc["source"] == {} and "effective" not in doc["user"] and "original" not in doc["user_agent"]
+    assert doc["ua_sentinel"]["verdict"]["entry"] is None  # a null inside ua_sentinel stays
+    assert _nulls({k: v for k, v in doc.items() if k not in {"kubernetes", "ua_sentinel"}}) == []
+    assert json.loads(dumps(plain)) == doc
+
+    acting = finding_for(impersonatedUser={"username": "admin", "uid": "9", "groups": ["system:masters"]})
+    assert acting.to_dict()["user"] == {
+        "name": "mallory",
+        "id": "1002",
+        "group": {"name": ["system:authenticated"]},
+        "effective": {"name": "admin", "id": "9"},
+    }
+
+
+def _nulls(doc: Any, path: str = "$") -> list[str]:
+    if isinstance(doc, dict):
+        return [p for k, v in doc.items() for p in _nulls(v, f"{path}.{k}")]
+    if isinstance(doc, list):
+        return [p for i, v in enumerate(doc) for p in _nulls(v, f"{path}[{i}]")]
+    return [path] if doc is None else []
+
+
+def test_what_a_caller_does_to_the_document_leaves_the_finding_alone() -> None:
+    finding = finding_for()
+    doc = finding.to_dict()
+    doc["kubernetes"]["audit"]["verb"] = "delete"
+    doc["threat"].clear()
+    doc["user"]["group"]["name"].append("system:masters")
+    assert finding.to_dict() == finding_for().to_dict()
+
+
+def test_a_saved_finding_reads_back_as_the_same_finding() -> None:
+    for finding in [
+        finding_for().in_cluster("prod-eu-1"),
+        finding_for(sourceIPs=[], userAgent=None),
+        finding_for(impersonatedUser={"username": "admin"}),
+    ]:
+        assert Finding.from_dict(json.loads(dumps(finding))) == finding
+
+
+def test_a_finding_saved_by_an_older_version_with_nulls_reads_back() -> None:
+    """Before 0.2 a checkpoint's backlog held every field, ``None`` ones as ``null``."""
+    finding = finding_for(sourceIPs=[], userAgent=None)
+    old = json.loads(dumps(finding))
+    old["orchestrator"] = None
+    old["source"]["ip"] = None
+    old["user"]["effective"] = None
+    old["user_agent"] |= {"original": None, "name": None, "version": None}
+    assert Finding.from_dict(old) == finding
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        (lambda d: d["event"].update(count="many"), "Expected `int`, got `str` - at `$.event.count`"),
+        (lambda d: d.pop("@timestamp"), "Object missing required field `@timestamp`"),
+        (lambda d: d["user"].update(effective=["admin"]), "Expected `object | null`, got `array`"),
+        (lambda d: d.update(data_stream={"type": "metrics"}), "Invalid enum value 'metrics'"),
+    ],
+)
+def test_a_wrong_saved_finding_is_a_value_error_naming_the_field(change: Any, error: str) -> None:
+    doc = finding_for().to_dict()
+    change(doc)
+    with pytest.raises(ValueError, match=re.escape(error)):
+        Finding.from_dict(doc)

@@ -87,9 +87,21 @@ def test_the_outbox_drop_record_carries_its_values_as_fields(
 def test_a_saved_finding_that_no_longer_validates_is_logged_with_its_agent_escaped(
     outbox_log: io.StringIO,
 ) -> None:
-    assert restore_findings([{"user_agent": {"original": "kubectl/v1.30.0 \u202e(evil)"}}]) == []
+    at = "2026-11-27T18:10:11Z"
+    event = {"id": "f1", "severity": 47, "risk_score": 47, "count": 1, "start": at, "end": at, "sequence": 1}
+    saved = {
+        "@timestamp": at,
+        "event": {**event, "outcome": "kubectl/v1.30.0 \u202e(evil)"},  # the error quotes a wrong literal
+        "rule": {"name": "unusual-agent-forbidden", "description": "-"},
+        "user": {"name": "mallory"},
+        "user_agent": {"display": "kubectl/v1.30.0"},
+        "source": {},
+        "kubernetes": {},
+    }
+    assert restore_findings([saved]) == []
     (record,) = log_records(outbox_log.getvalue())
     assert record["msg"] == "a finding saved in the checkpoint backlog no longer validates; dropped"
+    assert "$.event.outcome" in record["error"]  # where the saved finding is wrong
     assert "(evil)" in record["error"] and "\u202e" not in json.dumps(record, ensure_ascii=False)
 
 

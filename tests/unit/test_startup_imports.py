@@ -157,3 +157,26 @@ def test_replay_starts_the_scan_workers_before_importing_the_detector(tmp_path: 
         check=False,
     )
     assert split.stdout == one.stdout and split.stdout.count(b"\n") == 15
+
+
+def test_the_finding_model_and_the_sinks_load_no_pydantic() -> None:
+    """A finding is built, written and read back (a checkpoint's backlog) without pydantic: with
+    the msgspec audit events, ``replay`` of a short log then imports none (pydantic is only the
+    allowlist schema's, for a user's list with product entries)."""
+    modules = json.loads(
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import json, sys\n"
+                "import webhook.core.findings, webhook.sinks.base\n"
+                "import webhook.sinks.table, webhook.sinks.outbox\n"
+                "print(json.dumps(sorted(sys.modules)))",
+            ],
+            capture_output=True,
+            timeout=120,
+            check=True,
+        ).stdout
+    )
+    assert "webhook.sinks.outbox" in modules
+    assert packages(set(modules)) & {"pydantic", "pydantic_core"} == set()

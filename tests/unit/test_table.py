@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any
 
 from wcwidth import wcswidth
 
@@ -43,12 +42,6 @@ def _finding(agent: str = "python-requests/2.31.0") -> Finding:
     return finding
 
 
-class _ClusterFinding(Finding):
-    """A finding carrying ``orchestrator.cluster.name``, as ``--cluster-name`` adds it."""
-
-    orchestrator: dict[str, Any]
-
-
 def test_stdout_is_a_table_on_a_terminal_and_json_lines_otherwise_unless_asked() -> None:
     assert resolve_output(None, _Terminal()) == "table"
     assert resolve_output(None, io.BytesIO()) == "json"
@@ -60,7 +53,7 @@ def test_stdout_is_a_table_on_a_terminal_and_json_lines_otherwise_unless_asked()
 
 def test_the_cluster_column_shows_the_findings_cluster_name_or_a_dash() -> None:
     plain = _finding()
-    named = _ClusterFinding(**plain.to_dict(), orchestrator={"cluster": {"name": "eu-1\x1b[1"}})
+    named = plain.in_cluster("eu-1\x1b[1")  # as --cluster-name stamps it
     sink = TableSink(io.BytesIO(), columns=200)
     cluster = [c.header for c in sink.columns].index("CLUSTER")
     assert sink.row(plain).decode().split()[cluster + 1] == "-"  # TIME takes two words

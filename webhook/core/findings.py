@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import msgspec
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
 
 from webhook.core.allowlist import Verdict
 from webhook.core.useragent import display, has_unsafe_chars
@@ -102,14 +102,23 @@ THREAT: list[dict[str, Any]] = [
 ]
 
 
-class _Out(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, frozen=True)
+class _Out(msgspec.Struct, frozen=True, kw_only=True):
+    """A part of a finding: immutable (sinks share one finding), built without validation from the
+    Detector's own values; :meth:`Finding.from_dict` validates what is read back from elsewhere."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every field by its wire name, ``None`` included, values as they are (not copied): a part
+        kept inside a plain dict such as ``ua_sentinel``."""
+        return {
+            key: getattr(self, name)
+            for name, key in zip(self.__struct_fields__, self.__struct_encode_fields__, strict=True)
+        }
 
 
-class FindingEvent(_Out):
+class FindingEvent(_Out, frozen=True, kw_only=True):
     kind: Literal["alert"] = "alert"
-    category: list[str] = Field(default_factory=lambda: ["api", "iam"])
-    type: list[str] = Field(default_factory=lambda: ["denied"])
+    category: list[str] = msgspec.field(default_factory=lambda: ["api", "iam"])
+    type: list[str] = msgspec.field(default_factory=lambda: ["denied"])
     outcome: Literal["failure", "success", "unknown"] = "failure"
     module: str = "ua-sentinel"
     dataset: str = DATASET
@@ -119,10 +128,11 @@ class FindingEvent(_Out):
     count: int
     start: str
     end: str
-    sequence: int = Field(description="1 for the first emission of this id, 2 for the window total")
+    sequence: int
+    """1 for the first emission of this id, 2 for the window total."""
 
 
-class DataStream(_Out):
+class DataStream(_Out, frozen=True, kw_only=True):
     """ECS ``data_stream``: where an Elastic ingest pipeline files the finding
     (``logs-ua_sentinel.finding-default``). The namespace stays ``default``: cluster names may hold
     ``-``, which ECS forbids there; the cluster is in ``orchestrator.cluster.name``."""
@@ -132,53 +142,53 @@ class DataStream(_Out):
     namespace: str = "default"
 
 
-class OrchestratorCluster(_Out):
+class OrchestratorCluster(_Out, frozen=True, kw_only=True):
     name: str
 
 
-class Orchestrator(_Out):
+class Orchestrator(_Out, frozen=True, kw_only=True):
     """ECS ``orchestrator``: which cluster the finding comes from (``--cluster-name``)."""
 
     type: Literal["kubernetes"] = "kubernetes"
     cluster: OrchestratorCluster
 
 
-class Rule(_Out):
+class Rule(_Out, frozen=True, kw_only=True):
     name: str
     description: str
     ruleset: str = "ua-sentinel"
 
 
-class UserGroup(_Out):
-    name: list[str] = Field(default_factory=list)
+class UserGroup(_Out, frozen=True, kw_only=True):
+    name: list[str] = []
 
 
-class EffectiveUser(_Out):
+class EffectiveUser(_Out, frozen=True, kw_only=True):
     name: str
     id: str = ""
 
 
-class User(_Out):
+class User(_Out, frozen=True, kw_only=True):
     name: str
     id: str = ""
-    group: UserGroup = Field(default_factory=UserGroup)
+    group: UserGroup = msgspec.field(default_factory=UserGroup)
     effective: EffectiveUser | None = None
 
 
-class UserAgentField(_Out):
-    original: str | None = Field(
-        default=None, description="the raw agent, attacker-controlled: never print it"
-    )
-    display: str = Field(description="control, bidi and zero-width characters escaped; length capped")
+class UserAgentField(_Out, frozen=True, kw_only=True):
+    original: str | None = None
+    """The raw agent, attacker-controlled: never print it."""
+    display: str
+    """Control, bidi and zero-width characters escaped; length capped."""
     name: str | None = None
     version: str | None = None
 
 
-class Source(_Out):
+class Source(_Out, frozen=True, kw_only=True):
     ip: str | None = None
 
 
-class VerdictDetail(_Out):
+class VerdictDetail(_Out, frozen=True, kw_only=True):
     """The allowlist's :data:`~webhook.core.allowlist.Verdict` on the agent, and which entry gave it."""
 
     verdict: Verdict
@@ -187,27 +197,35 @@ class VerdictDetail(_Out):
     allowlist_hash: str = ""
 
 
-class Aggregate(_Out):
+class Aggregate(_Out, frozen=True, kw_only=True):
     verbs: list[str]
     resources: list[str]
     audit_ids: list[str]
-    truncated: bool = Field(description="more distinct values were seen than are listed")
+    truncated: bool
+    """More distinct values were seen than are listed."""
 
 
-class Finding(_Out):
-    """One alert. Serialise with :func:`dumps`."""
+class Finding(_Out, frozen=True, kw_only=True):
+    """One alert. Serialise with :func:`dumps`; read one back with :meth:`from_dict`."""
 
-    timestamp: str = Field(alias="@timestamp")
+    timestamp: str = msgspec.field(name="@timestamp")
     event: FindingEvent
     rule: Rule
     user: User
     user_agent: UserAgentField
     source: Source
     kubernetes: dict[str, Any]
-    threat: list[dict[str, Any]] = Field(default_factory=lambda: THREAT)
-    data_stream: DataStream = Field(default_factory=DataStream)
+    threat: list[dict[str, Any]] = msgspec.field(default_factory=lambda: THREAT)
+    data_stream: DataStream = msgspec.field(default_factory=DataStream)
     orchestrator: Orchestrator | None = None
-    ua_sentinel: dict[str, Any] = Field(default_factory=dict)
+    ua_sentinel: dict[str, Any] = {}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Finding:
+        """A finding saved as :meth:`to_dict` (or by an older version, ``null`` fields included),
+        validated: a wrong or missing field raises ``msgspec.ValidationError`` (a ``ValueError``)
+        naming its path, e.g. ``Expected `int`, got `str` - at `$.event.count```."""
+        return msgspec.convert(data, cls)
 
     @property
     def id(self) -> str:
@@ -222,10 +240,14 @@ class Finding(_Out):
         has one id, and a renamed cluster must not turn old findings into new ones)."""
         if not name:
             return self
-        return self.model_copy(update={"orchestrator": Orchestrator(cluster=OrchestratorCluster(name=name))})
+        return msgspec.structs.replace(
+            self, orchestrator=Orchestrator(cluster=OrchestratorCluster(name=name))
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(by_alias=True, exclude_none=True)
+        """The ECS document: wire names (``@timestamp``), fields in declaration order, a field that is
+        ``None`` left out (a ``null`` inside ``kubernetes`` or ``ua_sentinel`` stays)."""
+        return _plain(self)
 
     def one_line(self) -> str:
         """The finding as one sentence for people (Event messages, chat), at most
@@ -258,6 +280,30 @@ def _capped(shown: str, limit: int) -> str:
     return shown if len(shown) <= limit else shown[: limit - 3] + "..."
 
 
+_NONE_LEFT_OUT: tuple[tuple[str, ...], ...] = (
+    ("orchestrator",),
+    ("user", "effective"),
+    ("user_agent", "original"),
+    ("user_agent", "name"),
+    ("user_agent", "version"),
+    ("source", "ip"),
+)
+"""The fields that may be ``None`` (their default), by wire path: the document leaves them out."""
+
+
+def _plain(finding: Finding) -> dict[str, Any]:
+    """New dicts and lists all the way down (msgspec's C walk, wire names, field order), less the
+    fields that are ``None``; a ``null`` inside ``kubernetes`` or ``ua_sentinel`` stays."""
+    doc: dict[str, Any] = msgspec.to_builtins(finding)
+    for *parents, key in _NONE_LEFT_OUT:
+        part = doc
+        for parent in parents:
+            part = part[parent]
+        if key in part and part[key] is None:
+            del part[key]
+    return doc
+
+
 def dumps(finding: Finding) -> bytes:
     """One JSON line (no trailing newline)."""
-    return orjson.dumps(finding.to_dict())
+    return orjson.dumps(_plain(finding))

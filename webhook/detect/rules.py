@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -32,6 +32,9 @@ from webhook.core.findings import (
     VerdictDetail,
 )
 from webhook.detect.flagged import Flagged
+
+if TYPE_CHECKING:
+    from webhook.core.allowlist import Verdict  # an annotation of Window only
 
 __all__ = [
     "FORBIDDEN_BURST",
@@ -64,7 +67,7 @@ class Window:
     rule: str
     key: list[Any]
     finding_id: str
-    verdict: str
+    verdict: Verdict
     entry: str | None
     reason: str
     allowlist_hash: str
@@ -175,13 +178,13 @@ def build_finding(window: Window, *, sequence: int, related: Flagged | None) -> 
             entry=window.entry,
             reason=window.reason,
             allowlist_hash=window.allowlist_hash,
-        ).model_dump(),
+        ).as_dict(),
         "aggregate": Aggregate(
             verbs=list(window.verbs),
             resources=list(window.resources),
             audit_ids=list(window.audit_ids),
             truncated=window.truncated,
-        ).model_dump(),
+        ).as_dict(),
         **window.extra,
     }
     if window.rule == FORBIDDEN_BURST:

@@ -160,7 +160,7 @@ def restore_findings(raw: Iterable[dict[str, Any]]) -> list[Finding]:
     out: list[Finding] = []
     for item in raw:
         try:
-            out.append(Finding.model_validate(item))
+            out.append(Finding.from_dict(item))
         except ValueError as exc:
             # The error quotes the saved finding, user agent included: escaped like any agent.
             logger.error(

@@ -372,10 +372,7 @@ class Tailer:
             position=position,
             streams=self.streams.positions() if self.streams is not None else {},
             detector=self.detector.snapshot(),
-            backlog={
-                o.spec.key: [f.model_dump(by_alias=True, mode="json") for f in o.pending()]
-                for o in self.outboxes
-            },
+            backlog={o.spec.key: [f.to_dict() for f in o.pending()] for o in self.outboxes},
             stats=dict(self.totals.values),
             baseline=self.baseline.pending() if self.baseline is not None else [],
         )
