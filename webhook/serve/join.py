@@ -66,7 +66,7 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from sys import intern
 from typing import TypeVar
 
@@ -159,16 +159,25 @@ class JoinResult:
     """The pending requests that match one admission call, oldest first."""
 
     entries: tuple[Pending, ...]
+    agents: tuple[str | None, ...] = field(init=False)
+    """Distinct agents, in order of arrival."""
+    judged: tuple[tuple[str | None, str, tuple[str, ...]], ...] = field(init=False)
+    """Distinct (agent, authenticated user, its groups): what each verdict is taken on."""
 
-    @property
-    def agents(self) -> tuple[str | None, ...]:
-        """Distinct agents, in order of arrival."""
-        return tuple(dict.fromkeys(p.agent for p in self.entries))
-
-    @property
-    def judged(self) -> tuple[tuple[str | None, str, tuple[str, ...]], ...]:
-        """Distinct (agent, authenticated user, its groups): what each verdict is taken on."""
-        return tuple(dict.fromkeys((p.agent, p.user, p.groups) for p in self.entries))
+    def __post_init__(self) -> None:
+        # Computed once: the join, the verdict and the log line each read them.
+        entries = self.entries
+        if len(entries) == 1:
+            (only,) = entries
+            agents: tuple[str | None, ...] = (only.agent,)
+            judged: tuple[tuple[str | None, str, tuple[str, ...]], ...] = (
+                (only.agent, only.user, only.groups),
+            )
+        else:
+            agents = tuple(dict.fromkeys(p.agent for p in entries))
+            judged = tuple(dict.fromkeys((p.agent, p.user, p.groups) for p in entries))
+        object.__setattr__(self, "agents", agents)
+        object.__setattr__(self, "judged", judged)
 
     @property
     def ambiguous(self) -> bool:
