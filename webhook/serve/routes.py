@@ -15,7 +15,9 @@ GET  /readyz        200 when the certificate and an allowlist are loaded (and th
 GET  /metrics       Prometheus text
 ==================  =====================================================================
 
-No decision is made here, and no request body or raw user agent is logged.
+No decision is made here, and no request body or raw user agent is logged. ``POST /validate`` is
+answered before FastAPI's middleware and request handler (:class:`SentinelApp`), and its
+bookkeeping (count, log line, latency) follows the sent answer.
 """
 
 from __future__ import annotations
