@@ -83,6 +83,7 @@ __all__ = [
     "Lookup",
     "Pending",
     "RequestIndex",
+    "Slot",
     "candidate_keys",
     "event_key",
     "stored_agent",
