@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import gc
+import tracemalloc
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -473,3 +476,58 @@ def test_pending_entries_and_finished_ids_do_not_crowd_each_other_out() -> None:
     assert index.bytes <= index.max_bytes
     result = index.lookup(_create("cm"))
     assert result is not None and "kubectl/v1.30.0" in result.agents
+
+
+def _bytes_held(index: RequestIndex, make: Callable[[int], dict[str, Any]], count: int) -> float:
+    """Bytes per pending entry that ``index`` holds after observing ``count`` events made by
+    ``make`` (tracemalloc: the entries and every string they keep, the events dropped)."""
+    (rr,) = events(1404)
+    template: dict[str, Any] = rr.model_dump(by_alias=True)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for number in range(count):
+            index.observe(parse_event({**copy.deepcopy(template), **make(number)}))
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(index) == count
+    return held / count
+
+
+def test_an_ordinary_pending_entry_is_compact_and_within_its_estimate() -> None:
+    """A flood of creates by distinct users (bench/memory.py's RequestIndex flood): ~560 B an
+    entry (it was ~1,250 B: a dict per key and a copy of the agent and groups per entry)."""
+    index = RequestIndex(clock=FakeClock())
+
+    def create(number: int) -> dict[str, Any]:
+        user = {"username": f"flood-{number}", "uid": "1003", "groups": ["devs", "system:authenticated"]}
+        return {"auditID": f"f100d{number:08x}-0000-4000-8000-0123456789ab", "user": user}
+
+    held = _bytes_held(index, create, 5_000)
+    assert held < 700
+    assert index.bytes / len(index) > held
+
+
+def test_entries_whose_every_string_is_new_stay_within_their_estimate() -> None:
+    """Forged events, every value distinct (some wide characters too): nothing to share, and the
+    byte bound still holds what the index really keeps."""
+    index = RequestIndex(clock=FakeClock())
+
+    def forged(number: int) -> dict[str, Any]:
+        groups = [f"group-{number}-{k}" for k in range(3)]
+        return {
+            "auditID": f"forged-{number:08x}-0000-4000-8000-0123456789ab",
+            "user": {"username": f"user-{number}-\u00e9\U0001f600", "uid": f"uid-{number}", "groups": groups},
+            "userAgent": f"agent-{number}/1.0 (linux/amd64)",
+            "objectRef": {
+                "resource": f"things{number}",
+                "namespace": f"ns-{number}",
+                "apiGroup": f"g{number}.io",
+            },
+        }
+
+    held = _bytes_held(index, forged, 5_000)
+    assert index.bytes / len(index) > held

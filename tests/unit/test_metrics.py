@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
 from tests.tailer.conftest import ACCEPTANCE_ALLOWLIST, fixture_lines, wait_for
 from webhook.core.allowlist import Allowlist, default_allowlist
@@ -17,7 +19,7 @@ from webhook.core.live_allowlist import LiveAllowlist
 from webhook.detect.detector import Detector
 from webhook.serve.feed import FeedStats
 from webhook.serve.join import IndexStats
-from webhook.serve.metrics import Metrics, StateSources
+from webhook.serve.metrics import JOIN_BUCKETS, LoopHistogram, Metrics, StateSources
 from webhook.serve.tls import CertificateState
 from webhook.sinks.outbox import Outbox
 from webhook.sinks.spec import SinkSpec, open_sink, parse_sink
@@ -180,3 +182,24 @@ def test_tail_counts_since_the_process_started_while_the_checkpoint_keeps_runnin
     assert scrape.value("ua_sentinel_tail_lines_total") == 0
     assert scrape.value("ua_sentinel_findings_total", rule="unusual-agent-forbidden") == 0
     assert "ua_sentinel_allowlist_loaded" not in scrape  # no live allowlist given
+
+
+def test_the_handlers_lock_free_histogram_exposes_what_prometheus_clients_would() -> None:
+    """LoopHistogram replaced prometheus-client's Histogram on the /validate path: same samples."""
+    values = [0.0, 0.0004, 0.0005, 0.00051, 0.02, 0.025, 0.3, 7.0]
+    reference = CollectorRegistry()
+    theirs = Histogram("h_seconds", "help", buckets=JOIN_BUCKETS, registry=reference)
+    ours = LoopHistogram(JOIN_BUCKETS)
+    for value in values:
+        theirs.observe(value)
+        ours.observe(value)
+
+    class Ours(Collector):
+        def collect(self) -> Any:
+            family = HistogramMetricFamily("h_seconds", "help")
+            ours.add_to(family, [])
+            yield family
+
+    mine = CollectorRegistry()
+    mine.register(Ours())
+    assert generate_latest(mine) == generate_latest(reference)

@@ -66,9 +66,9 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from sys import intern
-from typing import TypeVar
+from dataclasses import dataclass, field
+from sys import getsizeof
+from typing import Any, TypeVar
 
 from webhook.core.audit import MUTATING_VERBS, Event
 
@@ -83,6 +83,7 @@ __all__ = [
     "Lookup",
     "Pending",
     "RequestIndex",
+    "Slot",
     "candidate_keys",
     "event_key",
     "stored_agent",
@@ -91,21 +92,27 @@ __all__ = [
 DEFAULT_TTL = 10.0
 """Seconds an unanswered RequestReceived stays joinable: Kubernetes' default webhook timeout."""
 DEFAULT_MAX_ENTRIES = 100_000
-"""Pending requests kept; ~1.1 KB each with the by-attributes index (tracemalloc, 50,000
-ordinary creates; bench/RESULTS.md item 5 measured ~0.9 KB before it), ~110 MB at the cap."""
-DEFAULT_MAX_BYTES = 160 * 1024 * 1024
+"""Pending requests kept. An ordinary create costs ~560 B (tracemalloc, 50,000 creates by
+distinct users, their strings included: users, agents, groups and resources are shared between
+entries), one whose every string is new ~1,160 B; the byte budget below binds first."""
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 """Estimated bytes of pending entries and remembered audit IDs: forged long strings cannot grow
-the index past it (the oldest entries go first)."""
+the index past it (the oldest entries go first). Three quarters, 48 MiB, hold ~36,000 pending
+creates at their estimate (~1,400 B, counted as if no string were shared), ~22 MB in fact: a
+flood of distinct requests keeps ``serve`` under twice its idle RSS (bench/RESULTS.md, issue 15).
+36,000 pending requests is a cluster writing 3,600 times a second with no ResponseComplete
+arriving for 10 s (the TTL); normally each request leaves within ~20 ms."""
 AGENT_CUT = 1024
 AGENT_CUT_SUFFIX = "...TRUNCATED"
 """kube-apiserver cuts ``userAgent`` in audit events to 1,024 bytes plus this (seen on 1.20)."""
 _ID_MAX = 128
 """Longer audit IDs (client-chosen) are kept as a digest."""
-_ENTRY_BYTES = 1000
-"""Fixed cost of one entry, its two index slots and key tuples: with its strings the estimate
-(~1,150 B for an ordinary create) is above the measured ~1,130 B."""
+_ENTRY_BYTES = 400
+"""Fixed cost of one entry (its object, key tuple and index slots), its strings counted apart:
+the estimate, ~1,200 B for an ordinary create, is above the ~1,130 B measured when none of its
+strings is shared (tests/unit/test_join.py)."""
 _ID_BYTES = 100
-"""Fixed cost of one remembered audit ID in ``_finished``."""
+"""Fixed cost of one remembered audit ID in ``_finished`` (its slot and time), the ID apart."""
 
 CONNECT_SUBRESOURCES = frozenset(("exec", "attach", "portforward", "proxy"))
 OPERATION_VERBS: dict[str, tuple[str, ...]] = {
@@ -117,6 +124,7 @@ OPERATION_VERBS: dict[str, tuple[str, ...]] = {
 
 JoinKey = tuple[str, str, str, str, str, str, str, str]
 """(user, uid, apiGroup, resource, subresource, namespace, name, verb)."""
+Slot = str | tuple[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,13 +153,14 @@ class Pending:
     """A deletecollection: every deleted item gets its own admission call, so it is never consumed."""
     stale: bool = False
     """Arrived after its request had finished: never matched alone, never consumed."""
-    slot: tuple[str, int] = ("", 0)
-    """Where it is stored: (audit ID, n); n > 0 for a repeat of a pending audit ID that disagrees."""
+    slot: Slot = ""
+    """Where it is stored: its audit ID, or (audit ID, n > 0) for a repeat of a pending audit ID
+    that disagrees (the common case keeps no tuple)."""
     user: str = ""
     """The authenticated user (never the impersonated one): what allowlist scopes match."""
     groups: tuple[str, ...] = ()
     size: int = 0
-    """Estimated bytes, counted against ``RequestIndex.max_bytes``."""
+    """Estimated bytes (:func:`_entry_size`), counted against ``RequestIndex.max_bytes``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,16 +168,25 @@ class JoinResult:
     """The pending requests that match one admission call, oldest first."""
 
     entries: tuple[Pending, ...]
+    agents: tuple[str | None, ...] = field(init=False)
+    """Distinct agents, in order of arrival."""
+    judged: tuple[tuple[str | None, str, tuple[str, ...]], ...] = field(init=False)
+    """Distinct (agent, authenticated user, its groups): what each verdict is taken on."""
 
-    @property
-    def agents(self) -> tuple[str | None, ...]:
-        """Distinct agents, in order of arrival."""
-        return tuple(dict.fromkeys(p.agent for p in self.entries))
-
-    @property
-    def judged(self) -> tuple[tuple[str | None, str, tuple[str, ...]], ...]:
-        """Distinct (agent, authenticated user, its groups): what each verdict is taken on."""
-        return tuple(dict.fromkeys((p.agent, p.user, p.groups) for p in self.entries))
+    def __post_init__(self) -> None:
+        # Computed once: the join, the verdict and the log line each read them.
+        entries = self.entries
+        if len(entries) == 1:
+            (only,) = entries
+            agents: tuple[str | None, ...] = (only.agent,)
+            judged: tuple[tuple[str | None, str, tuple[str, ...]], ...] = (
+                (only.agent, only.user, only.groups),
+            )
+        else:
+            agents = tuple(dict.fromkeys(p.agent for p in entries))
+            judged = tuple(dict.fromkeys((p.agent, p.user, p.groups) for p in entries))
+        object.__setattr__(self, "agents", agents)
+        object.__setattr__(self, "judged", judged)
 
     @property
     def ambiguous(self) -> bool:
@@ -209,6 +227,37 @@ def stored_agent(agent: str | None) -> str | None:
     return data[:AGENT_CUT].decode("utf-8", "replace") + AGENT_CUT_SUFFIX
 
 
+def _repeat(slot: Slot) -> int:
+    """n of a slot: 0 for the first entry of an audit ID, n > 0 for a disagreeing repeat."""
+    return 0 if isinstance(slot, str) else slot[1]
+
+
+_S = TypeVar("_S", str, tuple[str, ...])
+_SHARED_MAX = 1024
+_SHARE_LONGEST = AGENT_CUT + 64
+_shared: dict[Any, Any] = {}
+
+
+def _share(value: _S) -> _S:
+    """The one object kept for values equal to ``value`` (a string, or a tuple of strings).
+
+    Pending entries repeat a few users, agents, group lists and resources many times; sharing
+    them is most of an entry's strings (and ``sys.intern`` is no option for text from the
+    wire: Python 3.12 never frees interned strings). Bounded: at most :data:`_SHARED_MAX`
+    values of at most ~1 KB each; when full, the table is emptied (entries keep their objects).
+    """
+    found = _shared.get(value)
+    if found is not None:
+        return found  # type: ignore[no-any-return]
+    size = len(value) if isinstance(value, str) else sum(map(len, value))
+    if size > _SHARE_LONGEST:
+        return value
+    if len(_shared) >= _SHARED_MAX:
+        _shared.clear()
+    _shared[value] = value
+    return value
+
+
 def _stored_id(audit_id: str) -> str:
     """A long (client-chosen) audit ID kept as its digest: same identity, bounded size."""
     if len(audit_id) <= _ID_MAX:
@@ -228,17 +277,17 @@ def event_key(event: Event) -> JoinKey | None:
     if not user.username:
         return None
     namespace = _namespace(ref.api_group, ref.resource, ref.namespace)
-    # User uid, group, resource, subresource, namespace and verb take few values across many
-    # pending requests: one shared string each instead of a copy per entry (~20% of its memory).
+    # User, uid, group, resource, subresource, namespace and verb take few values across many
+    # pending requests: one shared string each instead of a copy per entry.
     return (
-        user.username,
-        intern(user.uid),
-        intern(ref.api_group),
-        intern(ref.resource),
-        intern(ref.subresource),
-        intern(namespace),
+        _share(user.username),
+        _share(user.uid),
+        _share(ref.api_group),
+        _share(ref.resource),
+        _share(ref.subresource),
+        _share(namespace),
         ref.name,
-        intern(verb),
+        _share(verb),
     )
 
 
@@ -261,14 +310,41 @@ def candidate_keys(lookup: Lookup) -> list[JoinKey]:
 
 
 _K = TypeVar("_K")
+_Bucket = Pending | dict[Slot, Pending]
+"""The entries under one key: most keys have one, kept without a dict of its own."""
 
 
-def _unlink(index: dict[_K, dict[tuple[str, int], Pending]], key: _K, slot: tuple[str, int]) -> None:
+def _link(index: dict[_K, _Bucket], key: _K, entry: Pending) -> None:
     bucket = index.get(key)
-    if bucket is not None:
-        bucket.pop(slot, None)
-        if not bucket:
-            del index[key]
+    if bucket is None:
+        index[key] = entry
+    elif isinstance(bucket, Pending):
+        index[key] = {bucket.slot: bucket, entry.slot: entry}
+    else:
+        bucket[entry.slot] = entry
+
+
+def _unlink(index: dict[_K, _Bucket], key: _K, entry: Pending) -> None:
+    bucket = index.get(key)
+    if bucket is entry:
+        del index[key]
+    elif isinstance(bucket, dict) and bucket.pop(entry.slot, None) is not None and len(bucket) == 1:
+        (index[key],) = bucket.values()  # back to a lone entry
+
+
+def _members(bucket: _Bucket | None) -> tuple[Pending, ...] | Iterable[Pending]:
+    if bucket is None:
+        return ()
+    if isinstance(bucket, Pending):
+        return (bucket,)
+    return bucket.values()
+
+
+def _entry_size(entry: Pending) -> int:
+    """Estimated bytes of ``entry``: every string's whole object (wide characters cost up to 4
+    bytes), though most are shared with other entries, so forged distinct values cannot pass it."""
+    strings = (entry.audit_id, entry.agent or "", entry.user, *entry.key, *entry.groups)
+    return _ENTRY_BYTES + sum(map(getsizeof, strings)) + getsizeof(entry.groups)
 
 
 class RequestIndex:
@@ -293,11 +369,11 @@ class RequestIndex:
         """Estimated bytes of pending entries, at most three quarters of ``max_bytes``."""
         self._finished_bytes = 0
         """... and of remembered audit IDs, at most a quarter: neither crowds out the other."""
-        self._by_id: OrderedDict[tuple[str, int], Pending] = OrderedDict()
-        self._by_key: dict[JoinKey, dict[tuple[str, int], Pending]] = {}
-        self._by_request: dict[tuple[str, ...], dict[tuple[str, int], Pending]] = {}
+        self._by_id: OrderedDict[Slot, Pending] = OrderedDict()
+        self._by_key: dict[JoinKey, _Bucket] = {}
+        self._by_request: dict[tuple[str, ...], _Bucket] = {}
         """The same entries by request attributes alone (no user): impersonated calls find them."""
-        self._repeats: dict[str, set[tuple[str, int]]] = {}
+        self._repeats: dict[str, set[Slot]] = {}
         """Slots (n > 0) of disagreeing repeats, by audit ID."""
         self._finished: OrderedDict[str, float] = OrderedDict()
         self._waiters: dict[tuple[str, ...], set[asyncio.Future[None]]] = {}
@@ -334,33 +410,20 @@ class RequestIndex:
         self._expire(now)
         audit_id = _stored_id(event.audit_id)
         agent = stored_agent(event.user_agent)
+        agent = _share(agent) if agent is not None else None
         user = event.user
-        groups = tuple(user.groups)
+        groups = _share(tuple(map(_share, user.groups)))
+        username = _share(user.username)
         same_id = self._same_id(audit_id)
-        if any(p.agent == agent and p.key == key and p.user == user.username for p in same_id):
+        if any(p.agent == agent and p.key == key and p.user == username for p in same_id):
             return  # the apiserver retried the batch
         stale = audit_id in self._finished
         if stale:
             self.stats.ignored_finished += 1
         if same_id:
             self.stats.conflicting += 1
-        slot = (audit_id, max((p.slot[1] for p in same_id), default=-1) + 1)
-        size = (
-            _ENTRY_BYTES
-            + len(audit_id)
-            + len(agent or "")
-            + sum(map(len, key))
-            + len(user.username)
-            + sum(map(len, groups))
-        )
-        cap = self._pending_cap
-        while self._by_id and (len(self._by_id) >= self.max_entries or self._bytes + size > cap):
-            _, oldest = self._by_id.popitem(last=False)
-            self._forget(oldest)
-            self.stats.evicted_cap += 1
-        if size > cap:
-            self.stats.evicted_cap += 1
-            return
+        repeat = max((_repeat(p.slot) for p in same_id), default=-1) + 1
+        slot: Slot = (audit_id, repeat) if repeat else audit_id
         entry = Pending(
             audit_id,
             agent,
@@ -369,15 +432,23 @@ class RequestIndex:
             shared=key[7] == "deletecollection",
             stale=stale,
             slot=slot,
-            user=user.username,
+            user=username,
             groups=groups,
-            size=size,
         )
+        entry.size = size = _entry_size(entry)
+        cap = self._pending_cap
+        while self._by_id and (len(self._by_id) >= self.max_entries or self._bytes + size > cap):
+            _, oldest = self._by_id.popitem(last=False)
+            self._forget(oldest)
+            self.stats.evicted_cap += 1
+        if size > cap:
+            self.stats.evicted_cap += 1
+            return
         self._by_id[slot] = entry
         self._bytes += size
-        self._by_key.setdefault(key, {})[slot] = entry
-        self._by_request.setdefault(key[2:], {})[slot] = entry
-        if slot[1]:
+        _link(self._by_key, key, entry)
+        _link(self._by_request, key[2:], entry)
+        if repeat:
             self._repeats.setdefault(audit_id, set()).add(slot)
         self.stats.inserted += 1
         waiters = self._waiters.get(key[2:])
@@ -388,7 +459,7 @@ class RequestIndex:
 
     def _same_id(self, audit_id: str) -> list[Pending]:
         """Pending entries stored under ``audit_id`` (the first and any disagreeing repeats)."""
-        first = self._by_id.get((audit_id, 0))
+        first = self._by_id.get(audit_id)
         out = [first] if first is not None else []
         for slot in self._repeats.get(audit_id, ()):
             entry = self._by_id.get(slot)
@@ -408,7 +479,7 @@ class RequestIndex:
 
     def _remember(self, audit_id: str, now: float) -> None:
         if audit_id not in self._finished:
-            self._finished_bytes += _ID_BYTES + len(audit_id)
+            self._finished_bytes += _ID_BYTES + getsizeof(audit_id)
         self._finished[audit_id] = now
         self._finished.move_to_end(audit_id)
         horizon = now - 2 * self.ttl
@@ -418,14 +489,14 @@ class RequestIndex:
             if at > horizon and len(self._finished) <= self.max_entries and self._finished_bytes <= cap:
                 break
             del self._finished[first_id]
-            self._finished_bytes -= _ID_BYTES + len(first_id)
+            self._finished_bytes -= _ID_BYTES + getsizeof(first_id)
 
     def _forget(self, entry: Pending) -> None:
         """Remove ``entry`` (already out of ``_by_id``) from the key buckets and the repeats."""
         self._bytes -= entry.size
-        _unlink(self._by_key, entry.key, entry.slot)
-        _unlink(self._by_request, entry.key[2:], entry.slot)
-        if entry.slot[1]:
+        _unlink(self._by_key, entry.key, entry)
+        _unlink(self._by_request, entry.key[2:], entry)
+        if _repeat(entry.slot):
             repeats = self._repeats.get(entry.audit_id)
             if repeats is not None:
                 repeats.discard(entry.slot)
@@ -451,16 +522,12 @@ class RequestIndex:
         """(the review user's own entries, other users' entries that may be its impersonator)."""
         own: list[Pending] = []
         for key in keys:
-            bucket = self._by_key.get(key)
-            if bucket:
-                own.extend(bucket.values())
+            own.extend(_members(self._by_key.get(key)))
         others: list[Pending] = []
         if not lookup.uid:  # an impersonated user has no uid (before 1.22's Impersonate-Uid)
             who = (lookup.username, lookup.uid)
             for request in dict.fromkeys(k[2:] for k in keys):
-                same = self._by_request.get(request)
-                if same:
-                    others.extend(p for p in same.values() if p.key[:2] != who)
+                others.extend(p for p in _members(self._by_request.get(request)) if p.key[:2] != who)
         return own, others
 
     def _take(self, lookup: Lookup, keys: list[JoinKey], *, last: bool) -> JoinResult | None:

@@ -15,7 +15,9 @@ GET  /readyz        200 when the certificate and an allowlist are loaded (and th
 GET  /metrics       Prometheus text
 ==================  =====================================================================
 
-No decision is made here, and no request body or raw user agent is logged.
+No decision is made here, and no request body or raw user agent is logged. ``POST /validate`` is
+answered before FastAPI's middleware and request handler (:class:`SentinelApp`), and its
+bookkeeping (count, log line, latency) follows the sent answer.
 """
 
 from __future__ import annotations
@@ -32,10 +34,10 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
-from starlette.requests import ClientDisconnect
+from starlette.types import Receive, Scope, Send
 
 from webhook.core import useragent
-from webhook.core.audit import EventList
+from webhook.core.audit import AGENT_ANNOTATION, EventList
 from webhook.core.live_allowlist import LiveAllowlist
 from webhook.errors import InputError
 from webhook.inputs.eventlist import AuditBatch, parse_event_list
@@ -52,6 +54,8 @@ __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "AppState",
     "AuditAuth",
+    "SentinelApp",
+    "answer_review",
     "audit",
     "create_app",
     "healthz",
@@ -157,12 +161,26 @@ class _Gone(InputError):
     """The client went away (or was cut off as too slow) before its whole body arrived."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """A JSON answer, ready to send: raw ASGI for ``/validate``, a Response for the other routes."""
+
+    status: int
+    body: bytes
+    close: bool = False
+    """Ask the client to close the connection (after a 413 the rest of the body is still coming)."""
+
+    def response(self) -> Response:
+        headers = {"Connection": "close"} if self.close else None
+        return Response(self.body, status_code=self.status, media_type=JSON, headers=headers)
+
+
 class _Refused(InputError):
     """The request is answered before a handler acts on its body (403, 413 or 400):
-    :attr:`response` says why; ``create_app`` maps it to that response."""
+    :attr:`reply` says why."""
 
-    def __init__(self, response: Response) -> None:
-        self.response = response
+    def __init__(self, reply: _Reply) -> None:
+        self.reply = reply
 
 
 def _inline(schema: Any, defs: dict[str, Any]) -> Any:
@@ -220,53 +238,62 @@ def _openapi(model: _Schema, ok: str, errors: dict[int, str]) -> dict[str, Any]:
     }
 
 
-def _status(code: int, message: str) -> Response:
+def _status(code: int, message: str) -> _Reply:
     """A metav1.Status body: client-go (the apiserver) puts its message into its error."""
     reason = {400: "BadRequest", 403: "Forbidden", 413: "RequestEntityTooLarge"}.get(code, "BadRequest")
     body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": reason}
     # After a 413 the rest of the body is still on its way: close rather than read it.
-    headers = {"Connection": "close"} if code == 413 else None
-    return Response(orjson.dumps({**body, "code": code}), status_code=code, media_type=JSON, headers=headers)
+    return _Reply(code, orjson.dumps({**body, "code": code}), close=code == 413)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+def _declared_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     """The body, or :class:`_TooLarge`. An oversized body is read on (not kept) up to a bound,
     so the client sees the 413 instead of a reset connection."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit * _DRAIN_FACTOR:
+    declared = _declared_length(scope)
+    if declared is not None and declared > limit * _DRAIN_FACTOR:
         raise _TooLarge
     chunks: list[bytes] = []
     size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit * _DRAIN_FACTOR:
-                raise _TooLarge
-            if size <= limit:
-                chunks.append(chunk)
-    except ClientDisconnect:
-        raise _Gone from None
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise _Gone  # http.disconnect
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit * _DRAIN_FACTOR:
+            raise _TooLarge
+        if size <= limit:
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
     if size > limit:
         raise _TooLarge
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def _peer_ok(request: Request, required: PeerRole | None) -> bool:
+def _peer_ok(scope: Scope, required: PeerRole | None) -> bool:
     if required is None:
         return True
-    roles: frozenset[str] = request.scope.get(PEER_ROLES_KEY, frozenset())
+    roles: frozenset[str] = scope.get(PEER_ROLES_KEY, frozenset())
     return required in roles
 
 
-async def _accepted(request: Request, intake: _Intake[_T]) -> _T:
+async def _accepted(scope: Scope, receive: Receive, intake: _Intake[_T]) -> _T:
     """The parsed body of a request from a permitted peer, or :class:`_Refused` (403, 413 or 400),
     counted in ``intake.errors``."""
     errors = intake.errors
-    if not _peer_ok(request, intake.requires):
+    if not _peer_ok(scope, intake.requires):
         errors.labels("client_cert").inc()
         raise _Refused(_status(403, intake.refusal))
     try:
-        body = await _read_body(request, intake.limit)
+        body = await _read_body(scope, receive, intake.limit)
     except _TooLarge:
         errors.labels("too_large").inc()
         raise _Refused(_status(413, f"{intake.what} larger than {intake.limit} bytes")) from None
@@ -316,7 +343,7 @@ def _log_verdict(req: admission.AdmissionRequest, outcome: admission.Outcome) ->
                 uid=req.uid,
                 verdict=outcome.verdict,
                 allowed=outcome.allowed,
-                agent=useragent.display(outcome.agent) if outcome.verdict != "unknown" else None,
+                agent=outcome.annotations.get(AGENT_ANNOTATION),  # escaped by admission.decide
                 user=useragent.display(req.user_info.username),
                 operation=req.operation,
                 resource=req.resource.resource,
@@ -330,20 +357,65 @@ def _log_verdict(req: admission.AdmissionRequest, outcome: admission.Outcome) ->
         )
 
 
+async def _judge(
+    state: AppState, scope: Scope, receive: Receive
+) -> tuple[admission.AdmissionRequest, admission.Outcome, bytes]:
+    """What a verdict needs and nothing else: the body, the join, the verdict, the answer."""
+    review = await _accepted(scope, receive, state._validate)
+    req = review.request
+    outcome = await _outcome(state, req)
+    return req, outcome, admission.render(review.api_version, req.uid, outcome)
+
+
+def _book(
+    state: AppState, req: admission.AdmissionRequest, outcome: admission.Outcome, started: float
+) -> None:
+    """The bookkeeping of an answered review: counted, logged, timed."""
+    metrics = state.metrics
+    metrics.reviewed(outcome.verdict, outcome.allowed)
+    _log_verdict(req, outcome)
+    metrics.validate_latency.observe(time.perf_counter() - started)
+
+
+_JSON_HEADER: Final = (b"content-type", JSON.encode())
+_CLOSE_HEADER: Final = (b"connection", b"close")
+
+
+async def _send(send: Send, reply: _Reply) -> None:
+    headers = [_JSON_HEADER, (b"content-length", str(len(reply.body)).encode())]
+    if reply.close:
+        headers.append(_CLOSE_HEADER)
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": reply.body})
+
+
+async def answer_review(state: AppState, scope: Scope, receive: Receive, send: Send) -> None:
+    """``POST /validate`` as a bare ASGI exchange (:class:`SentinelApp` routes it here).
+
+    The answer is sent first; the bookkeeping follows it (uvicorn has written the response to
+    the socket when ``send`` returns), so the apiserver never waits for a log line.
+    """
+    started = time.perf_counter()
+    try:
+        req, outcome, payload = await _judge(state, scope, receive)
+    except _Refused as exc:
+        await _send(send, exc.reply)
+        return
+    await _send(send, _Reply(200, payload))
+    _book(state, req, outcome, started)
+
+
 # The handlers (the module docstring's table says what each answers) carry no docstring: FastAPI
 # would put it into the OpenAPI document as the route's description.
 
 
 async def validate(request: Request) -> Response:
+    # Served by answer_review (SentinelApp); this FastAPI form keeps the route documented and
+    # answers the same way when the app is reached through FastAPI's router.
     started = time.perf_counter()
     state = _state(request)
-    review = await _accepted(request, state._validate)
-    req = review.request
-    outcome = await _outcome(state, req)
-    payload = admission.render(review.api_version, req.uid, outcome)
-    state.metrics.reviewed(outcome.verdict, outcome.allowed)
-    _log_verdict(req, outcome)
-    state.metrics.validate_latency.observe(time.perf_counter() - started)
+    req, outcome, payload = await _judge(state, request.scope, request.receive)
+    _book(state, req, outcome, started)
     return Response(payload, media_type=JSON)
 
 
@@ -351,7 +423,7 @@ async def audit(request: Request) -> Response:
     started = time.perf_counter()
     state = _state(request)
     metrics = state.metrics
-    batch = await _accepted(request, state._audit)
+    batch = await _accepted(request.scope, request.receive, state._audit)
     state.index.observe_all(batch.events)
     queued = state.feed.submit(batch.events, batch.size)
     metrics.audit_events.inc(len(batch.events))
@@ -402,7 +474,26 @@ async def prometheus(request: Request) -> Response:
 
 
 async def _refused(_: Request, exc: _Refused) -> Response:
-    return exc.response
+    return exc.reply.response()
+
+
+class SentinelApp(FastAPI):
+    """The serve app: FastAPI for every route but ``POST /validate``, answered by
+    :func:`answer_review` before FastAPI's middleware, router and request handler.
+
+    Those layers cost a request ~30-50 us (bench/RESULTS.md, issue 15), as much as the verdict
+    itself, and /validate needs none of them: it reads one body and writes one JSON answer, its
+    errors are its own 400/403/413 replies. The route stays registered, so the OpenAPI document
+    (``app.openapi()``) describes it and other methods on the path get FastAPI's 405.
+    """
+
+    sentinel: AppState
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/validate" and scope["method"] == "POST":
+            await answer_review(self.sentinel, scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
 
 
 def _lifespan(
@@ -426,9 +517,9 @@ def create_app(
     *,
     on_startup: Callable[[], Awaitable[None]] | None = None,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
-) -> FastAPI:
+) -> SentinelApp:
     """The ASGI app. ``on_startup``/``on_shutdown`` run in its lifespan (background workers)."""
-    app = FastAPI(
+    app = SentinelApp(
         title="ua-sentinel",
         openapi_url=None,
         docs_url=None,
@@ -436,7 +527,7 @@ def create_app(
         lifespan=_lifespan(on_startup, on_shutdown),
         exception_handlers={_Refused: _refused},
     )
-    app.state.sentinel = state
+    app.state.sentinel = app.sentinel = state
     app.add_api_route(
         "/validate",
         validate,
