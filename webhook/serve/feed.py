@@ -34,9 +34,13 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_QUEUE_EVENTS: Final = 100_000
-"""Events waiting for the Detector before new batches are dropped."""
-DEFAULT_QUEUE_BYTES: Final = 256 * 1024 * 1024
+DEFAULT_QUEUE_EVENTS: Final = 10_000
+"""Events waiting for the Detector before new batches are dropped (counted). 10,000 is seconds of
+a busy apiserver's audit traffic (about two events a request: 2,000 requests/s send ~4,000
+events/s), while the Detector thread judged ~28k events/s even with /audit saturating the event
+loop beside it (`make bench` item 3). At 100,000 the queue of a /audit flood held ~155 MB: peak
+RSS 260 MB = 4.1x an idle serve (`make bench` item 5, 2026-11-30 01:21)."""
+DEFAULT_QUEUE_BYTES: Final = 32 * 1024 * 1024
 """Bytes (:func:`event_bytes`) waiting for the Detector before new batches are dropped: a real
 apiserver writes request URIs of up to ~1 MB (Go's header limit), so a count alone allows GBs."""
 _YIELD_EVERY: Final = 32
