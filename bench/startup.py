@@ -132,6 +132,11 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=30)
     parser.add_argument("--importtime", type=int, default=0, metavar="RUNS", help="print importtime tables")
     args = parser.parse_args()
+    for tree in (args.before, args.after):
+        # Without its package the tree's PYTHONPATH adds nothing and the venv's editable install
+        # runs instead: both sides would be the same code, every ratio 1.0.
+        if not (tree / "webhook" / "__init__.py").is_file():
+            parser.error(f"{tree}: no webhook/ package there (make it with git worktree add)")
     with tempfile.TemporaryDirectory() as scratch:
         files = _files(Path(scratch))
         if args.importtime:
