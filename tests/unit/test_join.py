@@ -482,7 +482,7 @@ def _bytes_held(index: RequestIndex, make: Callable[[int], dict[str, Any]], coun
     """Bytes per pending entry that ``index`` holds after observing ``count`` events made by
     ``make`` (tracemalloc: the entries and every string they keep, the events dropped)."""
     (rr,) = events(1404)
-    template: dict[str, Any] = rr.model_dump(by_alias=True)
+    template: dict[str, Any] = msgspec.to_builtins(rr)
     gc.collect()
     tracemalloc.start()
     try:
