@@ -22,7 +22,8 @@ detector state that counted it was saved (:meth:`committed`, called by the taile
 - **Bounded**: at most :data:`MAX_HELD` messages held (pulling waits for the next checkpoint),
   at most :data:`MAX_REMEMBERED` acknowledged ids (and :data:`MAX_REMEMBERED_BYTES`) remembered.
 - **Backoff**: any failed call stops all calls for a random time in
-  ``[0, min(MAX_BACKOFF, poll_interval × 2^failures)]`` (full jitter), as the stream follower.
+  ``[0, min(MAX_BACKOFF, poll_interval × 2^failures)]`` (full jitter): the stream follower's own
+  (:class:`~webhook.tail.streams.SourceCalls`).
   A nack is never needed: what is not acknowledged comes back by itself.
 - **Bad messages** (not JSON, not a LogEntry, another service's entry) are counted by the
   tailer as malformed or skipped, and acknowledged with the rest.
@@ -31,7 +32,6 @@ detector state that counted it was saved (:meth:`committed`, called by the taile
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -44,7 +44,7 @@ from webhook.inputs.formats import decode
 from webhook.inputs.source import QueueMessage, QueueSource, SourceError
 from webhook.logs import fields
 from webhook.tail.logfiles import Batch
-from webhook.tail.streams import MAX_BACKOFF, SourceStats
+from webhook.tail.streams import SourceCalls
 
 __all__ = [
     "LEASE_SECONDS",
@@ -82,7 +82,7 @@ class _Held:
     """Counted by a saved checkpoint: acknowledge it."""
 
 
-class QueueFollower:
+class QueueFollower(SourceCalls):
     """Reads every subscription of ``sources`` (see the module docstring)."""
 
     def __init__(
@@ -95,23 +95,18 @@ class QueueFollower:
         min_deadline: float = MIN_DEADLINE,
     ) -> None:
         self.sources = list(sources)
-        self.poll_interval = max(poll_interval, 0.01)
+        super().__init__([source.label for source in self.sources], poll_interval)
         self.page_limit = max(1, min(page_limit, 1000))  # Pub/Sub's documented maximum per Pull
         self.wait = wait
         self.min_deadline = min_deadline
-        self.stats = {source.label: SourceStats() for source in self.sources}
         self.redelivered = {source.label: 0 for source in self.sources}
         """Per source: messages delivered again after they were read (skipped, acknowledged)."""
-        self.idle = False
         self._held: list[OrderedDict[str, _Held]] = [OrderedDict() for _ in self.sources]
         self._acked: list[OrderedDict[str, None]] = [OrderedDict() for _ in self.sources]
         self._acked_bytes = [0 for _ in self.sources]
         self._ack_now: list[list[str]] = [[] for _ in self.sources]
         """Ack ids of redeliveries of messages a saved checkpoint already counted."""
         self._next = 0
-        self._failures = 0
-        self._resume_at = 0.0
-        self._logged_error: str | None = None
         self._changes = 0
 
     # -- the checkpoint ---------------------------------------------------------------------
@@ -157,8 +152,7 @@ class QueueFollower:
     def read(self) -> Batch:
         """Acknowledge what the last checkpoint counted, extend leases, pull the next page."""
         now = time.monotonic()
-        if now < self._resume_at:
-            self.idle = False
+        if self._backing_off(now):
             return Batch()
         try:
             self._acknowledge()
@@ -167,34 +161,8 @@ class QueueFollower:
         except SourceError as exc:
             self._failed(exc)
             return Batch()
-        if self._failures:
-            logger.info("source answers again", **fields(failures=self._failures))
-            self._failures = 0
-            self._logged_error = None
+        self._answered()
         return batch
-
-    def _call_ok(self, index: int) -> None:
-        stats = self.stats[self.sources[index].label]
-        stats.requests += 1
-        stats.last_success = time.time()
-
-    def _count_error(self, index: int, exc: SourceError) -> None:
-        stats = self.stats[self.sources[index].label]
-        stats.requests += 1
-        stats.errors[exc.kind] += 1
-
-    def _failed(self, exc: SourceError) -> None:
-        self._failures += 1
-        delay = random.uniform(0, min(MAX_BACKOFF, self.poll_interval * 2**self._failures))
-        self._resume_at = time.monotonic() + delay
-        self.idle = False
-        text = f"{exc.kind}: {exc}"
-        if text != self._logged_error or self._failures % 50 == 0:
-            logger.error(
-                "source call failed; backing off",
-                **fields(kind=exc.kind, error=str(exc), failures=self._failures, retryIn=round(delay, 3)),
-            )
-            self._logged_error = text
 
     def _acknowledge(self) -> None:
         for index, source in enumerate(self.sources):

@@ -39,7 +39,7 @@ from webhook.inputs.source import LogRecord, SourceError, StreamInfo, StreamSour
 from webhook.logs import fields
 from webhook.tail.logfiles import Batch
 
-__all__ = ["MAX_BACKOFF", "MAX_STREAMS", "SourceStats", "StreamFollower"]
+__all__ = ["MAX_BACKOFF", "MAX_STREAMS", "SourceCalls", "SourceStats", "StreamFollower"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,60 @@ class _Stream:
         return {"token": self.token, "skip": self.skip, "at_end": self.at_end}
 
 
-class StreamFollower:
+class SourceCalls:
+    """What both followers (streams here, queues in ``tail.queues``) keep of their calls: each
+    source's counters, and one backoff for every call of every source (full jitter, at least the
+    service's ``Retry-After``), with its log lines."""
+
+    def __init__(self, labels: Sequence[str], poll_interval: float) -> None:
+        self.poll_interval = max(poll_interval, 0.01)
+        self.stats = {label: SourceStats() for label in labels}
+        self.idle = False
+        self._labels = list(labels)
+        self._failures = 0
+        self._resume_at = 0.0
+        self._logged_error: str | None = None
+
+    def _backing_off(self, now: float) -> bool:
+        """True (and not idle) until the backoff after the last failure has passed."""
+        if now < self._resume_at:
+            self.idle = False
+            return True
+        return False
+
+    def _answered(self) -> None:
+        """Calls succeed again after failures: say so once."""
+        if self._failures:
+            logger.info("source answers again", **fields(failures=self._failures))
+            self._failures = 0
+            self._logged_error = None
+
+    def _call_ok(self, source: int) -> None:
+        stats = self.stats[self._labels[source]]
+        stats.requests += 1
+        stats.last_success = time.time()
+
+    def _count_error(self, source: int, exc: SourceError) -> None:
+        stats = self.stats[self._labels[source]]
+        stats.requests += 1
+        stats.errors[exc.kind] += 1
+
+    def _failed(self, exc: SourceError) -> None:
+        self._failures += 1
+        delay = random.uniform(0, min(MAX_BACKOFF, self.poll_interval * 2**self._failures))
+        delay = max(delay, min(MAX_BACKOFF, exc.retry_after or 0.0))  # the service's Retry-After
+        self._resume_at = time.monotonic() + delay
+        self.idle = False
+        text = f"{exc.kind}: {exc}"
+        if text != self._logged_error or self._failures % 50 == 0:
+            logger.error(
+                "source call failed; backing off",
+                **fields(kind=exc.kind, error=str(exc), failures=self._failures, retryIn=round(delay, 3)),
+            )
+            self._logged_error = text
+
+
+class StreamFollower(SourceCalls):
     """Reads every stream of ``sources`` (see the module docstring)."""
 
     def __init__(
@@ -99,18 +152,13 @@ class StreamFollower:
         list_interval: float | None = None,
     ) -> None:
         self.sources = list(sources)
-        self.poll_interval = max(poll_interval, 0.01)
+        super().__init__([source.label for source in self.sources], poll_interval)
         self.list_interval = list_interval if list_interval is not None else max(10 * self.poll_interval, 1.0)
         self.page_limit = page_limit
         self.from_start = False
-        self.stats = {source.label: SourceStats() for source in self.sources}
-        self.idle = False
         """True after a read found every stream at its end."""
         self._streams: dict[tuple[int, str], _Stream] = {}
         self._listed_at = float("-inf")
-        self._failures = 0
-        self._resume_at = 0.0
-        self._logged_error: str | None = None
         now = int(time.time() * 1000)
         self.since: dict[str, int] = {source.label: now for source in self.sources}
         """Per source: when reading first started (ms): later streams are read from their start."""
@@ -147,8 +195,7 @@ class StreamFollower:
     def read(self) -> Batch:
         """The next records in time order, as lines (empty: at the end, or backing off)."""
         now = time.monotonic()
-        if now < self._resume_at:
-            self.idle = False
+        if self._backing_off(now):
             return Batch()
         try:
             if now - self._listed_at >= self.list_interval:
@@ -157,37 +204,10 @@ class StreamFollower:
         except SourceError as exc:
             self._failed(exc)
             return Batch()
-        if self._failures:
-            logger.info("source answers again", **fields(failures=self._failures))
-            self._failures = 0
-            self._logged_error = None
+        self._answered()
         batch = self._merge()
         self.idle = not batch.lines and all(s.caught_up and not s.buffer for s in self._streams.values())
         return batch
-
-    def _call_ok(self, source: int) -> None:
-        stats = self.stats[self.sources[source].label]
-        stats.requests += 1
-        stats.last_success = time.time()
-
-    def _failed(self, exc: SourceError) -> None:
-        self._failures += 1
-        delay = random.uniform(0, min(MAX_BACKOFF, self.poll_interval * 2**self._failures))
-        delay = max(delay, min(MAX_BACKOFF, exc.retry_after or 0.0))  # the service's Retry-After
-        self._resume_at = time.monotonic() + delay
-        self.idle = False
-        text = f"{exc.kind}: {exc}"
-        if text != self._logged_error or self._failures % 50 == 0:
-            logger.error(
-                "source call failed; backing off",
-                **fields(kind=exc.kind, error=str(exc), failures=self._failures, retryIn=round(delay, 3)),
-            )
-            self._logged_error = text
-
-    def _count_error(self, source: int, exc: SourceError) -> None:
-        stats = self.stats[self.sources[source].label]
-        stats.requests += 1
-        stats.errors[exc.kind] += 1
 
     def _list(self, now: float) -> None:
         for index, source in enumerate(self.sources):
